@@ -1,0 +1,1 @@
+"""magvit2.evaluation."""

