@@ -1,0 +1,114 @@
+"""Plain-data configs: nested dataclasses to and from dicts, YAML files and ``key=value`` overrides.
+
+Every config in the package is a dataclass of plain fields (numbers, strings, lists, dicts and other
+such dataclasses), so it can be written as JSON or YAML next to the weights and read back exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A dataclass instance -> nested dict of plain values."""
+    return dataclasses.asdict(cfg)
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _unwrap_optional(tp: Any) -> Any:
+    """``X | None`` -> ``X`` (for other unions: the first non-None member)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0] if args else tp
+    return tp
+
+
+def from_dict(cls: type[T], data: dict[str, Any], *, where: str = "config") -> T:
+    """Build dataclass ``cls`` from a (nested) dict; unknown keys raise a ValueError naming them."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a mapping for {cls.__name__}, got {type(data).__name__}")
+    types_ = _field_types(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {unknown} for {cls.__name__}; known: {sorted(names)}")
+    kwargs = {}
+    for name, value in data.items():
+        tp = _unwrap_optional(types_[name])
+        if _is_dataclass_type(tp) and isinstance(value, dict):
+            value = from_dict(tp, value, where=f"{where}.{name}")
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def load_yaml(cls: type[T], path: str | Path) -> T:
+    """Read a YAML file into dataclass ``cls`` (errors name the file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML: {err}") from err
+    return from_dict(cls, data, where=str(path))
+
+
+def save_yaml(cfg: Any, path: str | Path) -> None:
+    """Write a dataclass config as YAML."""
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def _coerce(text: str, tp: Any, key: str) -> Any:
+    """Parse the text of an override as YAML, then check it fits the field's type."""
+    value = yaml.safe_load(text)
+    base = _unwrap_optional(tp)
+    if value is None:
+        return None
+    if base is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if base is str and not isinstance(value, str):
+        return text
+    if base in (int, float, bool, str) and not isinstance(value, base):
+        raise ValueError(f"--set {key}={text}: expected {base.__name__}, got {type(value).__name__}")
+    return value
+
+
+def apply_overrides(cfg: T, overrides: list[str]) -> T:
+    """Apply ``a.b.c=value`` strings (values parsed as YAML) to a dataclass config; returns a new one."""
+    data = to_dict(cfg)
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        cls: Any = type(cfg)
+        node = data
+        for i, part in enumerate(parts):
+            if not _is_dataclass_type(cls) or part not in {f.name for f in dataclasses.fields(cls)}:
+                known = sorted(f.name for f in dataclasses.fields(cls)) if _is_dataclass_type(cls) else []
+                raise ValueError(f"--set {key}: unknown field {part!r}; known here: {known}")
+            tp = _field_types(cls)[part]
+            if i == len(parts) - 1:
+                node[part] = _coerce(text, tp, key)
+            else:
+                cls = _unwrap_optional(tp)
+                if node.get(part) is None:
+                    node[part] = {}
+                node = node[part]
+    return from_dict(type(cfg), data)
