@@ -20,8 +20,12 @@ def _optimizer_state():
 def test_round_trip_optimizer_and_rng(tmp_path):
     torch.manual_seed(0)
     model, opt = _optimizer_state()
-    state = {"optimizer": opt.state_dict(), "rng": torch.get_rng_state(), "data": {"position": 17},
-             "pair": (1, "a")}
+    state = {
+        "optimizer": opt.state_dict(),
+        "rng": torch.get_rng_state(),
+        "data": {"position": 17},
+        "pair": (1, "a"),
+    }
     save_checkpoint(tmp_path, 5, {"model": model.state_dict()}, state)
     step, weights, loaded = load_checkpoint(latest_checkpoint(tmp_path))
     assert step == 5
@@ -39,7 +43,7 @@ def test_round_trip_optimizer_and_rng(tmp_path):
         o.zero_grad()
         m(x).sum().backward()
         o.step()
-    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), model2.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), model2.parameters(), strict=False))
 
 
 def test_keep_last_and_stale_tmp_ignored(tmp_path):

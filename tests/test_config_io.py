@@ -28,7 +28,9 @@ def test_yaml_round_trip(tmp_path):
 
 
 def test_overrides_typed_and_nested():
-    cfg = apply_overrides(Outer(), ["steps=7", "inner.lr=3", "inner.betas=[0.5, 0.9]", "path=runs/x", "name=12"])
+    cfg = apply_overrides(
+        Outer(), ["steps=7", "inner.lr=3", "inner.betas=[0.5, 0.9]", "path=runs/x", "name=12"]
+    )
     assert cfg.steps == 7 and cfg.inner.lr == 3.0 and isinstance(cfg.inner.lr, float)
     assert cfg.inner.betas == [0.5, 0.9] and cfg.path == "runs/x" and cfg.name == "12"
     assert to_dict(Outer()) == to_dict(from_dict(Outer, to_dict(Outer())))
@@ -36,8 +38,12 @@ def test_overrides_typed_and_nested():
 
 @pytest.mark.parametrize(
     "override, message",
-    [("nope=1", "unknown field 'nope'"), ("steps=abc", "expected int"), ("steps", "key=value"),
-     ("inner.x=1", "unknown field 'x'")],
+    [
+        ("nope=1", "unknown field 'nope'"),
+        ("steps=abc", "expected int"),
+        ("steps", "key=value"),
+        ("inner.x=1", "unknown field 'x'"),
+    ],
 )
 def test_bad_overrides(override, message):
     with pytest.raises(ValueError, match=message):

@@ -29,8 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _configs(bits: int) -> dict[str, QuantizerConfig]:
     return {
         "lfq": QuantizerConfig(kind="lfq", bits=bits),
-        "vq": QuantizerConfig(kind="vq", dim=8, codebook_size=2**min(bits, 14)),
-        "cvq": QuantizerConfig(kind="cvq", dim=8, codebook_size=2**min(bits, 14)),
+        "vq": QuantizerConfig(kind="vq", dim=8, codebook_size=2 ** min(bits, 14)),
+        "cvq": QuantizerConfig(kind="cvq", dim=8, codebook_size=2 ** min(bits, 14)),
         "fsq": QuantizerConfig(kind="fsq", levels=[8, 8, 8, 5, 5, 5]),
     }
 

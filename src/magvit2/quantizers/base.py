@@ -68,7 +68,8 @@ class Quantizer(nn.Module):
             raise ValueError(f"{name} expects a floating-point latent, got dtype {z.dtype}")
         if z.ndim < 2 or z.shape[1] != self.dim:
             raise ValueError(
-                f"{name} expects a channels-first latent (B, {self.dim}, *spatial), got shape {tuple(z.shape)}"
+                f"{name} expects a channels-first latent (B, {self.dim}, *spatial), "
+                f"got shape {tuple(z.shape)}"
             )
         if not torch.isfinite(z).all():
             raise ValueError(f"{name} got a latent with NaN or Inf values (shape {tuple(z.shape)})")

@@ -1,0 +1,190 @@
+"""The token file: a safetensors file holding one clip's token ids and what is needed to decode them.
+
+Layout (format version 1):
+
+* tensor ``ids``: int32 ``(T', h, w)`` token ids, or, when packed, tensor ``packed``: uint8 bytes of
+  the ids written with ``bits`` bits each, most significant bit first (``numpy.packbits`` order);
+* metadata (safetensors' string map): ``format`` = ``magvit2-tokens``, ``version``, ``model`` (the
+  fingerprint of the model that made it), ``bits``, ``vocabulary``, ``shape`` (``T',h,w``),
+  ``frames`` (frames of the source), ``height``/``width`` (source size), ``pad_bottom``/``pad_right``
+  (pixels added to reach a multiple of the spatial factor), ``fps`` (a fraction ``num/den``),
+  ``source`` (file name), ``packed`` (``0``/``1``).
+
+A file written by another model, of an unknown version, truncated or corrupted raises
+:class:`TokenFileError` naming the file and the problem.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+FORMAT_NAME = "magvit2-tokens"
+FORMAT_VERSION = 1
+
+
+class TokenFileError(ValueError):
+    """A token file that cannot be used (wrong model, unknown version, damaged)."""
+
+
+@dataclass
+class TokenFile:
+    """One clip's tokens and the facts needed to turn them back into the source's frames.
+
+    Attributes:
+        ids: int64 token ids ``(T', h, w)``.
+        model: fingerprint of the model that produced them (:func:`model_fingerprint`).
+        vocabulary: the model's vocabulary size.
+        frames, height, width: the source clip's frame count and size (before padding).
+        pad_bottom, pad_right: pixels of padding added to reach multiples of the spatial factor.
+        fps: frame rate of the source (1 for images).
+        source: the source file's name.
+    """
+
+    ids: torch.Tensor
+    model: str
+    vocabulary: int
+    frames: int
+    height: int
+    width: int
+    pad_bottom: int = 0
+    pad_right: int = 0
+    fps: Fraction = Fraction(1)
+    source: str = ""
+
+    @property
+    def bits(self) -> int:
+        """Bits needed per id."""
+        return max(1, (self.vocabulary - 1).bit_length())
+
+
+def model_fingerprint(config: dict, state_dict: dict[str, torch.Tensor]) -> str:
+    """A short hash of a model's config and weights: token files record it to refuse other models."""
+    h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
+    for key in sorted(state_dict):
+        t = state_dict[key].detach().to("cpu").contiguous()
+        h.update(key.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def pack_ids(ids: torch.Tensor, bits: int) -> torch.Tensor:
+    """int ids (any shape) -> uint8 bytes holding ``bits`` bits per id, most significant first."""
+    flat = ids.reshape(-1).to(torch.int64).numpy()
+    if flat.size and (flat.min() < 0 or flat.max() >= 2**bits):
+        raise ValueError(f"ids must lie in [0, 2**{bits}) to be packed with {bits} bits")
+    shifts = np.arange(bits - 1, -1, -1, dtype=np.int64)
+    bit_matrix = ((flat[:, None] >> shifts) & 1).astype(np.uint8)
+    return torch.from_numpy(np.packbits(bit_matrix.reshape(-1)))
+
+
+def unpack_ids(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
+    """Inverse of :func:`pack_ids`: the first ``count`` ids as a flat int64 tensor."""
+    raw = np.unpackbits(packed.numpy())
+    if raw.size < count * bits:
+        raise ValueError(f"packed data holds {raw.size} bits, {count} ids of {bits} bits need {count * bits}")
+    bit_matrix = raw[: count * bits].reshape(count, bits).astype(np.int64)
+    weights = np.left_shift(1, np.arange(bits - 1, -1, -1, dtype=np.int64))
+    return torch.from_numpy(bit_matrix @ weights)
+
+
+def save_tokens(path: str | Path, tf: TokenFile, *, packed: bool = False) -> None:
+    """Write ``tf`` to ``path`` atomically (temporary file + rename)."""
+    path = Path(path)
+    ids = tf.ids.to(torch.int64)
+    if packed:
+        tensors = {"packed": pack_ids(ids, tf.bits)}
+    else:
+        if tf.vocabulary > 2**31:
+            raise ValueError(f"vocabulary {tf.vocabulary} does not fit int32 ids; save with packed=True")
+        tensors = {"ids": ids.to(torch.int32).contiguous()}
+    meta = {
+        "format": FORMAT_NAME,
+        "version": str(FORMAT_VERSION),
+        "model": tf.model,
+        "bits": str(tf.bits),
+        "vocabulary": str(tf.vocabulary),
+        "shape": ",".join(str(s) for s in ids.shape),
+        "frames": str(tf.frames),
+        "height": str(tf.height),
+        "width": str(tf.width),
+        "pad_bottom": str(tf.pad_bottom),
+        "pad_right": str(tf.pad_right),
+        "fps": f"{tf.fps.numerator}/{tf.fps.denominator}",
+        "source": tf.source,
+        "packed": "1" if packed else "0",
+    }
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        save_file(tensors, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as err:  # safetensors raises several error types for damaged files
+        raise TokenFileError(f"{path}: not a readable token file (truncated or corrupted?): {err}") from err
+    return meta, tensors
+
+
+def load_tokens(path: str | Path, *, expect_model: str | None = None) -> TokenFile:
+    """Read a token file; with ``expect_model`` refuse files made by another model."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"token file {path} does not exist")
+    meta, tensors = _read(path)
+    if meta.get("format") != FORMAT_NAME:
+        raise TokenFileError(f"{path}: not a magvit2 token file (format={meta.get('format')!r})")
+    if meta.get("version") != str(FORMAT_VERSION):
+        raise TokenFileError(
+            f"{path}: token file version {meta.get('version')!r} is not supported "
+            f"(this magvit2 reads version {FORMAT_VERSION})"
+        )
+    if expect_model is not None and meta["model"] != expect_model:
+        raise TokenFileError(
+            f"{path}: made by another model (fingerprint {meta['model']}, this model is {expect_model}); "
+            "decode it with the model that tokenized it (--model)"
+        )
+    try:
+        shape = tuple(int(s) for s in meta["shape"].split(","))
+        bits = int(meta["bits"])
+        if meta["packed"] == "1":
+            ids = unpack_ids(tensors["packed"], bits, int(np.prod(shape))).reshape(shape)
+        else:
+            ids = tensors["ids"].to(torch.int64).reshape(shape)
+        num, den = meta["fps"].split("/")
+        tf = TokenFile(
+            ids=ids,
+            model=meta["model"],
+            vocabulary=int(meta["vocabulary"]),
+            frames=int(meta["frames"]),
+            height=int(meta["height"]),
+            width=int(meta["width"]),
+            pad_bottom=int(meta["pad_bottom"]),
+            pad_right=int(meta["pad_right"]),
+            fps=Fraction(int(num), int(den)),
+            source=meta.get("source", ""),
+        )
+    except (KeyError, ValueError, RuntimeError) as err:
+        raise TokenFileError(f"{path}: damaged token file metadata or data: {err}") from err
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= tf.vocabulary):
+        raise TokenFileError(
+            f"{path}: token ids out of range [0, {tf.vocabulary}): found [{int(ids.min())}, {int(ids.max())}]"
+        )
+    return tf

@@ -1,0 +1,111 @@
+"""Token files: exact round trips (plain and bit-packed), refusal of other models and damaged files."""
+
+from fractions import Fraction
+
+import pytest
+import torch
+
+from magvit2.tokens import (
+    TokenFile,
+    TokenFileError,
+    load_tokens,
+    model_fingerprint,
+    pack_ids,
+    save_tokens,
+    unpack_ids,
+)
+
+
+def _tf(bits=18, shape=(3, 4, 5)):
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 2**bits, shape, generator=g)
+    return TokenFile(
+        ids=ids,
+        model="abc123",
+        vocabulary=2**bits,
+        frames=9,
+        height=30,
+        width=40,
+        pad_bottom=2,
+        pad_right=0,
+        fps=Fraction(30000, 1001),
+        source="clip.mp4",
+    )
+
+
+@pytest.mark.parametrize("bits", [1, 5, 18, 33])
+def test_pack_unpack_exact(bits):
+    ids = torch.randint(0, 2**bits, (101,), dtype=torch.int64)
+    packed = pack_ids(ids, bits)
+    assert packed.numel() == (101 * bits + 7) // 8  # exactly `bits` bits per id
+    assert torch.equal(unpack_ids(packed, bits, 101), ids)
+
+
+def test_pack_bit_order():
+    # two 3-bit ids 5 (101) and 3 (011) -> bits 101011 + padding -> 0b10101100
+    assert pack_ids(torch.tensor([5, 3]), 3).tolist() == [0b10101100]
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_round_trip(tmp_path, packed):
+    tf = _tf()
+    save_tokens(tmp_path / "t.safetensors", tf, packed=packed)
+    back = load_tokens(tmp_path / "t.safetensors", expect_model="abc123")
+    assert torch.equal(back.ids, tf.ids)
+    assert (back.frames, back.height, back.width, back.pad_bottom, back.fps, back.source) == (
+        9,
+        30,
+        40,
+        2,
+        Fraction(30000, 1001),
+        "clip.mp4",
+    )
+
+
+def test_packed_is_smaller(tmp_path):
+    tf = _tf(shape=(5, 16, 16))
+    save_tokens(tmp_path / "a.safetensors", tf)
+    save_tokens(tmp_path / "b.safetensors", tf, packed=True)
+    assert (tmp_path / "b.safetensors").stat().st_size < 0.7 * (tmp_path / "a.safetensors").stat().st_size
+
+
+def test_refuses_other_model_and_damage(tmp_path):
+    path = tmp_path / "t.safetensors"
+    save_tokens(path, _tf())
+    with pytest.raises(TokenFileError, match="another model"):
+        load_tokens(path, expect_model="different")
+    data = path.read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(TokenFileError, match="cut.safetensors"):
+        load_tokens(tmp_path / "cut.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(TokenFileError, match="junk.safetensors"):
+        load_tokens(tmp_path / "junk.safetensors")
+
+
+def test_refuses_unknown_version(tmp_path, monkeypatch):
+    import magvit2.tokens.format as fmt
+
+    monkeypatch.setattr(fmt, "FORMAT_VERSION", 99)
+    save_tokens(tmp_path / "v99.safetensors", _tf())
+    monkeypatch.setattr(fmt, "FORMAT_VERSION", 1)
+    with pytest.raises(TokenFileError, match="version '99'"):
+        load_tokens(tmp_path / "v99.safetensors")
+
+
+def test_out_of_range_ids_rejected(tmp_path):
+    tf = _tf(bits=4)
+    tf.ids[0, 0, 0] = 16
+    with pytest.raises(ValueError):
+        save_tokens(tmp_path / "p.safetensors", tf, packed=True)
+    save_tokens(tmp_path / "u.safetensors", tf)  # int32 storage accepts it, loading refuses it
+    with pytest.raises(TokenFileError, match="out of range"):
+        load_tokens(tmp_path / "u.safetensors")
+
+
+def test_fingerprint_depends_on_weights_and_config():
+    sd = {"w": torch.ones(3)}
+    a = model_fingerprint({"c": 1}, sd)
+    assert a == model_fingerprint({"c": 1}, {"w": torch.ones(3)})
+    assert a != model_fingerprint({"c": 2}, sd)
+    assert a != model_fingerprint({"c": 1}, {"w": torch.tensor([1.0, 1.0, 1.0001])})
