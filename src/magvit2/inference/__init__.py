@@ -1,0 +1,1 @@
+"""Running a tokenizer on real inputs: padding to the spatial factor, spatial tiling, streaming."""
