@@ -159,8 +159,11 @@ def test_round_trips(cosine):
 def test_bf16_autocast_and_bf16_input_search_in_float32():
     torch.manual_seed(8)
     q = VQ(8, 64)
-    z = torch.randn(2, 8, 4, 4)
+    with torch.no_grad():  # far from the origin: a bf16 distance expansion would misorder the codes
+        q.codebook.add_(10.0)
+    z = torch.randn(2, 8, 8, 8) + 10.0
     ref = q(z)
+    assert torch.equal(ref.indices.reshape(-1), brute_force_ids(z, q.codebook.detach()))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         auto = q(z)
     assert torch.equal(auto.indices, ref.indices)
