@@ -84,7 +84,8 @@ def test_one_training_step_equals_hand_computation():
     assert torch.allclose(q.usage_ema, usage, atol=1e-7)
     alpha = torch.exp(-usage * k * rate / (1 - decay) - 1e-3)
     anchors = x[d.argmin(0)]  # closest token to each code
-    assert torch.allclose(q.codebook.detach(), (1 - alpha[:, None]) * old + alpha[:, None] * anchors, atol=1e-6)
+    alpha = alpha[:, None]
+    assert torch.allclose(q.codebook.detach(), (1 - alpha) * old + alpha * anchors, atol=1e-6)
     # the loss still back-propagates after the in-place re-seeding; gradients use the old codes
     out.loss.backward()
     numel = x.numel()
@@ -143,7 +144,8 @@ def test_revive_alpha_threshold():
 
 def _distributed_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     """One rank: identical init, rank-specific data, one training step; saves its state."""
-    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    url = f"file://{init_file}"
+    torch.distributed.init_process_group("gloo", init_method=url, rank=rank, world_size=world)
     torch.manual_seed(0)
     q = CVQ(3, 8, anchor="closest", decay=0.9).train()
     z = torch.randn(1, 3, 20, generator=torch.Generator().manual_seed(100 + rank)) * (1 + rank)
