@@ -2,6 +2,19 @@
 
 from magvit2.quantizers.base import Quantizer, QuantizerOutput
 from magvit2.quantizers.config import QUANTIZER_KINDS, QuantizerConfig, build_quantizer
+from magvit2.quantizers.cvq import CVQ
+from magvit2.quantizers.fsq import FSQ
 from magvit2.quantizers.lfq import LFQ
+from magvit2.quantizers.vq import VQ
 
-__all__ = ["LFQ", "QUANTIZER_KINDS", "Quantizer", "QuantizerConfig", "QuantizerOutput", "build_quantizer"]
+__all__ = [
+    "CVQ",
+    "FSQ",
+    "LFQ",
+    "QUANTIZER_KINDS",
+    "VQ",
+    "Quantizer",
+    "QuantizerConfig",
+    "QuantizerOutput",
+    "build_quantizer",
+]
