@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
                 "kind": kind,
                 "vocabulary": quantizer.codebook_size,
                 "bits_per_token": round(quantizer.bits_per_token, 3),
-                "loss": round(float(out.loss), 5),
+                "loss": round(float(out.loss.detach()), 5),
                 "used_codes": int(out.used_codes),
                 "perplexity": round(float(out.perplexity), 2),
                 "first_ids": out.indices.reshape(-1)[:4].tolist(),
