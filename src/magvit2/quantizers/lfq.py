@@ -244,7 +244,7 @@ class LFQ(Quantizer):
                 raise ValueError("LFQ num_groups/group_bits need codebook_entropy='grouped'")
             if bits > EXACT_MAX_BITS:
                 raise ValueError(
-                    f"LFQ exact codebook entropy needs 2^{bits} floats; it supports bits <= {EXACT_MAX_BITS}. "
+                    f"LFQ exact codebook entropy stores 2^{bits} floats (bits <= {EXACT_MAX_BITS} only). "
                     f"Use codebook_entropy='grouped' (e.g. group_bits=16) for bits={bits}"
                 )
             self.groups = [bits]
@@ -358,7 +358,8 @@ class LFQ(Quantizer):
             indices = self._ids(work)
             commitment = (work - q).pow(2).mean()
             per_token, codebook = self._entropies(work)
-            loss = ew * (per_token - self.codebook_entropy_weight * codebook) + self.commitment_weight * commitment
+            entropy_loss = per_token - self.codebook_entropy_weight * codebook
+            loss = ew * entropy_loss + self.commitment_weight * commitment
         used, perplexity = self.usage(indices)
         return QuantizerOutput(
             codes=codes,
