@@ -143,10 +143,29 @@ def code_prob_sum(logits: Tensor) -> Tensor:
     return pattern_probs(logits[:, :k_a]).T @ pattern_probs(logits[:, k_a:])
 
 
+class _Entropy(torch.autograd.Function):
+    """``-sum p ln p`` saving only ``p`` (one ``2^K`` tensor instead of four) for the backward."""
+
+    @staticmethod
+    def forward(ctx, probs: Tensor) -> Tensor:  # noqa: D102
+        log = probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
+        ctx.save_for_backward(probs)
+        return -(probs * log).sum()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # noqa: D102
+        (probs,) = ctx.saved_tensors
+        log = probs.clamp_min(torch.finfo(probs.dtype).tiny).log_()
+        return log.add_(1.0).mul_(-grad)
+
+
 def entropy(probs: Tensor) -> Tensor:
-    """``-sum p ln p`` over all entries (nats), with ``0 ln 0 = 0`` and a finite gradient at 0."""
-    tiny = torch.finfo(probs.dtype).tiny
-    return -(probs * probs.clamp_min(tiny).log()).sum()
+    """``-sum p ln p`` over all entries (nats), with ``0 ln 0 = 0``.
+
+    The gradient ``-(ln p + 1)`` uses ``ln max(p, tiny)``, so codes of probability 0 (underflow) get a
+    finite gradient (and ``0 * finite = 0`` upstream, no NaN).
+    """
+    return _Entropy.apply(probs)
 
 
 class _AllReduceSum(torch.autograd.Function):
