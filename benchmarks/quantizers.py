@@ -12,8 +12,9 @@ Each measurement runs in a fresh subprocess (one at a time, nothing in parallel)
    falls back to ``ru_maxrss`` minus the RSS before where ``clear_refs`` is not available), the best
    time, and the codebook entropy (a cross-check that both sides compute the same thing).
 
-Both sides use T = 0.01 (peer: ``inv_temperature = 100``), entropy weight 0.1, commitment weight 0.25,
-codebook entropy weight (peer: ``diversity_gamma``) 1.
+Both sides run with one torch thread by default (``--threads``): on a shared machine multi-threaded
+BLAS timings swing by 10x from run to run. Both sides use T = 0.01 (peer: ``inv_temperature = 100``),
+entropy weight 0.1, commitment weight 0.25, codebook entropy weight (peer: ``diversity_gamma``) 1.
 
 Rows: vocabularies 2^10 .. 2^18 at 1,024 tokens for both sides; ours alone at 2^18 x 2,560,
 2^24 x 2,560 (exact) and 2^32 x 2,560 (grouped, 16-bit groups). The peer at 2^18 x 2,560 needs about
@@ -242,7 +243,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=1024, help="tokens for the comparison rows")
     parser.add_argument("--bits", type=int, nargs="+", default=[10, 12, 14, 16, 18])
     parser.add_argument("--repeats", type=int, default=3, help="timed runs after the warm-up")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of both sides (0: torch's)")
     parser.add_argument(
         "--peer-large", action="store_true", help="also run the peer at 2^18 x 2560 (needs ~19 GB)"
     )
