@@ -3,6 +3,7 @@
 from magvit2.quantizers.base import Quantizer, QuantizerOutput
 from magvit2.quantizers.config import QUANTIZER_KINDS, QuantizerConfig, build_quantizer
 from magvit2.quantizers.cvq import CVQ
+from magvit2.quantizers.factorization import join_tokens, split_tokens
 from magvit2.quantizers.fsq import FSQ
 from magvit2.quantizers.lfq import LFQ
 from magvit2.quantizers.vq import VQ
@@ -17,4 +18,6 @@ __all__ = [
     "QuantizerConfig",
     "QuantizerOutput",
     "build_quantizer",
+    "join_tokens",
+    "split_tokens",
 ]
