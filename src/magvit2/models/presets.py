@@ -1,0 +1,57 @@
+"""Named tokenizer configurations (plain data)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from magvit2.models.config import TokenizerConfig
+
+#: Preset name -> keyword arguments of :class:`TokenizerConfig` (``quantizer`` as a dict).
+PRESETS: dict[str, dict[str, Any]] = {
+    # Small enough to train on 2 CPU cores; 4x temporal, 8x spatial, LFQ 18 bits.
+    # Few channels at full resolution (where every 3x3x3 conv is expensive), most parameters at 1/8
+    # resolution where they are cheap; a heavier decoder than encoder.
+    "tiny": {
+        "quantizer": {"kind": "lfq", "bits": 18},
+        "ch": 32,
+        "ch_mult": [1, 2, 2, 4],
+        "num_res_blocks": [1, 1, 1, 1],
+        "num_mid_blocks": 1,
+        "decoder_num_res_blocks": [1, 1, 1, 1],
+        "temporal_downsample": [False, True, True],
+        "norm_groups": 8,
+    },
+    # The MAGVIT-v2 video tokenizer of the paper's figure, exactly as Open-MAGVIT2's video model
+    # (ch 128, ch_mult 1,2,2,4, 4 res blocks, LFQ 18 bits): 370,547,349 parameters.
+    "magvit2-video": {
+        "quantizer": {"kind": "lfq", "bits": 18},
+        "ch": 128,
+        "ch_mult": [1, 2, 2, 4],
+        "num_res_blocks": 4,
+        "temporal_downsample": [False, True, True],
+        "norm_groups": 32,
+    },
+    # Loong's tokenizer: causal 3D CNN with clustering VQ, 65x128x128 -> 17x16x16, about 246M
+    # parameters. Codebook size / dimension are not published: we use 65,536 codes of dimension 8.
+    "loong-246m": {
+        "quantizer": {"kind": "cvq", "codebook_size": 65536, "dim": 8},
+        "ch": 128,
+        "ch_mult": [1, 2, 2, 4],
+        "num_res_blocks": 3,
+        "temporal_downsample": [False, True, True],
+        "norm_groups": 32,
+    },
+}
+
+
+def preset_names() -> list[str]:
+    """Names accepted by :func:`get_preset`."""
+    return sorted(PRESETS)
+
+
+def get_preset(name: str) -> TokenizerConfig:
+    """A fresh :class:`TokenizerConfig` for preset ``name``."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown tokenizer preset {name!r}; expected one of {preset_names()}")
+    return TokenizerConfig.from_dict(copy.deepcopy(PRESETS[name]))
