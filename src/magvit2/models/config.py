@@ -1,0 +1,125 @@
+"""Typed configuration of the video tokenizer (plain data, JSON round-trippable)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from magvit2.quantizers.config import QuantizerConfig
+
+
+def _per_level(value: int | list[int] | tuple[int, ...], levels: int, name: str) -> tuple[int, ...]:
+    """An int (same for every level) or one int per level -> a tuple of ``levels`` ints."""
+    if isinstance(value, int):
+        return (value,) * levels
+    value = tuple(int(v) for v in value)
+    if len(value) != levels:
+        raise ValueError(f"TokenizerConfig.{name}: expected {levels} values (one per level), got {value}")
+    return value
+
+
+@dataclass
+class TokenizerConfig:
+    """Architecture of :class:`magvit2.models.VideoTokenizer` (Open-MAGVIT2 / MAGVIT-v2 layout).
+
+    The encoder has ``len(ch_mult)`` levels; level ``i`` has ``num_res_blocks[i]`` residual blocks with
+    ``ch * ch_mult[i]`` channels and, except the last level, a stride-2 downsampling conv
+    (also stride 2 in time where ``temporal_downsample[i]``). Then ``num_mid_blocks`` residual
+    blocks, GroupNorm, swish and a 1x1x1 conv to the quantizer's latent channels. The decoder mirrors
+    it, with an adaptive GroupNorm (conditioned on the quantized latent) at the start of every level
+    and depth-to-space upsampling.
+
+    Attributes:
+        quantizer: which quantizer and its settings (the latent width is ``quantizer.latent_dim``).
+        in_channels: video channels (3).
+        ch: base channel count.
+        ch_mult: channel multiplier per level; spatial factor is ``2 ** (len(ch_mult) - 1)``.
+        num_res_blocks: encoder residual blocks per level (int = same for all).
+        num_mid_blocks: residual blocks after the last level (None = ``num_res_blocks[-1]``).
+        decoder_num_res_blocks: decoder residual blocks per level (None = same as the encoder).
+        temporal_downsample: per downsampling step (``len(ch_mult) - 1`` of them), whether it halves
+            time too; None = Open-MAGVIT2's rule (levels whose ``ch_mult != 1``).
+            Temporal factor is ``2 ** sum(temporal_downsample)``.
+        norm_groups: GroupNorm groups.
+        norm_eps: GroupNorm epsilon (and the adaptive norm's variance epsilon).
+        time_pooled_norm: False (default): normalisation statistics per frame, strictly causal, chunked
+            processing exact. True: statistics pooled over time as Open-MAGVIT2's video model (not
+            causal; chunked processing is refused).
+    """
+
+    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+    in_channels: int = 3
+    ch: int = 128
+    ch_mult: tuple[int, ...] = (1, 2, 2, 4)
+    num_res_blocks: int | tuple[int, ...] = 4
+    num_mid_blocks: int | None = None
+    decoder_num_res_blocks: int | tuple[int, ...] | None = None
+    temporal_downsample: tuple[bool, ...] | None = None
+    norm_groups: int = 32
+    norm_eps: float = 1e-6
+    time_pooled_norm: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.quantizer, dict):
+            self.quantizer = QuantizerConfig(**self.quantizer)
+        self.ch_mult = tuple(int(m) for m in self.ch_mult)
+        levels = len(self.ch_mult)
+        if levels < 1 or min(self.ch_mult) < 1:
+            raise ValueError(f"TokenizerConfig.ch_mult: expected positive ints, got {self.ch_mult}")
+        self.num_res_blocks = _per_level(self.num_res_blocks, levels, "num_res_blocks")
+        if self.decoder_num_res_blocks is None:
+            self.decoder_num_res_blocks = self.num_res_blocks
+        self.decoder_num_res_blocks = _per_level(
+            self.decoder_num_res_blocks, levels, "decoder_num_res_blocks"
+        )
+        if self.num_mid_blocks is None:
+            self.num_mid_blocks = self.num_res_blocks[-1]
+        if self.temporal_downsample is None:
+            self.temporal_downsample = tuple(m != 1 for m in self.ch_mult[:-1])
+        self.temporal_downsample = tuple(bool(t) for t in self.temporal_downsample)
+        if len(self.temporal_downsample) != levels - 1:
+            raise ValueError(
+                f"TokenizerConfig.temporal_downsample: expected {levels - 1} flags (one per downsampling), "
+                f"got {self.temporal_downsample}"
+            )
+        for c in (self.ch * m for m in self.ch_mult):
+            if c % self.norm_groups:
+                raise ValueError(
+                    f"TokenizerConfig: channels {c} (ch {self.ch} x ch_mult) must be divisible by "
+                    f"norm_groups {self.norm_groups}"
+                )
+
+    @property
+    def z_channels(self) -> int:
+        """Latent channels (the quantizer's input width)."""
+        return self.quantizer.latent_dim
+
+    @property
+    def spatial_factor(self) -> int:
+        return 2 ** (len(self.ch_mult) - 1)
+
+    @property
+    def temporal_factor(self) -> int:
+        return 2 ** sum(self.temporal_downsample)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (tuples become lists)."""
+        d = asdict(self)
+        for k, v in d.items():
+            if isinstance(v, tuple):
+                d[k] = list(v)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TokenizerConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise a ValueError."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(
+                f"TokenizerConfig: unknown keys {sorted(unknown)}; expected a subset of {sorted(known)}"
+            )
+        d = dict(d)
+        if isinstance(d.get("quantizer"), dict):
+            d["quantizer"] = QuantizerConfig(**d["quantizer"])
+        return cls(**d)

@@ -1,0 +1,109 @@
+"""Causal 3D CNN encoder and decoder (MAGVIT-v2 figure / Open-MAGVIT2 video layout and key names)."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from magvit2.models.config import TokenizerConfig
+from magvit2.modules import (
+    AdaptiveGroupNorm,
+    CausalCache,
+    CausalConv3d,
+    GroupNorm,
+    ResBlock,
+    Upsampler,
+    downsample,
+    swish,
+)
+
+
+class Encoder(nn.Module):
+    """Video ``(B, in_channels, 1+t*k, H, W)`` -> latent ``(B, z_channels, 1+k, H/s, W/s)``.
+
+    Keys: ``conv_in``, ``down.{i}.block.{j}``, ``down.{i}.downsample``, ``mid_block.{j}``,
+    ``norm_out``, ``conv_out`` (each conv's weight under ``.conv_1``).
+    """
+
+    def __init__(self, cfg: TokenizerConfig) -> None:
+        super().__init__()
+        g, eps, pooled = cfg.norm_groups, cfg.norm_eps, cfg.time_pooled_norm
+        self.conv_in = CausalConv3d(cfg.in_channels, cfg.ch, 3, bias=False)
+        self.down = nn.ModuleList()
+        block_in = cfg.ch
+        for i, mult in enumerate(cfg.ch_mult):
+            block_out = cfg.ch * mult
+            level = nn.Module()
+            level.block = nn.ModuleList()
+            for _ in range(cfg.num_res_blocks[i]):
+                level.block.append(ResBlock(block_in, block_out, g, eps, pooled))
+                block_in = block_out
+            if i < len(cfg.ch_mult) - 1:
+                level.downsample = downsample(block_in, cfg.temporal_downsample[i])
+            self.down.append(level)
+        self.mid_block = nn.ModuleList(
+            [ResBlock(block_in, block_in, g, eps, pooled) for _ in range(cfg.num_mid_blocks)]
+        )
+        self.norm_out = GroupNorm(g, block_in, eps=eps, time_pooled=pooled)
+        self.conv_out = CausalConv3d(block_in, cfg.z_channels, 1, bias=True)
+
+    def forward(self, x: Tensor, cache: CausalCache | None = None) -> Tensor:
+        x = self.conv_in(x, cache)
+        for level in self.down:
+            for block in level.block:
+                x = block(x, cache)
+            if hasattr(level, "downsample"):
+                x = level.downsample(x, cache)
+        for block in self.mid_block:
+            x = block(x, cache)
+        return self.conv_out(swish(self.norm_out(x)), cache)
+
+
+class Decoder(nn.Module):
+    """Quantized latent ``(B, z_channels, 1+k, h, w)`` -> video ``(B, out, 1+t*k, h*s, w*s)``.
+
+    Keys: ``conv_in``, ``mid_block.{j}``, ``up.{i}.block.{j}``, ``up.{i}.upsample.conv1``,
+    ``adaptive.{i}.gamma/beta``, ``norm_out``, ``conv_out``. Level ``i`` runs from the last to the
+    first; ``up.{i}`` mirrors encoder level ``i`` and its upsampler undoes ``down.{i-1}.downsample``.
+    """
+
+    def __init__(self, cfg: TokenizerConfig) -> None:
+        super().__init__()
+        g, eps, pooled = cfg.norm_groups, cfg.norm_eps, cfg.time_pooled_norm
+        levels = len(cfg.ch_mult)
+        block_in = cfg.ch * cfg.ch_mult[-1]
+        self.conv_in = CausalConv3d(cfg.z_channels, block_in, 3, bias=True)
+        self.mid_block = nn.ModuleList(
+            [ResBlock(block_in, block_in, g, eps, pooled) for _ in range(cfg.num_mid_blocks)]
+        )
+        up: list[nn.Module] = [nn.Module() for _ in range(levels)]
+        adaptive: list[nn.Module] = [nn.Module() for _ in range(levels)]
+        self.rates: list[int] = [1] * levels  # frame rate (relative to the latent) entering level i
+        rate = 1
+        for i in reversed(range(levels)):
+            block_out = cfg.ch * cfg.ch_mult[i]
+            self.rates[i] = rate
+            adaptive[i] = AdaptiveGroupNorm(cfg.z_channels, block_in, g, eps, pooled)
+            up[i].block = nn.ModuleList()
+            for _ in range(cfg.decoder_num_res_blocks[i]):
+                up[i].block.append(ResBlock(block_in, block_out, g, eps, pooled))
+                block_in = block_out
+            if i > 0:
+                bt = 2 if cfg.temporal_downsample[i - 1] else 1
+                up[i].upsample = Upsampler(block_in, (bt, 2, 2))
+                rate *= bt
+        self.up = nn.ModuleList(up)
+        self.adaptive = nn.ModuleList(adaptive)
+        self.norm_out = GroupNorm(g, block_in, eps=eps, time_pooled=pooled)
+        self.conv_out = CausalConv3d(block_in, cfg.in_channels, 3, bias=True)
+
+    def forward(self, q: Tensor, cache: CausalCache | None = None) -> Tensor:
+        x = self.conv_in(q, cache)
+        for block in self.mid_block:
+            x = block(x, cache)
+        for i in reversed(range(len(self.up))):
+            x = self.adaptive[i](x, q, self.rates[i], cache)
+            for block in self.up[i].block:
+                x = block(x, cache)
+            if hasattr(self.up[i], "upsample"):
+                x = self.up[i].upsample(x, cache)
+        return self.conv_out(swish(self.norm_out(x)), cache)

@@ -1,0 +1,312 @@
+"""``VideoTokenizer``: one causal network that tokenizes images and videos, whole or in time chunks."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from magvit2.models.config import TokenizerConfig
+from magvit2.models.networks import Decoder, Encoder
+from magvit2.models.presets import get_preset
+from magvit2.modules import CausalCache
+from magvit2.quantizers import QuantizerOutput, build_quantizer
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class TokenizerOutput:
+    """What :meth:`VideoTokenizer.forward` returns.
+
+    Attributes:
+        reconstruction: decoded video ``(B, 3, T, H, W)`` (or image ``(B, 3, H, W)``), differentiable.
+        quantizer: the quantizer's output (codes, token ids, auxiliary losses, usage statistics).
+    """
+
+    reconstruction: Tensor
+    quantizer: QuantizerOutput
+
+
+def latent_chunks(n_latent: int, temporal_factor: int, max_chunk_frames: int | None) -> list[tuple[int, int]]:
+    """Split ``n_latent`` latent frames into ``[start, stop)`` ranges of at most ``max_chunk_frames``
+    video frames each.
+
+    The first chunk holds ``1 + t*m`` video frames (``1 + m`` latent frames), later chunks ``t*m``
+    (``m`` latent frames), with ``t`` the temporal factor and ``m`` as large as fits. A
+    ``max_chunk_frames`` that is not of that form is rounded down to it; a chunk always holds at least
+    one latent frame (so later chunks hold at least ``t`` video frames even if ``max_chunk_frames < t``).
+    """
+    if max_chunk_frames is None:
+        return [(0, n_latent)]
+    if not isinstance(max_chunk_frames, int) or isinstance(max_chunk_frames, bool) or max_chunk_frames < 1:
+        raise ValueError(f"max_chunk_frames: expected None or an int >= 1, got {max_chunk_frames!r}")
+    first = 1 + (max_chunk_frames - 1) // temporal_factor
+    later = max(1, max_chunk_frames // temporal_factor)
+    bounds, start, stop = [], 0, min(first, n_latent)
+    while start < n_latent:
+        bounds.append((start, stop))
+        start, stop = stop, min(stop + later, n_latent)
+    return bounds
+
+
+def _frames(latent_index: int, temporal_factor: int) -> int:
+    """Number of video frames that latent frames ``[0, latent_index)`` decode to."""
+    return 0 if latent_index == 0 else 1 + temporal_factor * (latent_index - 1)
+
+
+class VideoTokenizer(nn.Module):
+    """Causal 3D CNN tokenizer (MAGVIT-v2 / Open-MAGVIT2) for videos and images.
+
+    A float video ``(B, 3, 1+t*k, H, W)`` in [-1, 1] (``t`` = temporal factor, ``H`` and ``W``
+    multiples of the spatial factor ``s``) becomes ``(B, 1+k, H/s, W/s)`` int64 token ids; an image
+    ``(B, 3, H, W)`` is a one-frame video and gives ``(B, 1, H/s, W/s)``. Every layer is causal in
+    time, so latent frame ``j`` depends only on frames ``<= t*j`` and a video can be processed in
+    time chunks (``max_chunk_frames``) with the same result as a whole-video pass.
+
+    ``encode``/``decode``/``encode_codes``/``decode_codes``/``encode_latent`` run in inference mode
+    (no gradients); use ``forward`` for training.
+    """
+
+    def __init__(self, config: TokenizerConfig) -> None:
+        super().__init__()
+        if not isinstance(config, TokenizerConfig):
+            raise ValueError(f"VideoTokenizer: expected a TokenizerConfig, got {type(config).__name__}")
+        self.config = config
+        self.encoder = Encoder(config)
+        self.decoder = Decoder(config)
+        self.quantizer = build_quantizer(config.quantizer)
+
+    # ------------------------------------------------------------------ construction and files
+    @classmethod
+    def from_config(cls, name_or_config: str | dict | TokenizerConfig) -> VideoTokenizer:
+        """Build a randomly initialised tokenizer from a preset name, a config dict or a config."""
+        if isinstance(name_or_config, str):
+            config = get_preset(name_or_config)
+        elif isinstance(name_or_config, dict):
+            config = TokenizerConfig.from_dict(name_or_config)
+        elif isinstance(name_or_config, TokenizerConfig):
+            config = name_or_config
+        else:
+            raise ValueError(
+                "VideoTokenizer.from_config: expected a preset name, a dict or a TokenizerConfig, "
+                f"got {type(name_or_config).__name__}"
+            )
+        return cls(config)
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` (every parameter and persistent buffer)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        meta = {"format_version": FORMAT_VERSION, "model": "VideoTokenizer", **self.config.to_dict()}
+        (directory / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n")
+        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> VideoTokenizer:
+        """Load a tokenizer written by :meth:`save_pretrained` (safetensors; never pickle)."""
+        directory = Path(directory)
+        config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
+        for p in (config_path, weights_path):
+            if not p.is_file():
+                raise ValueError(f"VideoTokenizer.from_pretrained: expected {p} to exist, it does not")
+        meta = json.loads(config_path.read_text())
+        version = meta.pop("format_version", FORMAT_VERSION)
+        meta.pop("model", None)
+        if version != FORMAT_VERSION:
+            raise ValueError(f"{config_path}: expected format_version {FORMAT_VERSION}, got {version}")
+        model = cls(TokenizerConfig.from_dict(meta))
+        state = load_file(str(weights_path), device=str(device))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(
+                f"{weights_path}: weights do not match the config; missing {missing[:5]}, "
+                f"unexpected {unexpected[:5]}"
+            )
+        return model.to(device).eval()
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def temporal_factor(self) -> int:
+        """Video frames per latent frame (after the first frame)."""
+        return self.config.temporal_factor
+
+    @property
+    def spatial_factor(self) -> int:
+        """Pixels per token along height and width."""
+        return self.config.spatial_factor
+
+    @property
+    def codebook_size(self) -> int:
+        """Number of distinct token ids."""
+        return self.quantizer.codebook_size
+
+    @property
+    def z_channels(self) -> int:
+        """Channels of the latent and of the codes."""
+        return self.config.z_channels
+
+    def last_layer_weight(self) -> Tensor:
+        """Weight of the decoder's last conv (for the adaptive GAN-loss weight)."""
+        return self.decoder.conv_out.conv_1.weight
+
+    # ------------------------------------------------------------------ input checks
+    def _check_video(self, x: Tensor, where: str) -> tuple[Tensor, bool]:
+        """Validate a video/image; return it 5-D in the model's dtype, and whether it was an image."""
+        t, s, c = self.temporal_factor, self.spatial_factor, self.config.in_channels
+        expected = f"a float video (B, {c}, 1+{t}k, H, W) or image (B, {c}, H, W), H and W multiples of {s}"
+        if not isinstance(x, Tensor):
+            raise ValueError(f"VideoTokenizer.{where}: expected {expected}; got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise ValueError(f"VideoTokenizer.{where}: expected {expected}; got dtype {x.dtype}")
+        if x.ndim not in (4, 5):
+            raise ValueError(f"VideoTokenizer.{where}: expected {expected}; got shape {tuple(x.shape)}")
+        if x.shape[1] != c:
+            raise ValueError(
+                f"VideoTokenizer.{where}: expected {c} channels in dim 1; got shape {tuple(x.shape)}"
+            )
+        image = x.ndim == 4
+        if image:
+            x = x.unsqueeze(2)
+        frames, h, w = x.shape[2:]
+        if (frames - 1) % t:
+            raise ValueError(
+                f"VideoTokenizer.{where}: expected 1+{t}k frames (1, {1 + t}, {1 + 2 * t}, ...); got {frames}"
+            )
+        if h % s or w % s or h == 0 or w == 0:
+            raise ValueError(
+                f"VideoTokenizer.{where}: expected height and width multiples of {s}; got {h}x{w}"
+            )
+        return x.to(self.last_layer_weight().dtype), image
+
+    def _check_codes(self, codes: Tensor, where: str) -> tuple[Tensor, bool]:
+        z = self.z_channels
+        if not isinstance(codes, Tensor) or not codes.is_floating_point() or codes.ndim not in (4, 5):
+            got = tuple(codes.shape) if isinstance(codes, Tensor) else type(codes).__name__
+            dtype = codes.dtype if isinstance(codes, Tensor) else None
+            raise ValueError(
+                f"VideoTokenizer.{where}: expected float codes (B, {z}, n, h, w) or (B, {z}, h, w); "
+                f"got {got} dtype {dtype}"
+            )
+        if codes.shape[1] != z:
+            raise ValueError(
+                f"VideoTokenizer.{where}: expected {z} code channels in dim 1; got shape {tuple(codes.shape)}"
+            )
+        image = codes.ndim == 4
+        return (codes.unsqueeze(2) if image else codes), image
+
+    def _check_ids(self, ids: Tensor, where: str) -> tuple[Tensor, bool]:
+        if not isinstance(ids, Tensor) or ids.ndim not in (3, 4):
+            got = tuple(ids.shape) if isinstance(ids, Tensor) else type(ids).__name__
+            raise ValueError(
+                f"VideoTokenizer.{where}: expected int64 token ids (B, n, h, w) or (B, h, w); got {got}"
+            )
+        if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+            raise ValueError(f"VideoTokenizer.{where}: expected integer token ids; got dtype {ids.dtype}")
+        self.quantizer.check_indices(ids)
+        image = ids.ndim == 3
+        return (ids.unsqueeze(1) if image else ids), image
+
+    def _check_chunking(
+        self, max_chunk_frames: int | None, n_latent: int, where: str
+    ) -> list[tuple[int, int]]:
+        bounds = latent_chunks(n_latent, self.temporal_factor, max_chunk_frames)
+        if len(bounds) > 1 and self.config.time_pooled_norm:
+            raise ValueError(
+                f"VideoTokenizer.{where}: max_chunk_frames needs a causal model; this one has "
+                "time_pooled_norm=True (statistics pooled over time), expected max_chunk_frames=None"
+            )
+        return bounds
+
+    # ------------------------------------------------------------------ inference
+    @torch.inference_mode()
+    def encode_latent(self, video: Tensor, max_chunk_frames: int | None = None) -> Tensor:
+        """Continuous encoder output before quantization: ``(B, Z, 1+k, h, w)`` (``(B, Z, 1, h, w)``
+        for an image)."""
+        x, _ = self._check_video(video, "encode_latent")
+        n_latent = 1 + (x.shape[2] - 1) // self.temporal_factor
+        bounds = self._check_chunking(max_chunk_frames, n_latent, "encode")
+        if len(bounds) == 1:
+            return self.encoder(x)
+        cache, parts = CausalCache(), []
+        for a, b in bounds:
+            chunk = x[:, :, _frames(a, self.temporal_factor) : _frames(b, self.temporal_factor)]
+            parts.append(self.encoder(chunk, cache))
+        return torch.cat(parts, dim=2)
+
+    @torch.inference_mode()
+    def encode(self, video: Tensor, max_chunk_frames: int | None = None) -> Tensor:
+        """Token ids, int64 ``(B, 1+k, H/s, W/s)`` for a video ``(B, 3, 1+t*k, H, W)`` in [-1, 1];
+        ``(B, 1, H/s, W/s)`` for an image ``(B, 3, H, W)``.
+
+        ``max_chunk_frames``: process at most that many frames at a time (first chunk ``1 + t*m``,
+        later chunks ``t*m`` frames, rounded down; see :func:`latent_chunks`); the ids equal a
+        whole-video pass and peak memory does not grow with the video's length.
+        """
+        return self.quantizer.codes_to_indices(self.encode_latent(video, max_chunk_frames))
+
+    @torch.inference_mode()
+    def encode_codes(self, video: Tensor, max_chunk_frames: int | None = None) -> Tensor:
+        """Quantized codes ``(B, Z, 1+k, h, w)`` (for LFQ: +-1) of a video or image."""
+        return self.quantizer.indices_to_codes(self.encode(video, max_chunk_frames)).to(
+            self.last_layer_weight().dtype
+        )
+
+    @torch.inference_mode()
+    def decode_codes(self, codes: Tensor, max_chunk_frames: int | None = None) -> Tensor:
+        """Codes ``(B, Z, 1+k, h, w)`` -> video ``(B, 3, 1+t*k, h*s, w*s)``; image codes
+        ``(B, Z, h, w)`` -> image ``(B, 3, h*s, w*s)``."""
+        q, image = self._check_codes(codes, "decode_codes")
+        q = q.to(self.last_layer_weight().dtype)
+        out = self._decode_chunked(
+            lambda a, b: q[:, :, a:b], q.shape[0], q.shape[2], q.shape[3:], q.device, max_chunk_frames
+        )
+        return out[:, :, 0] if image else out
+
+    @torch.inference_mode()
+    def decode(self, ids: Tensor, max_chunk_frames: int | None = None) -> Tensor:
+        """Token ids ``(B, 1+k, h, w)`` -> video ``(B, 3, 1+t*k, h*s, w*s)`` (float, about [-1, 1]);
+        ids ``(B, h, w)`` -> image ``(B, 3, h*s, w*s)``. ``max_chunk_frames`` counts output frames."""
+        ids, image = self._check_ids(ids, "decode")
+        dtype = self.last_layer_weight().dtype
+        get = lambda a, b: self.quantizer.indices_to_codes(ids[:, a:b]).to(dtype)
+        out = self._decode_chunked(
+            get, ids.shape[0], ids.shape[1], ids.shape[2:], ids.device, max_chunk_frames
+        )
+        return out[:, :, 0] if image else out
+
+    def _decode_chunked(self, get_codes, batch: int, n_latent: int, hw, device, max_chunk_frames) -> Tensor:
+        """Decode latent frames chunk by chunk into one preallocated output video."""
+        bounds = self._check_chunking(max_chunk_frames, n_latent, "decode")
+        if len(bounds) == 1:
+            return self.decoder(get_codes(0, n_latent))
+        t, s = self.temporal_factor, self.spatial_factor
+        out = torch.empty(
+            batch,
+            self.config.in_channels,
+            _frames(n_latent, t),
+            hw[0] * s,
+            hw[1] * s,
+            device=device,
+            dtype=self.last_layer_weight().dtype,
+        )
+        cache = CausalCache()
+        for a, b in bounds:
+            out[:, :, _frames(a, t) : _frames(b, t)] = self.decoder(get_codes(a, b), cache)
+        return out
+
+    # ------------------------------------------------------------------ training
+    def forward(self, video: Tensor) -> TokenizerOutput:
+        """Encode, quantize, decode (differentiable): reconstruction (same shape) and quantizer output."""
+        x, image = self._check_video(video, "forward")
+        q = self.quantizer(self.encoder(x))
+        rec = self.decoder(q.codes)
+        return TokenizerOutput(rec[:, :, 0] if image else rec, q)

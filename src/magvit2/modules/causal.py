@@ -1,0 +1,110 @@
+"""Causal 3D convolution and the state it carries from one time chunk to the next.
+
+Every layer of the tokenizer is causal in time: output frame ``t`` depends on input frames ``<= t`` only.
+A long video can therefore be processed in time chunks: each causal convolution keeps the input frames
+that its next output window still needs (at most ``kernel_t - 1``, the zero padding in front of the first
+chunk), and modules that treat a video's first frame specially (the temporal depth-to-space) remember
+that they have seen it. That state lives in a :class:`CausalCache` passed explicitly through ``forward``;
+without a cache every call is a whole video that starts at frame 0.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class CausalCache:
+    """Per-module state carried between consecutive time chunks of one batch of videos.
+
+    Create one per video (batch) and pass it to every chunk, in order. A module with no entry has not
+    seen any frame yet, i.e. the current chunk starts at the video's first frame.
+    """
+
+    def __init__(self) -> None:
+        self._state: dict[int, object] = {}
+        self._owners: dict[int, nn.Module] = {}  # keeps ids valid while the cache lives
+
+    def get(self, module: nn.Module) -> object | None:
+        """The state ``module`` stored after the previous chunk, or ``None`` before the first chunk."""
+        return self._state.get(id(module))
+
+    def set(self, module: nn.Module, value: object) -> None:
+        """Store ``module``'s state for the next chunk."""
+        self._owners[id(module)] = module
+        self._state[id(module)] = value
+
+    def seen(self, module: nn.Module) -> bool:
+        """Whether ``module`` has already processed an earlier chunk of this video."""
+        return id(module) in self._state
+
+    def clear(self) -> None:
+        """Forget everything (start a new video)."""
+        self._state.clear()
+        self._owners.clear()
+
+    def __len__(self) -> int:
+        return len(self._state)
+
+
+class CausalConv3d(nn.Module):
+    """3D convolution that pads only the past in time (``kernel_t - 1`` zero frames in front).
+
+    Spatial padding is ``kernel // 2`` zeros on both sides (same as Open-MAGVIT2's ``ConvBlock3D``).
+    With temporal stride ``s``, ``1 + s*k`` frames give ``1 + k`` outputs for kernel 3, stride 2
+    (output ``i`` sees input frames ``s*i - 2 .. s*i``).
+
+    The parameters live in ``self.conv_1`` (an ``nn.Conv3d``), so key names equal Open-MAGVIT2's
+    (``...conv_1.weight``).
+
+    Shapes: ``(B, C_in, T, H, W)`` -> ``(B, C_out, T_out, H_out, W_out)``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int, int] = 3,
+        stride: int | tuple[int, int, int] = 1,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        kt, kh, kw = (kernel_size,) * 3 if isinstance(kernel_size, int) else tuple(kernel_size)
+        st, sh, sw = (stride,) * 3 if isinstance(stride, int) else tuple(stride)
+        self.kernel_t, self.stride_t = kt, st
+        self.conv_1 = nn.Conv3d(
+            in_channels,
+            out_channels,
+            kernel_size=(kt, kh, kw),
+            stride=(st, sh, sw),
+            padding=(0, kh // 2, kw // 2),
+            bias=bias,
+        )
+
+    @property
+    def weight(self) -> Tensor:
+        return self.conv_1.weight
+
+    def forward(self, x: Tensor, cache: CausalCache | None = None) -> Tensor:
+        """Convolve ``x`` (one chunk, or the whole video when ``cache`` is None)."""
+        kt, st = self.kernel_t, self.stride_t
+        past = cache.get(self) if cache is not None else None
+        if past is None and kt > 1:
+            b, c, _, h, w = x.shape
+            past = x.new_zeros(b, c, kt - 1, h, w)
+        buf = x if past is None or past.shape[2] == 0 else torch.cat([past, x], dim=2)
+        length = buf.shape[2]
+        n_out = (length - kt) // st + 1 if length >= kt else 0
+        if cache is not None:
+            # the frames the next output window starts with; cloned so the chunk can be freed
+            cache.set(self, buf[:, :, n_out * st :].clone())
+        if n_out == 0:
+            out_hw = self.conv_1(buf.new_zeros(*buf.shape[:2], kt, *buf.shape[3:])).shape[3:]
+            return buf.new_zeros(buf.shape[0], self.conv_1.out_channels, 0, *out_hw)
+        return self.conv_1(buf)
+
+
+def swish(x: Tensor) -> Tensor:
+    """``x * sigmoid(x)`` (SiLU)."""
+    return F.silu(x)

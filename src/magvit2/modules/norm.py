@@ -1,0 +1,108 @@
+"""Group normalisation for videos: per-frame (causal) or pooled over time (Open-MAGVIT2), and the
+decoder's adaptive GroupNorm whose scale and shift are predicted from the quantized latent."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from magvit2.modules.causal import CausalCache
+
+
+def group_norm_video(
+    x: Tensor,
+    num_groups: int,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+    time_pooled: bool = False,
+) -> Tensor:
+    """GroupNorm of ``x`` ``(B, C, T, H, W)`` (or ``(B, C, H, W)``), same shape out.
+
+    ``time_pooled=False``: statistics over ``(C/G, H, W)`` for each frame separately (strictly causal).
+    ``time_pooled=True``: statistics over ``(C/G, T, H, W)`` (Open-MAGVIT2's video model; not causal).
+    """
+    if x.ndim != 5 or time_pooled:
+        return F.group_norm(x, num_groups, weight, bias, eps)
+    b, t = x.shape[0], x.shape[2]
+    frames = rearrange(x, "b c t h w -> (b t) c h w")
+    frames = F.group_norm(frames, num_groups, weight, bias, eps)
+    return rearrange(frames, "(b t) c h w -> b c t h w", b=b, t=t)
+
+
+class GroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` (same parameters and key names) whose statistics are per frame by default.
+
+    Shapes: ``(B, C, T, H, W)`` -> same.
+    """
+
+    def __init__(
+        self, num_groups: int, num_channels: int, eps: float = 1e-6, affine: bool = True, time_pooled=False
+    ) -> None:
+        super().__init__(num_groups, num_channels, eps=eps, affine=affine)
+        self.time_pooled = time_pooled
+
+    def forward(self, x: Tensor) -> Tensor:
+        return group_norm_video(x, self.num_groups, self.weight, self.bias, self.eps, self.time_pooled)
+
+
+def _latent_stats(q: Tensor, eps: float, time_pooled: bool) -> tuple[Tensor, Tensor]:
+    """Standard deviation and mean of the quantized latent ``q`` ``(B, Z, n, h, w)``.
+
+    Per latent frame -> two ``(B, n, Z)`` tensors; pooled over time -> two ``(B, 1, Z)`` tensors.
+    The variance is the unbiased one plus ``eps`` (as Open-MAGVIT2 computes it), or the biased one
+    when a frame has a single position.
+    """
+    pattern = "b z n h w -> b 1 z (n h w)" if time_pooled else "b z n h w -> b n z (h w)"
+    flat = rearrange(q, pattern)
+    correction = 1 if flat.shape[-1] > 1 else 0
+    var, mean = torch.var_mean(flat, dim=-1, correction=correction)
+    return (var + eps).sqrt(), mean
+
+
+class AdaptiveGroupNorm(nn.Module):
+    """GroupNorm without affine parameters, then ``x * gamma(std(q)) + beta(mean(q))``.
+
+    ``gamma`` and ``beta`` are ``nn.Linear(z_channels, channels)`` applied to the per-channel standard
+    deviation and mean of the quantized latent ``q``. In causal mode (default) those statistics are
+    taken per latent frame and each of ``x``'s frames uses the latent frame it was decoded from:
+    at frame rate ``r`` (``x`` has ``1 + r*k`` frames for ``1 + k`` latent frames) frame 0 uses latent
+    frame 0 and frame ``t >= 1`` uses latent frame ``ceil(t / r)``.
+
+    Shapes: ``x`` ``(B, C, T, H, W)``, ``q`` ``(B, Z, n, h, w)`` -> ``(B, C, T, H, W)``.
+    """
+
+    def __init__(
+        self, z_channels: int, channels: int, num_groups: int = 32, eps: float = 1e-6, time_pooled=False
+    ) -> None:
+        super().__init__()
+        self.gn = GroupNorm(num_groups, channels, eps=eps, affine=False, time_pooled=time_pooled)
+        self.gamma = nn.Linear(z_channels, channels)
+        self.beta = nn.Linear(z_channels, channels)
+        self.eps = eps
+        self.time_pooled = time_pooled
+
+    def forward(self, x: Tensor, q: Tensor, rate: int = 1, cache: CausalCache | None = None) -> Tensor:
+        std, mean = _latent_stats(q, self.eps, self.time_pooled)
+        scale = rearrange(self.gamma(std), "b n c -> b c n")
+        shift = rearrange(self.beta(mean), "b n c -> b c n")
+        if not self.time_pooled:
+            first = cache is None or not cache.seen(self)
+            index = self._frame_to_latent(q.shape[2], rate, first, x.device)
+            if index.numel() != x.shape[2]:
+                raise ValueError(
+                    f"AdaptiveGroupNorm: {q.shape[2]} latent frames at rate {rate} give {index.numel()} "
+                    f"frames, got x with {x.shape[2]} frames"
+                )
+            scale, shift = scale[:, :, index], shift[:, :, index]
+            if cache is not None:
+                cache.set(self, True)
+        return self.gn(x) * scale[..., None, None] + shift[..., None, None]
+
+    @staticmethod
+    def _frame_to_latent(n: int, rate: int, first: bool, device: torch.device) -> Tensor:
+        """Latent frame index of each frame at ``rate``: first chunk ``[0, 1 x r, 2 x r, ...]``."""
+        index = torch.arange(n, device=device).repeat_interleave(rate)
+        return index[rate - 1 :] if first else index

@@ -1,0 +1,155 @@
+"""Building blocks: causal conv (vs explicit padding, causality, chunk cache), norms, depth-to-space."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from magvit2.modules import (
+    AdaptiveGroupNorm,
+    CausalCache,
+    CausalConv3d,
+    GroupNorm,
+    ResBlock,
+    Upsampler,
+    depth_to_space_3d,
+)
+
+
+def _run_chunks(module, x, sizes, **kw):
+    """Feed ``x`` to ``module`` in time chunks of the given sizes with one cache; concatenate."""
+    cache, parts, start = CausalCache(), [], 0
+    for n in sizes:
+        parts.append(module(x[:, :, start : start + n], cache=cache, **kw))
+        start += n
+    assert start == x.shape[2]
+    return torch.cat(parts, dim=2)
+
+
+@pytest.mark.parametrize("stride", [(1, 1, 1), (2, 2, 2), (1, 2, 2)])
+def test_causal_conv_equals_front_padded_conv(stride):
+    torch.manual_seed(0)
+    conv = CausalConv3d(3, 5, 3, stride=stride)
+    x = torch.randn(2, 3, 9, 8, 8)
+    # independent computation: zero-pad 2 frames in front and 1 pixel around, plain conv3d
+    padded = F.pad(x, (1, 1, 1, 1, 2, 0))
+    ref = F.conv3d(padded, conv.conv_1.weight, conv.conv_1.bias, stride=stride)
+    out = conv(x)
+    assert out.shape == ref.shape
+    assert torch.allclose(out, ref, atol=1e-6)
+    if stride[0] == 2:
+        assert out.shape[2] == 5  # 1 + 2k frames -> 1 + k
+
+
+def test_causal_conv_is_causal():
+    torch.manual_seed(0)
+    conv = CausalConv3d(2, 3, 3)
+    x = torch.randn(1, 2, 7, 4, 4)
+    y = x.clone()
+    y[:, :, 4:] += 1.0
+    a, b = conv(x), conv(y)
+    assert torch.equal(a[:, :, :4], b[:, :, :4])
+    assert not torch.allclose(a[:, :, 4], b[:, :, 4])
+
+
+@pytest.mark.parametrize("stride_t", [1, 2])
+@pytest.mark.parametrize("sizes", [[1] * 9, [3, 6], [1, 4, 4], [2, 2, 5], [5, 1, 1, 1, 1]])
+def test_causal_conv_chunks_equal_whole(stride_t, sizes):
+    torch.manual_seed(0)
+    conv = CausalConv3d(2, 3, 3, stride=(stride_t, 1, 1))
+    x = torch.randn(1, 2, 9, 4, 4)
+    whole = conv(x)
+    chunked = _run_chunks(conv, x, sizes)
+    assert chunked.shape == whole.shape
+    assert torch.allclose(chunked, whole, atol=1e-6)
+
+
+def test_cache_holds_at_most_kernel_minus_one_frames():
+    conv = CausalConv3d(1, 1, 3)
+    cache = CausalCache()
+    for _ in range(5):
+        conv(torch.randn(1, 1, 4, 2, 2), cache)
+        assert cache.get(conv).shape[2] == 2
+
+
+def test_group_norm_per_frame_and_pooled():
+    torch.manual_seed(0)
+    norm = GroupNorm(2, 4, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(2, 4, 3, 5, 5) * 3 + 1
+    ref = torch.stack([F.group_norm(x[:, :, t], 2, norm.weight, norm.bias, 1e-6) for t in range(3)], dim=2)
+    assert torch.allclose(norm(x), ref, atol=1e-5)
+    # one frame's statistics never see another frame
+    y = x.clone()
+    y[:, :, 2] *= 10
+    assert torch.equal(norm(x)[:, :, :2], norm(y)[:, :, :2])
+    norm.time_pooled = True
+    assert torch.allclose(norm(x), F.group_norm(x, 2, norm.weight, norm.bias, 1e-6), atol=1e-5)
+
+
+def test_adaptive_group_norm_maps_latent_frames_causally():
+    torch.manual_seed(0)
+    ada = AdaptiveGroupNorm(z_channels=3, channels=4, num_groups=2)
+    q = torch.randn(1, 3, 3, 2, 2)  # 3 latent frames
+    x = torch.randn(1, 4, 5, 4, 4)  # rate 2: 1 + 2*2 frames
+    out = ada(x, q, rate=2)
+    normed = torch.stack([F.group_norm(x[:, :, t], 2, eps=1e-6) for t in range(5)], dim=2)
+    for t in range(5):
+        j = math.ceil(t / 2)
+        flat = q[:, :, j].flatten(2)
+        std = (flat.var(dim=-1) + 1e-6).sqrt()  # unbiased variance, as Open-MAGVIT2
+        scale, shift = ada.gamma(std), ada.beta(flat.mean(dim=-1))
+        ref = normed[:, :, t] * scale[..., None, None] + shift[..., None, None]
+        assert torch.allclose(out[:, :, t], ref, atol=1e-5), t
+    # chunked: latent frames [0, 1] then [2] give frames [0..2] then [3, 4]
+    cache = CausalCache()
+    a = ada(x[:, :, :3], q[:, :, :2], rate=2, cache=cache)
+    b = ada(x[:, :, 3:], q[:, :, 2:], rate=2, cache=cache)
+    assert torch.allclose(torch.cat([a, b], dim=2), out, atol=1e-6)
+    with pytest.raises(ValueError, match="latent frames"):
+        ada(x[:, :, :4], q, rate=2)
+
+
+def test_depth_to_space_channel_order():
+    c, bt, bh, bw = 2, 2, 2, 3
+    x = torch.randn(1, c * bt * bh * bw, 2, 3, 4)
+    out = depth_to_space_3d(x, (bt, bh, bw))
+    assert out.shape == (1, c, 4, 6, 12)
+    for it in range(bt):
+        for ih in range(bh):
+            for iw in range(bw):
+                for ci in range(c):
+                    channel = ((it * bh + ih) * bw + iw) * c + ci
+                    assert torch.equal(out[0, ci, it::bt, ih::bh, iw::bw], x[0, channel])
+
+
+def test_upsampler_first_frame_and_chunks():
+    torch.manual_seed(0)
+    up = Upsampler(4, (2, 2, 2))
+    x = torch.randn(1, 4, 4, 3, 3)
+    full = depth_to_space_3d(up.conv1(x), (2, 2, 2))
+    out = up(x)
+    assert out.shape == (1, 4, 7, 6, 6)  # 1 + k -> 1 + 2k
+    assert torch.equal(out[:, :, :1], full[:, :, :1])
+    assert torch.equal(out[:, :, 1:], full[:, :, 2:])  # frame index 1 dropped
+    assert up(x[:, :, :1]).shape[2] == 1  # an image stays one frame
+    assert torch.allclose(_run_chunks(up, x, [1, 2, 1]), out, atol=1e-6)
+    spatial = Upsampler(4, (1, 2, 2))
+    assert spatial(x).shape == (1, 4, 4, 6, 6)
+
+
+def test_resblock_shortcut_and_chunks():
+    torch.manual_seed(0)
+    block = ResBlock(4, 8, num_groups=2)
+    x = torch.randn(1, 4, 6, 4, 4)
+    h = block.conv1(F.silu(block.norm1(x)))
+    ref = block.conv2(F.silu(block.norm2(h))) + block.nin_shortcut(x)
+    assert torch.allclose(block(x), ref, atol=1e-6)
+    assert torch.allclose(_run_chunks(block, x, [1, 3, 2]), block(x), atol=1e-5)
+    same = ResBlock(4, 4, num_groups=2)
+    assert same.nin_shortcut is None
