@@ -48,9 +48,10 @@ class VideoInfo:
     """What :func:`probe` learns about a file.
 
     ``num_frames`` is the container's frame count when the header stores one (MP4/MOV store it exactly),
-    otherwise the number of video packets found by reading (demuxing, not decoding) the file;
-    ``num_frames_source`` says which (``"header"``, ``"demux"`` or ``"decode"``). A damaged file can
-    decode to fewer frames than that: use ``probe(path, count="decode")`` for an exact count.
+    otherwise the number of video packets found by reading (demuxing, not decoding) the file; images and
+    GIFs are always decoded (which also checks they are valid). ``num_frames_source`` says which
+    (``"header"``, ``"demux"`` or ``"decode"``). A damaged file can decode to fewer frames than that
+    (reading it then raises :class:`VideoReadError`): ``probe(path, count="decode")`` finds out upfront.
     """
 
     path: str
@@ -88,7 +89,9 @@ def _open(path: PathLike) -> tuple[av.container.InputContainer, av.video.stream.
         raise _fail(path, "file is empty (0 bytes)")
     try:
         container = av.open(os.fspath(p), mode="r")
-    except (av.FFmpegError, OSError, UnicodeDecodeError) as err:
+    except (av.FFmpegError, OSError, EOFError, UnicodeDecodeError) as err:
+        if isinstance(err, EOFError):
+            raise _fail(path, "file ends before any frame (truncated, or a video with zero frames)", err)
         raise _fail(path, "not a video or image FFmpeg can open (unknown format, truncated or corrupt)", err)
     if not container.streams.video:
         container.close()
@@ -125,6 +128,8 @@ def probe(path: PathLike, count: str = "auto") -> VideoInfo:
         if pix_fmt in ("pal8",):  # palette may carry transparency (GIF, PNG); report it as alpha-capable
             has_alpha = True
         n, source = int(stream.frames or 0), "header"
+        if _is_image_format(container.format.name):
+            count = "decode"  # images (and GIFs) are small: decode them to know they are valid
         try:
             if count == "decode":
                 n, source = sum(1 for _ in container.decode(stream)), "decode"
@@ -166,8 +171,9 @@ def _frame_index(frame: av.VideoFrame, t0: int, time_base: Fraction, fps: Fracti
     return round((frame.pts - t0) * time_base * fps)
 
 
-def _decode_from(container, stream, path: PathLike, start: int) -> Iterator[av.VideoFrame]:
-    """Yield decoded frames whose index is >= ``start``, seeking near ``start`` when timestamps allow.
+def _decode_from(container, stream, path: PathLike, start: int) -> Iterator[tuple[int, av.VideoFrame]]:
+    """Yield (index, frame) for decoded frames with index >= ``start``, seeking near ``start`` when
+    timestamps allow.
 
     Indices are counted from the first frame of the file. The seek goes to the keyframe at or before
     ``start`` and decodes forward; it is only trusted when frame timestamps are present and the first
@@ -196,11 +202,9 @@ def _decode_from(container, stream, path: PathLike, start: int) -> Iterator[av.V
         first = next(frames, None)
         if first is None:
             return
-    index = 0
-    for frame in _chain(first, frames):
+    for index, frame in enumerate(_chain(first, frames)):
         if index >= start:
-            yield frame
-        index += 1
+            yield index, frame
 
 
 def _chain(head: av.VideoFrame, rest: Iterator[av.VideoFrame]) -> Iterator[av.VideoFrame]:
@@ -215,7 +219,7 @@ def _indexed_from(head, rest, t0, tb, fps, start) -> Iterator[av.VideoFrame]:
         idx = _frame_index(frame, t0, tb, fps)
         index = idx if idx is not None else index
         if index >= start:
-            yield frame
+            yield index, frame
         index += 1
 
 
@@ -241,21 +245,26 @@ def iter_frames(
     if max_frames == 0:
         return
     container, stream = _open(path)
-    yielded = 0
+    listed = int(stream.frames or 0)  # frame count in the header (0: unknown)
+    yielded, last = 0, -1
     try:
-        for frame in _decode_from(container, stream, path, start):
-            yielded += 1  # counts frames reached at or after `start`
-            if (yielded - 1) % stride:
+        for index, frame in _decode_from(container, stream, path, start):
+            last = index
+            if (index - start) % stride:
                 continue
             yield _to_rgb(frame, size, interpolation)
-            if max_frames is not None and (yielded - 1) // stride + 1 >= max_frames:
+            yielded += 1
+            if max_frames is not None and yielded >= max_frames:
                 return
     except av.FFmpegError as err:
-        raise _fail(path, f"corrupt or truncated data after {yielded} frame(s) from frame {start}", err)
+        raise _fail(path, f"corrupt or truncated data after frame {last} (reading from frame {start})", err)
     finally:
         container.close()
-    if yielded == 0:
+    if last < 0:
         raise _fail(path, "no frames decoded" if start == 0 else f"start={start} is past the last frame")
+    if last + 1 < listed:
+        raise _fail(path, f"corrupt or truncated data: decoding stopped after frame {last}, "
+                          f"the header lists {listed} frames")
 
 
 def iter_chunks(
@@ -314,7 +323,8 @@ class VideoWriter:
     row/column (the file is then up to 1 px larger; ``pad_odd=False`` raises instead). ``pix_fmt="yuv444p"``
     keeps odd sizes exact. ``lossless=True`` selects ``libx264rgb`` with ``qp=0`` in ``rgb24``: frames
     read back bit-exactly. ``bitrate`` (bits/s) replaces ``crf`` when given. ``options`` are passed to
-    the encoder as FFmpeg private options (e.g. ``{"tune": "zerolatency"}``).
+    the encoder as FFmpeg private options (e.g. ``{"tune": "zerolatency"}``). ``faststart`` puts the MP4/MOV
+    index in front of the data (playable while downloading).
     """
 
     def __init__(
@@ -330,6 +340,7 @@ class VideoWriter:
         preset: str | None = "medium",
         lossless: bool = False,
         pad_odd: bool = True,
+        faststart: bool = True,
         options: dict[str, str] | None = None,
     ):
         if width < 1 or height < 1:
@@ -339,7 +350,7 @@ class VideoWriter:
         self.path = os.fspath(path)
         self.width, self.height = int(width), int(height)
         fmt = av.VideoFormat(pix_fmt)
-        sub_w, sub_h = fmt.chroma_width != fmt.width, fmt.chroma_height != fmt.height
+        sub_w, sub_h = fmt.chroma_width(2) != 2, fmt.chroma_height(2) != 2
         self._pad = ((self.height % 2) * sub_h, (self.width % 2) * sub_w)
         if any(self._pad) and not pad_odd:
             raise ValueError(f"VideoWriter({self.path!r}): {pix_fmt} needs even sizes, got {width}x{height}; "
@@ -354,7 +365,9 @@ class VideoWriter:
         if codec == "libx265":
             opts.setdefault("x265-params", "log-level=error")
         rate = Fraction(fps).limit_denominator(1001 * 1000)
-        self._container = av.open(self.path, mode="w")
+        muxer_opts = {"movflags": "+faststart"} if faststart and Path(self.path).suffix.lower() in (
+            ".mp4", ".mov", ".m4v") else {}
+        self._container = av.open(self.path, mode="w", options=muxer_opts)
         try:
             stream = self._container.add_stream(codec, rate=rate)
             stream.width, stream.height = self.width + self._pad[1], self.height + self._pad[0]
