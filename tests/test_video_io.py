@@ -195,8 +195,9 @@ def test_grayscale_video(tmp_path):
     assert info.pix_fmt == "gray" and info.num_frames_source == "demux" and info.num_frames == 6
     frames = read_video(path)
     assert frames.shape == (6, 10, 20, 3)
-    assert np.array_equal(frames, np.broadcast_to((40 * np.arange(6, dtype=np.uint8))[:, None, None, None],
-                                                  frames.shape))
+    assert np.array_equal(
+        frames, np.broadcast_to((40 * np.arange(6, dtype=np.uint8))[:, None, None, None], frames.shape)
+    )
 
 
 @pytest.mark.parametrize("codec", ["libx264", "libx265"])

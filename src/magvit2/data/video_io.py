@@ -31,7 +31,9 @@ log = logging.getLogger(__name__)
 PathLike = str | os.PathLike
 
 #: File name extensions read as still images (a ``.gif`` with several frames is read as a video).
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"})
+IMAGE_EXTENSIONS = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"}
+)
 #: File name extensions read as videos.
 VIDEO_EXTENSIONS = frozenset(
     {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".flv", ".wmv", ".ogv", ".y4m"}
@@ -91,8 +93,12 @@ def _open(path: PathLike) -> tuple[av.container.InputContainer, av.video.stream.
         container = av.open(os.fspath(p), mode="r")
     except (av.FFmpegError, OSError, EOFError, UnicodeDecodeError) as err:
         if isinstance(err, EOFError):
-            raise _fail(path, "file ends before any frame (truncated, or a video with zero frames)", err)
-        raise _fail(path, "not a video or image FFmpeg can open (unknown format, truncated or corrupt)", err)
+            raise _fail(
+                path, "file ends before any frame (truncated, or a video with zero frames)", err
+            ) from err
+        raise _fail(
+            path, "not a video or image FFmpeg can open (unknown format, truncated or corrupt)", err
+        ) from err
     if not container.streams.video:
         container.close()
         raise _fail(path, "contains no video stream")
@@ -136,7 +142,7 @@ def probe(path: PathLike, count: str = "auto") -> VideoInfo:
             elif count == "demux" or n <= 0:
                 n, source = sum(1 for pk in container.demux(stream) if pk.size > 0), "demux"
         except av.FFmpegError as err:
-            raise _fail(path, f"corrupt data while counting frames ({source})", err)
+            raise _fail(path, f"corrupt data while counting frames ({source})", err) from err
         if n <= 0:
             raise _fail(path, "video stream has zero frames")
         name = container.format.name
@@ -183,7 +189,12 @@ def _decode_from(container, stream, path: PathLike, start: int) -> Iterator[tupl
     first = next(frames, None)
     if first is None:
         return
-    if start > 0 and first.pts is not None and stream.time_base and not _is_image_format(container.format.name):
+    if (
+        start > 0
+        and first.pts is not None
+        and stream.time_base
+        and not _is_image_format(container.format.name)
+    ):
         t0, tb, fps = first.pts, Fraction(stream.time_base), _fps(stream)
         target = t0 + int(Fraction(start) / fps / tb)
         try:
@@ -240,8 +251,10 @@ def iter_frames(
     decoded, or when ``start`` is past its last frame.
     """
     if start < 0 or stride < 1 or (max_frames is not None and max_frames < 0):
-        raise ValueError(f"iter_frames({os.fspath(path)!r}): need start >= 0, stride >= 1, max_frames >= 0; "
-                         f"got start={start}, stride={stride}, max_frames={max_frames}")
+        raise ValueError(
+            f"iter_frames({os.fspath(path)!r}): need start >= 0, stride >= 1, max_frames >= 0; "
+            f"got start={start}, stride={stride}, max_frames={max_frames}"
+        )
     if max_frames == 0:
         return
     container, stream = _open(path)
@@ -257,14 +270,19 @@ def iter_frames(
             if max_frames is not None and yielded >= max_frames:
                 return
     except av.FFmpegError as err:
-        raise _fail(path, f"corrupt or truncated data after frame {last} (reading from frame {start})", err)
+        raise _fail(
+            path, f"corrupt or truncated data after frame {last} (reading from frame {start})", err
+        ) from err
     finally:
         container.close()
     if last < 0:
         raise _fail(path, "no frames decoded" if start == 0 else f"start={start} is past the last frame")
     if last + 1 < listed:
-        raise _fail(path, f"corrupt or truncated data: decoding stopped after frame {last}, "
-                          f"the header lists {listed} frames")
+        raise _fail(
+            path,
+            f"corrupt or truncated data: decoding stopped after frame {last}, "
+            f"the header lists {listed} frames",
+        )
 
 
 def iter_chunks(
@@ -344,7 +362,9 @@ class VideoWriter:
         options: dict[str, str] | None = None,
     ):
         if width < 1 or height < 1:
-            raise ValueError(f"VideoWriter({os.fspath(path)!r}): width/height must be >= 1, got {width}x{height}")
+            raise ValueError(
+                f"VideoWriter({os.fspath(path)!r}): width/height must be >= 1, got {width}x{height}"
+            )
         if lossless:
             codec, pix_fmt, crf, bitrate = "libx264rgb", "rgb24", None, None
         self.path = os.fspath(path)
@@ -353,8 +373,10 @@ class VideoWriter:
         sub_w, sub_h = fmt.chroma_width(2) != 2, fmt.chroma_height(2) != 2
         self._pad = ((self.height % 2) * sub_h, (self.width % 2) * sub_w)
         if any(self._pad) and not pad_odd:
-            raise ValueError(f"VideoWriter({self.path!r}): {pix_fmt} needs even sizes, got {width}x{height}; "
-                             "use pad_odd=True or pix_fmt='yuv444p'")
+            raise ValueError(
+                f"VideoWriter({self.path!r}): {pix_fmt} needs even sizes, got {width}x{height}; "
+                "use pad_odd=True or pix_fmt='yuv444p'"
+            )
         opts = dict(options or {})
         if lossless:
             opts.setdefault("qp", "0")
@@ -365,8 +387,11 @@ class VideoWriter:
         if codec == "libx265":
             opts.setdefault("x265-params", "log-level=error")
         rate = Fraction(fps).limit_denominator(1001 * 1000)
-        muxer_opts = {"movflags": "+faststart"} if faststart and Path(self.path).suffix.lower() in (
-            ".mp4", ".mov", ".m4v") else {}
+        muxer_opts = (
+            {"movflags": "+faststart"}
+            if faststart and Path(self.path).suffix.lower() in (".mp4", ".mov", ".m4v")
+            else {}
+        )
         self._container = av.open(self.path, mode="w", options=muxer_opts)
         try:
             stream = self._container.add_stream(codec, rate=rate)
@@ -386,8 +411,10 @@ class VideoWriter:
         """Encode one uint8 RGB frame (H, W, 3) of the size given at construction."""
         frame = _check_frame(frame, f"VideoWriter({self.path!r}).write")
         if frame.shape[:2] != (self.height, self.width):
-            raise ValueError(f"VideoWriter({self.path!r}).write: expected frame {self.height}x{self.width}, "
-                             f"got {frame.shape[0]}x{frame.shape[1]}")
+            raise ValueError(
+                f"VideoWriter({self.path!r}).write: expected frame {self.height}x{self.width}, "
+                f"got {frame.shape[0]}x{frame.shape[1]}"
+            )
         if any(self._pad):
             frame = np.pad(frame, ((0, self._pad[0]), (0, self._pad[1]), (0, 0)), mode="edge")
         vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
@@ -426,9 +453,10 @@ class VideoWriter:
             self._container = None
 
 
-def write_video(path: PathLike, frames: np.ndarray | Iterable[np.ndarray], fps: float | Fraction = 25,
-                **kwargs) -> None:
-    """Write uint8 RGB frames (T, H, W, 3) (or an iterable of (H, W, 3)) to ``path``; kwargs as VideoWriter."""
+def write_video(
+    path: PathLike, frames: np.ndarray | Iterable[np.ndarray], fps: float | Fraction = 25, **kwargs
+) -> None:
+    """Write uint8 RGB frames (T, H, W, 3) or an iterable of (H, W, 3) to ``path`` (kwargs: VideoWriter)."""
     it = iter(frames)
     first = next(it, None)
     if first is None:
@@ -455,8 +483,9 @@ def write_png(path: PathLike, frame: np.ndarray) -> None:
     Path(path).write_bytes(encode_png(frame))
 
 
-def write_png_frames(folder: PathLike, frames: np.ndarray | Iterable[np.ndarray],
-                     pattern: str = "frame_{:05d}.png") -> list[Path]:
+def write_png_frames(
+    folder: PathLike, frames: np.ndarray | Iterable[np.ndarray], pattern: str = "frame_{:05d}.png"
+) -> list[Path]:
     """Write frames (T, H, W, 3) as ``folder/frame_00000.png, ...``; returns the paths written."""
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
