@@ -85,6 +85,15 @@ def reference_lpips(x: torch.Tensor, y: torch.Tensor, trunk: dict, lins: dict | 
     return total.float()
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small convolutions run far faster on one thread on a shared, busy CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def weights():
     return random_weights()
