@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from magvit2.losses import (
@@ -67,7 +68,9 @@ def test_lecam_matches_hand_computation_with_ema_updates():
     for real, fake in batches:
         ema_r = 0.9 * ema_r + 0.1 * sum(real) / 3
         ema_f = 0.9 * ema_f + 0.1 * sum(fake) / 3
-        expected = sum(max(0.0, r - ema_f) ** 2 for r in real) / 3 + sum(max(0.0, ema_r - f) ** 2 for f in fake) / 3
+        expected = (
+            sum(max(0.0, r - ema_f) ** 2 for r in real) / 3 + sum(max(0.0, ema_r - f) ** 2 for f in fake) / 3
+        )
         got = lecam(torch.tensor(real), torch.tensor(fake))
         assert got.item() == pytest.approx(expected, rel=1e-5)
         assert lecam.ema_real.item() == pytest.approx(ema_r, rel=1e-6)
@@ -194,6 +197,32 @@ def test_discriminator_shapes_images_and_flatten_head():
         flat(torch.randn(2, 3, 5, 16, 16))
     with pytest.raises(ValueError, match="Discriminator3D expects"):
         disc(torch.randn(2, 1, 5, 16, 16))
+
+
+def test_res_block_down_against_functional_recomputation():
+    from magvit2.losses import ResBlockDown
+
+    torch.manual_seed(4)
+    block = ResBlockDown(3, 5)
+    x = torch.randn(2, 3, 4, 6, 6)
+    taps = torch.tensor([1.0, 3.0, 3.0, 1.0]) / 8
+    k3 = taps.view(4, 1, 1) * taps.view(1, 4, 1) * taps.view(1, 1, 4)  # full (not separable) 3D kernel
+
+    def blur(v):
+        c = v.shape[1]
+        v = F.pad(v, (1, 1, 1, 1, 1, 1), mode="reflect")
+        return F.conv3d(v, k3.expand(c, 1, 4, 4, 4), stride=2, groups=c)
+
+    def act(v):
+        return F.leaky_relu(v, 0.2)
+
+    h = act(F.conv3d(x, block.conv1.weight, block.conv1.bias, padding=1))
+    h = act(F.conv3d(blur(h), block.conv2.weight, block.conv2.bias, padding=1))
+    skip = F.conv3d(blur(x), block.skip.weight)
+    expected = (h + skip) / math.sqrt(2)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), expected, rtol=1e-5, atol=1e-6)
+    assert expected.shape == (2, 5, 2, 3, 3)
 
 
 def test_discriminator_default_widths_follow_magvit2_figure():

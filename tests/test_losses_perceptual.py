@@ -239,5 +239,7 @@ def test_video_is_per_frame_mean_and_frame_subset(tmp_path, weights):
         for seed in range(3):
             got = one(x, y, generator=torch.Generator().manual_seed(seed))
             # each clip contributes one of its own frames: the result is a mean over such a choice
-            candidates = torch.stack([(per_frame[0, i] + per_frame[1, j]) / 2 for i in range(3) for j in range(3)])
+            candidates = torch.stack(
+                [(per_frame[0, i] + per_frame[1, j]) / 2 for i in range(3) for j in range(3)]
+            )
             assert torch.isclose(candidates, got, rtol=1e-4, atol=1e-6).any()
