@@ -1,1 +1,53 @@
-"""magvit2.data."""
+"""magvit2.data: video/image I/O (PyAV) and the training data pipeline."""
+
+from .dataset import (
+    BatchStream,
+    DataConfig,
+    ImageDataset,
+    JointBatchDataset,
+    MediaIndex,
+    VideoClipDataset,
+    find_files,
+    make_loader,
+)
+from .video_io import (
+    VideoInfo,
+    VideoReadError,
+    VideoWriter,
+    encode_png,
+    iter_chunks,
+    iter_frames,
+    probe,
+    read_image,
+    read_video,
+    to_tensor,
+    to_uint8,
+    write_png,
+    write_png_frames,
+    write_video,
+)
+
+__all__ = [
+    "BatchStream",
+    "DataConfig",
+    "ImageDataset",
+    "JointBatchDataset",
+    "MediaIndex",
+    "VideoClipDataset",
+    "VideoInfo",
+    "VideoReadError",
+    "VideoWriter",
+    "encode_png",
+    "find_files",
+    "iter_chunks",
+    "iter_frames",
+    "make_loader",
+    "probe",
+    "read_image",
+    "read_video",
+    "to_tensor",
+    "to_uint8",
+    "write_png",
+    "write_png_frames",
+    "write_video",
+]
