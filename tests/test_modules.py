@@ -153,3 +153,17 @@ def test_resblock_shortcut_and_chunks():
     assert torch.allclose(_run_chunks(block, x, [1, 3, 2]), block(x), atol=1e-5)
     same = ResBlock(4, 4, num_groups=2)
     assert same.nin_shortcut is None
+
+
+def test_causal_conv_image_fast_path_equals_zero_padded_conv():
+    """A one-frame input takes a 2D shortcut; it must equal the zero-padded 3D convolution."""
+    from magvit2.modules.causal import CausalCache, CausalConv3d
+
+    torch.manual_seed(0)
+    for stride in (1, (2, 2, 2), (1, 2, 2)):
+        conv = CausalConv3d(3, 5, 3, stride=stride)
+        x = torch.randn(2, 3, 1, 8, 8)
+        fast = conv(x)
+        padded = conv.conv_1(torch.cat([torch.zeros(2, 3, 2, 8, 8), x], dim=2))
+        assert torch.allclose(fast, padded, atol=1e-6)
+        assert torch.allclose(conv(x, CausalCache()), padded, atol=1e-6)  # chunked path, no shortcut
