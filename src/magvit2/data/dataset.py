@@ -67,7 +67,9 @@ class DataConfig:
     full path and the file name. num_frames: frames per clip, ``1 + temporal_downsample * k``.
     frame_stride: distance between sampled frames. resolution: output size, int (square) or (h, w).
     resize_mode: "random_crop" (short side resized to the target, then a random crop), "center_crop"
-    (same with a centred crop) or "resize" (stretched to (h, w)). batch_size: samples per step (videos +
+    (same with a centred crop) or "resize" (stretched to (h, w)). short_side: with the crop modes,
+    resize the short side to at least this many pixels first (None: just enough to cover the crop).
+    batch_size: samples per step (videos +
     images in "mixed" mode, videos in "alternate" mode). image_ratio: fraction of samples (mixed) or of
     steps (alternate) that are images. image_batch_size: images per image step in "alternate" mode
     (default batch_size). video_frames_as_images: also use video frames as images (None: only when there
@@ -82,6 +84,7 @@ class DataConfig:
     frame_stride: int = 1
     resolution: int | tuple[int, int] = 128
     resize_mode: str = "random_crop"
+    short_side: int | None = None
     batch_size: int = 8
     image_ratio: float = 0.0
     joint_mode: str = "mixed"
@@ -179,12 +182,18 @@ def find_files(paths: Sequence[str], exclude: Sequence[str] = ()) -> list[str]:
 # ------------------------------------------------------------------------------------------ media index
 
 
-def _resized_size(height: int, width: int, size: tuple[int, int], mode: str) -> tuple[int, int]:
-    """Size a (height, width) frame is resized to before cropping to ``size`` (h, w)."""
+def _resized_size(
+    height: int, width: int, size: tuple[int, int], mode: str, short_side: int | None = None
+) -> tuple[int, int]:
+    """Size a (height, width) frame is resized to before cropping to ``size`` (h, w).
+
+    The frame is scaled so that it covers ``size``; with ``short_side`` its short side is scaled to at
+    least ``short_side`` pixels (crops then show a smaller part of the frame at finer detail).
+    """
     h, w = size
     if mode == "resize":
         return h, w
-    scale = max(h / height, w / width)
+    scale = max(h / height, w / width, (short_side or 0) / min(height, width))
     return max(h, round(height * scale)), max(w, round(width * scale))
 
 
@@ -275,7 +284,7 @@ class MediaIndex:
     def _fill_cache(self) -> None:
         cfg, total = self.config, 0
         for i, (path, info) in enumerate(zip(self.files, self.infos, strict=True)):
-            size = _resized_size(info.height, info.width, cfg.size, cfg.resize_mode)
+            size = _resized_size(info.height, info.width, cfg.size, cfg.resize_mode, cfg.short_side)
             total += info.num_frames * size[0] * size[1] * 3
             if total > cfg.cache_max_mb * 2**20:
                 raise ValueError(
@@ -300,7 +309,7 @@ class MediaIndex:
         if file in self._cache:
             clip = self._cache[file][start : start + (count - 1) * stride + 1 : stride]
         else:
-            size = _resized_size(info.height, info.width, cfg.size, cfg.resize_mode)
+            size = _resized_size(info.height, info.width, cfg.size, cfg.resize_mode, cfg.short_side)
             clip = list(
                 iter_frames(self.files[file], start=start, stride=stride, max_frames=count, size=size)
             )
