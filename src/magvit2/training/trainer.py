@@ -1,0 +1,548 @@
+"""The tokenizer trainer: ``Trainer(config).fit()``, or ``magvit2 train CONFIG.yaml``.
+
+One optimiser step (``train_step`` then ``disc_step``):
+
+1. fetch ``optim.grad_accum_steps`` micro-batches; each holds a video part and/or an image part
+   (``magvit2.data`` joint batches); every part is one *chunk*, weighted by its share of the step's
+   samples, so the step's loss is the mean over all its samples;
+2. per chunk: forward (bf16 autocast if asked), :class:`magvit2.losses.TokenizerLoss` generator loss,
+   backward (DDP synchronises the gradients only at the step's last chunk);
+3. clip the gradient norm, AdamW step, LR schedule step, EMA update;
+4. once ``loss.disc_start`` is reached: the discriminator loss on the same real clips and their
+   detached reconstructions, gradients averaged over ranks, clip, AdamW step, LeCam averages
+   synchronised over ranks.
+
+Under ``torchrun`` the tokenizer is wrapped in ``DistributedDataParallel`` (gloo on CPU, NCCL on
+GPU); the discriminator is not wrapped (it runs in both the generator and discriminator passes and
+R1 needs a double backward, which DDP's hooks do not support), its gradients are averaged with one
+``all_reduce`` instead. LFQ averages its code distribution over ranks by itself. Each rank reads its own
+shard of the data; rank 0 writes checkpoints, TensorBoard and the progress bar.
+
+Everything that changes during training is in the checkpoint (model, EMA, discriminator and LeCam
+buffers, both optimisers and schedulers, the step, which fixes the data position and the entropy-weight
+schedule, and every rank's torch/numpy/python RNG states), so a run killed at any moment and resumed
+with ``resume=True`` ends with exactly the weights of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import logging
+import math
+import random
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.checkpoint import checkpoint
+
+from magvit2.data import JointBatchDataset, make_loader, read_video, to_tensor
+from magvit2.data.video_io import probe
+from magvit2.losses import TokenizerLoss
+from magvit2.models import PRESETS, TokenizerConfig, VideoTokenizer, get_preset
+from magvit2.modules.blocks import ResBlock
+from magvit2.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from magvit2.training.config import TrainConfig, config_to_yaml, resolve_path
+from magvit2.training.distributed import DistInfo, barrier, init_distributed
+from magvit2.training.ema import EMA
+from magvit2.training.monitor import Monitor
+from magvit2.training.schedule import warmup_cosine
+
+log = logging.getLogger("magvit2.train")
+
+
+# ---------------------------------------------------------------------------------------- building blocks
+
+
+def tokenizer_config(cfg: TrainConfig) -> TokenizerConfig:
+    """The model section -> a :class:`TokenizerConfig` (preset fields replaced by ``model.config``)."""
+    section = cfg.model
+    base: dict[str, Any] = {}
+    if section.preset is not None:
+        get_preset(section.preset)  # a ValueError naming the presets if unknown
+        base = copy.deepcopy(PRESETS[section.preset])
+    over = copy.deepcopy(dict(section.config))
+    if isinstance(over.get("quantizer"), dict) and isinstance(base.get("quantizer"), dict):
+        kind_changed = "kind" in over["quantizer"] and over["quantizer"]["kind"] != base["quantizer"].get("kind")
+        over["quantizer"] = over["quantizer"] if kind_changed else {**base["quantizer"], **over["quantizer"]}
+    base.update(over)
+    return TokenizerConfig.from_dict(base)
+
+
+def enable_activation_checkpointing(model: nn.Module) -> int:
+    """Make every residual block recompute its activations in the backward pass; returns how many.
+
+    Only training passes (gradients on, no causal cache) are checkpointed; weights and state dict keys
+    are unchanged.
+    """
+    count = 0
+    for module in model.modules():
+        if isinstance(module, ResBlock):
+            inner = module.forward
+
+            def forward(x: Tensor, cache: Any = None, _inner: Any = inner) -> Tensor:
+                if cache is None and torch.is_grad_enabled():
+                    return checkpoint(_inner, x, use_reentrant=False)
+                return _inner(x, cache)
+
+            module.forward = forward  # type: ignore[method-assign]
+            count += 1
+    return count
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's torch / numpy / python (and CUDA) RNG states, checkpoint-ready."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},  # fmt: skip
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of :func:`rng_state`."""
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(
+        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch, numpy and python's ``random``."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def average_gradients(params: list[nn.Parameter], info: DistInfo) -> None:
+    """Average the ``.grad`` of ``params`` over ranks with one coalesced all_reduce."""
+    if not info.distributed:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= info.world_size
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def average_buffers(module: nn.Module, info: DistInfo) -> None:
+    """Average a module's floating buffers over ranks (keeps LeCam's logit averages identical)."""
+    if not info.distributed:
+        return
+    for buf in module.buffers():
+        if buf.is_floating_point():
+            dist.all_reduce(buf)
+            buf /= info.world_size
+
+
+def broadcast_module(module: nn.Module, info: DistInfo) -> None:
+    """Copy rank 0's parameters and buffers to every rank."""
+    if not info.distributed:
+        return
+    for t in list(module.parameters()) + list(module.buffers()):
+        dist.broadcast(t.data, src=0)
+
+
+def load_clip(path: str, num_frames: int, start: int, stride: int, resolution: int) -> Tensor:
+    """Frames ``start, start+stride, ...`` (``num_frames`` of them) of a video or image, short side resized
+    to ``resolution`` then centre-cropped square -> ``(3, T, resolution, resolution)`` in [-1, 1]."""
+    info = probe(path)
+    h, w = info.height, info.width
+    scale = resolution / min(h, w)
+    size = (max(resolution, round(h * scale)), max(resolution, round(w * scale)))
+    frames = read_video(path, start=start, stride=stride, max_frames=num_frames, size=size)
+    if frames.shape[0] < num_frames:
+        raise ValueError(
+            f"validation clip {path}: expected {num_frames} frames from frame {start} (stride {stride}), "
+            f"the file has only {frames.shape[0]} there"
+        )
+    top, left = (size[0] - resolution) // 2, (size[1] - resolution) // 2
+    return to_tensor(frames[:, top : top + resolution, left : left + resolution])
+
+
+# ------------------------------------------------------------------------------------------------ trainer
+
+
+class Trainer:
+    """Trains a :class:`VideoTokenizer` as a :class:`TrainConfig` says.
+
+    ``Trainer(cfg, resume=True).fit()`` continues from the newest complete checkpoint in
+    ``cfg.output_dir/checkpoints`` (or starts fresh when there is none). Without ``resume`` an output
+    folder that already holds checkpoints is refused. ``fit`` returns the ``final/`` folder.
+    """
+
+    def __init__(self, cfg: TrainConfig, resume: bool = False, info: DistInfo | None = None) -> None:
+        self.cfg = cfg
+        self.resume_requested = resume
+        self.info = info if info is not None else init_distributed(cfg.device)
+        self.out = Path(resolve_path(cfg.output_dir))
+        self.step = 0
+        self.setup()
+
+    # ------------------------------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        """Build model, EMA, loss/discriminator, optimisers, schedules and data; resume if asked."""
+        cfg, info = self.cfg, self.info
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
+        seed_everything(cfg.seed)
+        self.device = info.device
+        self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda")
+        model = VideoTokenizer.from_config(tokenizer_config(cfg))
+        if cfg.model.init_from:
+            pretrained = VideoTokenizer.from_pretrained(resolve_path(cfg.model.init_from))
+            model.load_state_dict(pretrained.state_dict())
+        self.model = model.to(self.device).train()
+        if cfg.model.activation_checkpointing:
+            enable_activation_checkpointing(self.model)
+        self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema_decay is not None else None
+        self.loss_fn = TokenizerLoss(cfg.loss, in_channels=self.model.config.in_channels).to(self.device)
+        self.entropy_schedule = cfg.loss.entropy_schedule()
+        broadcast_module(self.model, info)
+        broadcast_module(self.loss_fn, info)
+        self.ddp = (
+            DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
+            if info.distributed
+            else None
+        )
+        self.opt_g, self.sched_g = self._optimizer(self.model.parameters(), cfg.optim.lr, cfg.optim.betas,
+                                                   cfg.optim.weight_decay)  # fmt: skip
+        self.disc = self.loss_fn.discriminator
+        self.opt_d = self.sched_d = None
+        if self.disc is not None:
+            o = cfg.optim
+            self.opt_d, self.sched_d = self._optimizer(
+                self.disc.parameters(),
+                o.disc_lr if o.disc_lr is not None else o.lr,
+                o.disc_betas if o.disc_betas is not None else o.betas,
+                o.disc_weight_decay if o.disc_weight_decay is not None else o.weight_decay,
+            )
+        self.data_cfg = replace(
+            cfg.data,
+            paths=[resolve_path(p) for p in cfg.data.paths],
+            temporal_downsample=self.model.temporal_factor,
+        )
+        self._prepare_output()
+        if self.resume_requested:
+            self.resume()
+        self.dataset = JointBatchDataset(self.data_cfg, info.rank, info.world_size)
+        self._val_clips: Tensor | None = None
+
+    def _optimizer(self, params, lr: float, betas, weight_decay: float):
+        """AdamW + warm-up/cosine LambdaLR."""
+        o = self.cfg.optim
+        opt = torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay, eps=o.eps)
+        fn = functools.partial(
+            warmup_cosine, warmup_steps=o.warmup_steps, total_steps=self.cfg.max_steps, min_ratio=o.min_lr_ratio
+        )
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, fn)
+
+    def _prepare_output(self) -> None:
+        """Create the run folder, refuse to overwrite a run without ``resume``, save ``config.yaml``."""
+        ckpts = self.out / "checkpoints"
+        if not self.resume_requested and latest_checkpoint(ckpts) is not None:
+            raise FileExistsError(
+                f"{self.out} already holds checkpoints; pass --resume to continue that run, "
+                "or choose another output_dir"
+            )
+        if self.info.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.yaml").write_text(config_to_yaml(self.cfg))
+        barrier(self.info)
+
+    # ------------------------------------------------------------------------------------------ state
+    def state_dict(self) -> tuple[dict[str, dict[str, Tensor]], dict[str, Any]]:
+        """(weight groups, other state) for a checkpoint; RNG states gathered from every rank."""
+        weights = {"model": self.model.state_dict(), "loss": self.loss_fn.state_dict()}
+        if self.ema is not None:
+            weights["ema"] = self.ema.state_dict()
+        rngs = [rng_state()]
+        if self.info.distributed:
+            rngs = [None] * self.info.world_size
+            dist.all_gather_object(rngs, rng_state())
+        state = {
+            "step": self.step,
+            "world_size": self.info.world_size,
+            "opt_g": self.opt_g.state_dict(),
+            "sched_g": self.sched_g.state_dict(),
+            "rng": rngs,
+            "data": {"micro_batches": self.step * self.cfg.optim.grad_accum_steps, "seed": self.data_cfg.seed},
+        }
+        if self.opt_d is not None:
+            state["opt_d"] = self.opt_d.state_dict()
+            state["sched_d"] = self.sched_d.state_dict()
+        return weights, state
+
+    def load_state_dict(self, weights: dict[str, dict[str, Tensor]], state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` gave."""
+        self.model.load_state_dict(weights["model"])
+        self.loss_fn.load_state_dict(weights["loss"])
+        if self.ema is not None:
+            self.ema.load_state_dict(weights.get("ema", weights["model"]))
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.sched_g.load_state_dict(state["sched_g"])
+        if self.opt_d is not None and "opt_d" in state:
+            self.opt_d.load_state_dict(state["opt_d"])
+            self.sched_d.load_state_dict(state["sched_d"])
+        rngs = state["rng"]
+        if len(rngs) != self.info.world_size:
+            log.warning("checkpoint was written by %d processes, now %d: RNG streams differ", len(rngs),
+                        self.info.world_size)  # fmt: skip
+        set_rng_state(rngs[self.info.rank % len(rngs)])
+        self.step = int(state["step"])
+
+    def save(self) -> Path | None:
+        """Write checkpoint ``checkpoints/step-XXXXXXXX`` (rank 0 writes; every rank takes part)."""
+        weights, state = self.state_dict()
+        path = None
+        if self.info.is_main:
+            path = save_checkpoint(
+                self.out / "checkpoints",
+                self.step,
+                weights,
+                state,
+                keep_last=self.cfg.keep_checkpoints,
+                extra_files={"config.yaml": config_to_yaml(self.cfg)},
+            )
+        barrier(self.info)
+        return path
+
+    def resume(self) -> int:
+        """Load the newest complete checkpoint of ``output_dir``, if any; returns the step reached."""
+        path = latest_checkpoint(self.out / "checkpoints")
+        if path is None:
+            log.info("no checkpoint in %s: starting a new run", self.out / "checkpoints")
+            return 0
+        _, weights, state = load_checkpoint(path)
+        self.load_state_dict(weights, state)
+        log.info("resumed from %s (step %d)", path, self.step)
+        return self.step
+
+    # ------------------------------------------------------------------------------------------ steps
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
+    def _chunks(self, batches: list[dict]) -> list[tuple[Tensor, float]]:
+        """Micro-batch dicts -> (clips ``(B, 3, T, H, W)``, weight = share of the step's samples)."""
+        parts = [b[k] for b in batches for k in ("video", "image") if b.get(k) is not None]
+        total = sum(p.shape[0] for p in parts)
+        return [(p.to(self.device, non_blocking=True), p.shape[0] / total) for p in parts]
+
+    def train_step(self, batches: list[dict]) -> tuple[dict[str, Tensor], list[tuple[Tensor, Tensor]]]:
+        """One tokenizer update from the step's micro-batches -> (weighted mean logs, (real, fake) pairs)."""
+        step = self.step
+        chunks = self._chunks(batches)
+        net = self.ddp if self.ddp is not None else self.model
+        if hasattr(self.model.quantizer, "entropy_weight"):
+            self.model.quantizer.entropy_weight = self.entropy_schedule(step)
+        if self.disc is not None:
+            self.disc.requires_grad_(False)
+        self.opt_g.zero_grad(set_to_none=True)
+        logs: dict[str, Tensor] = {}
+        pairs = []
+        for i, (x, weight) in enumerate(chunks):
+            sync = self.ddp is None or i == len(chunks) - 1
+            with contextlib.nullcontext() if sync else self.ddp.no_sync():
+                with self._autocast():
+                    out = net(x)
+                    loss, chunk_logs = self.loss_fn(
+                        x, out.reconstruction, out.quantizer, step, last_layer=self.model.last_layer_weight()
+                    )
+                (loss * weight).backward()
+            pairs.append((x, out.reconstruction.detach()))
+            for k, v in chunk_logs.items():
+                logs[k] = logs.get(k, 0.0) + weight * v.float()
+        logs["grad_norm"] = self._clip(self.model.parameters())
+        self.opt_g.step()
+        self.sched_g.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        logs["lr"] = torch.tensor(self.sched_g.get_last_lr()[0])
+        logs["entropy_weight"] = torch.tensor(float(getattr(self.model.quantizer, "entropy_weight", 0.0)))
+        return logs, pairs
+
+    def disc_step(self, pairs: list[tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
+        """One discriminator update on (real, detached fake) pairs; no-op before ``disc_start``."""
+        if self.disc is None or not self.loss_fn.disc_active(self.step):
+            return {}
+        self.disc.requires_grad_(True)
+        self.opt_d.zero_grad(set_to_none=True)
+        total = sum(real.shape[0] for real, _ in pairs)
+        logs: dict[str, Tensor] = {}
+        for real, fake in pairs:
+            weight = real.shape[0] / total
+            with self._autocast():
+                loss, chunk_logs = self.loss_fn.discriminator_loss(real, fake, self.step)
+            (loss * weight).backward()
+            for k, v in chunk_logs.items():
+                logs[k] = logs.get(k, 0.0) + weight * v.float()
+        average_gradients(list(self.disc.parameters()), self.info)
+        logs["disc_grad_norm"] = self._clip(self.disc.parameters())
+        self.opt_d.step()
+        self.sched_d.step()
+        average_buffers(self.loss_fn.lecam, self.info)
+        return logs
+
+    def _clip(self, params) -> Tensor:
+        params = [p for p in params if p.grad is not None]
+        if self.cfg.optim.grad_clip > 0:
+            return torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip).detach()
+        return torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])).detach()
+
+    # ------------------------------------------------------------------------------------------ validation
+    def eval_model(self) -> VideoTokenizer:
+        """A copy of the tokenizer holding the EMA weights (raw weights when EMA is off), in eval mode,
+        with quantizer statistics local to this process."""
+        model = VideoTokenizer(self.model.config).to(self.device)
+        model.load_state_dict(self.ema.state_dict() if self.ema is not None else self.model.state_dict())
+        for m in model.modules():
+            if hasattr(m, "distributed"):
+                m.distributed = False
+        return model.eval()
+
+    def validation_clips(self) -> Tensor | None:
+        """The held-out clips ``(N, 3, T, R, R)``, read once."""
+        v = self.cfg.validation
+        if not v.paths:
+            return None
+        if self._val_clips is None:
+            clips = []
+            for p in v.paths:
+                for c in range(v.clips_per_file):
+                    start = v.start_frame + c * v.num_frames * v.frame_stride
+                    clips.append(load_clip(resolve_path(p), v.num_frames, start, v.frame_stride, v.resolution))
+            self._val_clips = torch.stack(clips)
+        return self._val_clips
+
+    @torch.no_grad()
+    def validate(self, model: VideoTokenizer | None = None) -> dict[str, float]:
+        """PSNR / SSIM (dB, [0..1]; per frame, mean over clips) and distinct codes on the held-out clips;
+        logs the first clip's reconstruction to TensorBoard. Rank 0 only; {} without validation paths."""
+        from magvit2.evaluation import psnr, ssim
+
+        clips = self.validation_clips()
+        if clips is None or not self.info.is_main:
+            return {}
+        model = model if model is not None else self.eval_model()
+        bs = self.cfg.validation.batch_size
+        p_sum = s_sum = 0.0
+        ids = []
+        first = None
+        for i in range(0, clips.shape[0], bs):
+            x = clips[i : i + bs].to(self.device)
+            with self._autocast():
+                out = model(x)
+            rec = out.reconstruction.float().clamp(-1, 1)
+            p_sum += float(psnr(rec, x, data_range=2.0, reduction="none").sum())
+            s_sum += float(ssim(rec, x, data_range=2.0, reduction="none").sum())
+            ids.append(out.quantizer.indices.reshape(-1))
+            if first is None:
+                first = (x[0].cpu(), rec[0].cpu())
+        n = clips.shape[0]
+        result = {"psnr": p_sum / n, "ssim": s_sum / n, "used_codes": float(torch.cat(ids).unique().numel())}
+        self.monitor.video_pair("val/reconstruction", self.step, *first)
+        return result
+
+    # ------------------------------------------------------------------------------------------ loop
+    def _samples_per_step(self) -> int:
+        return self.cfg.data.batch_size * self.cfg.optim.grad_accum_steps * self.info.world_size
+
+    def _log(self, logs: dict[str, Tensor]) -> None:
+        steps_s, samples_s = self.monitor.throughput(self.step, self._samples_per_step())
+        values = {f"train/{k}": float(v) for k, v in logs.items()}
+        values["train/steps_per_s"] = steps_s
+        values["train/clips_per_s"] = samples_s
+        self.monitor.scalars(
+            self.step, values,
+            {"loss": f"{float(logs['total']):.4f}", "clips/s": f"{samples_s:.2f}"},
+        )  # fmt: skip
+
+    def _run_validation(self) -> dict[str, float]:
+        result = self.validate()
+        if result:
+            self.monitor.scalars(self.step, {f"val/{k}": v for k, v in result.items()})
+            self.monitor.message(
+                f"step {self.step}: val PSNR {result['psnr']:.2f} dB  SSIM {result['ssim']:.4f}  "
+                f"codes {int(result['used_codes'])}"
+            )
+        barrier(self.info)
+        return result
+
+    def fit(self) -> Path:
+        """Train up to ``max_steps`` (checkpointing and validating on the way); write ``final/``
+        (EMA weights) and ``final_raw/``; return the ``final/`` path."""
+        cfg = self.cfg
+        accum = cfg.optim.grad_accum_steps
+        self.monitor = Monitor(self.info.is_main, self.out, self.step, cfg.max_steps, cfg.progress,
+                               cfg.tensorboard)  # fmt: skip
+        self.last_validation: dict[str, float] = {}
+        t0 = time.perf_counter()
+        try:
+            loader = iter(make_loader(self.dataset, start_step=self.step * accum, stop_step=cfg.max_steps * accum))
+            while self.step < cfg.max_steps:
+                batches = [next(loader) for _ in range(accum)]
+                logs, pairs = self.train_step(batches)
+                logs.update(self.disc_step(pairs))
+                self.step += 1
+                self.monitor.advance()
+                if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                    self._log(logs)
+                if not math.isfinite(float(logs["total"])):
+                    raise FloatingPointError(f"training loss is {float(logs['total'])} at step {self.step}")
+                every = cfg.validation.every
+                if every and self.step % every == 0 and self.step < cfg.max_steps:
+                    self.last_validation = self._run_validation()
+                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps:
+                    self.save()
+            self.last_validation = self._run_validation()
+            final = self.write_final()
+        finally:
+            self.monitor.close()
+        log.info("trained to step %d in %.1f s; weights in %s", self.step, time.perf_counter() - t0, final)
+        return final
+
+    def write_final(self) -> Path:
+        """``final/`` = EMA weights, ``final_raw/`` = raw weights, both ``save_pretrained`` folders."""
+        final = self.out / "final"
+        if self.info.is_main:
+            if self.ema is not None:
+                self.eval_model().save_pretrained(final)
+                self.model.save_pretrained(self.out / "final_raw")
+            else:
+                self.model.save_pretrained(final)
+        barrier(self.info)
+        return final
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> Path:
+    """Run training as ``cfg`` says (under torchrun: one process of the group); returns ``final/``."""
+    from magvit2.training.distributed import shutdown
+
+    info = init_distributed(cfg.device)
+    try:
+        return Trainer(cfg, resume=resume, info=info).fit()
+    finally:
+        shutdown(info)
