@@ -15,9 +15,12 @@ Paths (data folders, validation clips, ``model.init_from``, ``loss.perceptual_pa
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib.util
 import os
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,7 @@ import yaml
 from magvit2.config_io import apply_overrides, from_dict, to_dict
 from magvit2.data import DataConfig
 from magvit2.losses import LossConfig
+from magvit2.models import PRESETS, TokenizerConfig, get_preset
 
 PRECISIONS = ("auto", "bf16", "fp32")
 STRATEGIES = ("ddp",)
@@ -152,7 +156,7 @@ class TrainConfig:
         strategy: multi-process engine under torchrun: ``ddp`` (see the README for FSDP).
         model, data, loss, optim, validation: the sections above and ``magvit2.data.DataConfig`` /
             ``magvit2.losses.LossConfig`` (``data.batch_size`` is per process and micro-batch;
-            ``data.temporal_downsample`` is set from the model).
+            ``data.temporal_downsample`` is always set from the model by :func:`load_train_config`).
     """
 
     output_dir: str = "runs/tokenizer"
@@ -188,6 +192,45 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.ema_decay must lie in [0, 1) or be null, got {self.ema_decay}")
 
 
+def tokenizer_config(cfg: TrainConfig) -> TokenizerConfig:
+    """The model section -> a :class:`TokenizerConfig` (preset fields replaced by ``model.config``)."""
+    section = cfg.model
+    base: dict[str, Any] = {}
+    if section.preset is not None:
+        get_preset(section.preset)  # a ValueError naming the presets if unknown
+        base = copy.deepcopy(PRESETS[section.preset])
+    over = copy.deepcopy(dict(section.config))
+    if isinstance(over.get("quantizer"), dict) and isinstance(base.get("quantizer"), dict):
+        new_kind = over["quantizer"].get("kind", base["quantizer"].get("kind"))
+        if new_kind == base["quantizer"].get("kind"):
+            over["quantizer"] = {**base["quantizer"], **over["quantizer"]}
+    base.update(over)
+    return TokenizerConfig.from_dict(base)
+
+
+def _fix_numbers(obj: Any, where: str) -> Any:
+    """Return ``obj`` (a dataclass instance) with float fields given as ints or as YAML 1.1 strings like
+    ``1e-3`` turned into floats; a string that is not a number in a numeric field is a ValueError."""
+    changes = {}
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        tp = hints[f.name]
+        args = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+        if dataclasses.is_dataclass(value):
+            new = _fix_numbers(value, f"{where}.{f.name}")
+            if new is not value:
+                changes[f.name] = new
+        elif float in args and isinstance(value, (str, int)) and not isinstance(value, bool):
+            try:
+                changes[f.name] = float(value)
+            except ValueError:
+                raise ValueError(f"{where}.{f.name}: expected a number, got {value!r}") from None
+        elif int in args and float not in args and isinstance(value, str):
+            raise ValueError(f"{where}.{f.name}: expected an integer, got {value!r}")
+    return dataclasses.replace(obj, **changes) if changes else obj
+
+
 def _plain(obj: Any) -> Any:
     """Tuples -> lists, recursively (YAML safe_dump writes no tuples)."""
     if isinstance(obj, dict):
@@ -216,6 +259,25 @@ def load_train_config(
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:
             raise ValueError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of TrainConfig fields, got {type(data).__name__}")
+    # data.temporal_downsample always comes from the model: parse with 1 (accepts any frame count),
+    # then set it once the model section is final.
+    if isinstance(data.get("data"), dict):
+        data["data"] = {**data["data"], "temporal_downsample": 1}
+    else:
+        data["data"] = {"temporal_downsample": 1}
     cfg = from_dict(TrainConfig, data, where=str(path or "config"))
     cfg = apply_overrides(cfg, list(overrides or []))
-    return dataclasses.replace(cfg, **fields) if fields else cfg
+    if fields:
+        cfg = dataclasses.replace(cfg, **fields)
+    return with_model_frames(_fix_numbers(cfg, "config"))
+
+
+def with_model_frames(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with ``data.temporal_downsample`` set to the model's temporal factor (checks
+    ``data.num_frames`` against it)."""
+    factor = tokenizer_config(cfg).temporal_factor
+    if cfg.data.temporal_downsample == factor:
+        return cfg
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, temporal_downsample=factor))

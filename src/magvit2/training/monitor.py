@@ -37,7 +37,9 @@ class Monitor:
         if progress:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=max_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
+            self.bar = tqdm(
+                total=max_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True
+            )
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter

@@ -27,7 +27,6 @@ with ``resume=True`` ends with exactly the weights of an uninterrupted run.
 from __future__ import annotations
 
 import contextlib
-import copy
 import functools
 import logging
 import math
@@ -47,10 +46,16 @@ from torch.utils.checkpoint import checkpoint
 from magvit2.data import JointBatchDataset, make_loader, read_video, to_tensor
 from magvit2.data.video_io import probe
 from magvit2.losses import TokenizerLoss
-from magvit2.models import PRESETS, TokenizerConfig, VideoTokenizer, get_preset
+from magvit2.models import VideoTokenizer
 from magvit2.modules.blocks import ResBlock
 from magvit2.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from magvit2.training.config import TrainConfig, config_to_yaml, resolve_path
+from magvit2.training.config import (
+    TrainConfig,
+    config_to_yaml,
+    resolve_path,
+    tokenizer_config,
+    with_model_frames,
+)
 from magvit2.training.distributed import DistInfo, barrier, init_distributed
 from magvit2.training.ema import EMA
 from magvit2.training.monitor import Monitor
@@ -60,21 +65,6 @@ log = logging.getLogger("magvit2.train")
 
 
 # ---------------------------------------------------------------------------------------- building blocks
-
-
-def tokenizer_config(cfg: TrainConfig) -> TokenizerConfig:
-    """The model section -> a :class:`TokenizerConfig` (preset fields replaced by ``model.config``)."""
-    section = cfg.model
-    base: dict[str, Any] = {}
-    if section.preset is not None:
-        get_preset(section.preset)  # a ValueError naming the presets if unknown
-        base = copy.deepcopy(PRESETS[section.preset])
-    over = copy.deepcopy(dict(section.config))
-    if isinstance(over.get("quantizer"), dict) and isinstance(base.get("quantizer"), dict):
-        kind_changed = "kind" in over["quantizer"] and over["quantizer"]["kind"] != base["quantizer"].get("kind")
-        over["quantizer"] = over["quantizer"] if kind_changed else {**base["quantizer"], **over["quantizer"]}
-    base.update(over)
-    return TokenizerConfig.from_dict(base)
 
 
 def enable_activation_checkpointing(model: nn.Module) -> int:
@@ -103,8 +93,13 @@ def rng_state() -> dict[str, Any]:
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},  # fmt: skip
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },  # fmt: skip
         "python": random.getstate(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -195,7 +190,7 @@ class Trainer:
     """
 
     def __init__(self, cfg: TrainConfig, resume: bool = False, info: DistInfo | None = None) -> None:
-        self.cfg = cfg
+        self.cfg = cfg = with_model_frames(cfg)
         self.resume_requested = resume
         self.info = info if info is not None else init_distributed(cfg.device)
         self.out = Path(resolve_path(cfg.output_dir))
@@ -224,7 +219,9 @@ class Trainer:
         broadcast_module(self.model, info)
         broadcast_module(self.loss_fn, info)
         self.ddp = (
-            DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
+            DistributedDataParallel(
+                self.model, device_ids=[self.device] if self.device.type == "cuda" else None
+            )
             if info.distributed
             else None
         )
@@ -240,11 +237,7 @@ class Trainer:
                 o.disc_betas if o.disc_betas is not None else o.betas,
                 o.disc_weight_decay if o.disc_weight_decay is not None else o.weight_decay,
             )
-        self.data_cfg = replace(
-            cfg.data,
-            paths=[resolve_path(p) for p in cfg.data.paths],
-            temporal_downsample=self.model.temporal_factor,
-        )
+        self.data_cfg = replace(cfg.data, paths=[resolve_path(p) for p in cfg.data.paths])
         self._prepare_output()
         if self.resume_requested:
             self.resume()
@@ -256,7 +249,10 @@ class Trainer:
         o = self.cfg.optim
         opt = torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay, eps=o.eps)
         fn = functools.partial(
-            warmup_cosine, warmup_steps=o.warmup_steps, total_steps=self.cfg.max_steps, min_ratio=o.min_lr_ratio
+            warmup_cosine,
+            warmup_steps=o.warmup_steps,
+            total_steps=self.cfg.max_steps,
+            min_ratio=o.min_lr_ratio,
         )
         return opt, torch.optim.lr_scheduler.LambdaLR(opt, fn)
 
@@ -289,7 +285,10 @@ class Trainer:
             "opt_g": self.opt_g.state_dict(),
             "sched_g": self.sched_g.state_dict(),
             "rng": rngs,
-            "data": {"micro_batches": self.step * self.cfg.optim.grad_accum_steps, "seed": self.data_cfg.seed},
+            "data": {
+                "micro_batches": self.step * self.cfg.optim.grad_accum_steps,
+                "seed": self.data_cfg.seed,
+            },
         }
         if self.opt_d is not None:
             state["opt_d"] = self.opt_d.state_dict()
@@ -433,7 +432,9 @@ class Trainer:
             for p in v.paths:
                 for c in range(v.clips_per_file):
                     start = v.start_frame + c * v.num_frames * v.frame_stride
-                    clips.append(load_clip(resolve_path(p), v.num_frames, start, v.frame_stride, v.resolution))
+                    clips.append(
+                        load_clip(resolve_path(p), v.num_frames, start, v.frame_stride, v.resolution)
+                    )
             self._val_clips = torch.stack(clips)
         return self._val_clips
 
@@ -456,8 +457,8 @@ class Trainer:
             with self._autocast():
                 out = model(x)
             rec = out.reconstruction.float().clamp(-1, 1)
-            p_sum += float(psnr(rec, x, data_range=2.0, reduction="none").sum())
-            s_sum += float(ssim(rec, x, data_range=2.0, reduction="none").sum())
+            p_sum += float(psnr(rec, x, data_range=(-1.0, 1.0), reduction="none").sum())
+            s_sum += float(ssim(rec, x, data_range=(-1.0, 1.0), reduction="none").sum())
             ids.append(out.quantizer.indices.reshape(-1))
             if first is None:
                 first = (x[0].cpu(), rec[0].cpu())
@@ -501,7 +502,9 @@ class Trainer:
         self.last_validation: dict[str, float] = {}
         t0 = time.perf_counter()
         try:
-            loader = iter(make_loader(self.dataset, start_step=self.step * accum, stop_step=cfg.max_steps * accum))
+            loader = iter(
+                make_loader(self.dataset, start_step=self.step * accum, stop_step=cfg.max_steps * accum)
+            )
             while self.step < cfg.max_steps:
                 batches = [next(loader) for _ in range(accum)]
                 logs, pairs = self.train_step(batches)
