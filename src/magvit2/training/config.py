@@ -108,8 +108,8 @@ class ValidationSection:
 
     Each file in ``paths`` gives ``clips_per_file`` consecutive clips of ``num_frames`` frames
     starting at frame ``start_frame`` (frame step ``frame_stride``), short side resized to
-    ``resolution`` then centre-cropped to ``resolution`` x ``resolution``. Validation runs on rank 0
-    with the EMA weights (the raw weights when EMA is off).
+    ``short_side`` (default ``resolution``) then centre-cropped to ``resolution`` x ``resolution``.
+    Validation runs on rank 0 with the EMA weights (the raw weights when EMA is off).
 
     Attributes:
         paths: video/image files (never ones you train on). Empty: no validation.
@@ -119,6 +119,7 @@ class ValidationSection:
         frame_stride: distance between sampled frames.
         clips_per_file: consecutive clips taken from each file.
         resolution: square crop size (a multiple of the tokenizer's spatial factor).
+        short_side: resize the short side to this before cropping (null: ``resolution``).
         batch_size: clips per forward pass.
     """
 
@@ -129,6 +130,7 @@ class ValidationSection:
     frame_stride: int = 1
     clips_per_file: int = 1
     resolution: int = 128
+    short_side: int | None = None
     batch_size: int = 4
 
 

@@ -161,13 +161,17 @@ def broadcast_module(module: nn.Module, info: DistInfo) -> None:
         dist.broadcast(t.data, src=0)
 
 
-def load_clip(path: str, num_frames: int, start: int, stride: int, resolution: int) -> Tensor:
+def load_clip(
+    path: str, num_frames: int, start: int, stride: int, resolution: int, short_side: int | None = None
+) -> Tensor:
     """Frames ``start, start+stride, ...`` (``num_frames`` of them) of a video or image, short side resized
-    to ``resolution`` then centre-cropped square -> ``(3, T, resolution, resolution)`` in [-1, 1]."""
+    to ``short_side`` (default ``resolution``) then centre-cropped square ->
+    ``(3, T, resolution, resolution)`` in [-1, 1]."""
     info = probe(path)
     h, w = info.height, info.width
-    scale = resolution / min(h, w)
-    size = (max(resolution, round(h * scale)), max(resolution, round(w * scale)))
+    short = max(resolution, short_side or resolution)
+    scale = short / min(h, w)
+    size = (max(short, round(h * scale)), max(short, round(w * scale)))
     frames = read_video(path, start=start, stride=stride, max_frames=num_frames, size=size)
     if frames.shape[0] < num_frames:
         raise ValueError(
