@@ -339,3 +339,50 @@ def test_two_process_ddp_matches_one_process_at_the_same_global_batch(tmp_path):
         "step-00000002",
         "step-00000003",
     ]
+
+
+# --------------------------------------------------------------------------------- watching a run
+
+
+def test_tensorboard_validation_and_final_weights(tmp_path, clips_dir):
+    """Scalars (losses, codebook use, perplexity, LR) and reconstruction images reach TensorBoard; the
+    logged validation PSNR equals one computed by hand from ``final/`` on the held-out clip."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from magvit2.data import read_video
+    from magvit2.models import VideoTokenizer
+    from magvit2.training.schedule import warmup_cosine
+    from magvit2.training.trainer import Trainer
+
+    val = {"paths": [str(clips_dir / "carphone_pristine.mp4")], "every": 2, "num_frames": 5,
+           "start_frame": 3, "resolution": 32, "short_side": 40, "batch_size": 1}  # fmt: skip
+    path = write_config(tmp_path / "v.yaml", tiny_config(tmp_path / "v", max_steps=4, validation=val))
+    trainer = Trainer(load_train_config(path))
+    trainer.fit()
+    events = EventAccumulator(str(tmp_path / "v" / "tensorboard"), size_guidance={"images": 0}).Reload()
+    tags = set(events.Tags()["scalars"])
+    for tag in ("train/total", "train/l1", "train/used_codes", "train/perplexity", "train/codebook_entropy",
+                "train/lr", "train/d_loss", "train/clips_per_s", "val/psnr", "val/ssim", "val/used_codes"):  # fmt: skip
+        assert tag in tags, f"{tag} missing from {sorted(tags)}"
+    lrs = {e.step: e.value for e in events.Scalars("train/lr")}
+    for step, lr in lrs.items():  # logged after the update of step `step` (1-based): the LR it used
+        assert lr == pytest.approx(2e-3 * warmup_cosine(step - 1, 2, 4), rel=1e-6)
+    assert [e.step for e in events.Scalars("val/psnr")] == [2, 4]
+    assert "val/reconstruction" in events.Tags()["images"]
+    # the last validation used the EMA weights that final/ holds: recompute its PSNR by hand
+    model = VideoTokenizer.from_pretrained(tmp_path / "v" / "final")
+    frames = read_video(clips_dir / "carphone_pristine.mp4", start=3, max_frames=5, size=(40, 49))
+    top, left = (40 - 32) // 2, (49 - 32) // 2
+    clip = torch.from_numpy(frames[:, top : top + 32, left : left + 32]).permute(3, 0, 1, 2).float()
+    clip = (clip / 127.5 - 1)[None]
+    with torch.no_grad():
+        rec = model(clip).reconstruction.clamp(-1, 1)
+    mse = (rec - clip).pow(2).mean(dim=(0, 1, 3, 4)).double()  # per frame
+    by_hand = float((10 * torch.log10(4.0 / mse)).mean())
+    assert events.Scalars("val/psnr")[-1].value == pytest.approx(by_hand, abs=1e-3)
+    assert trainer.last_validation["psnr"] == pytest.approx(by_hand, abs=1e-6)
+    saved = yaml.safe_load((tmp_path / "v" / "config.yaml").read_text())
+    assert saved["max_steps"] == 4 and saved["validation"]["start_frame"] == 3
+    raw = VideoTokenizer.from_pretrained(tmp_path / "v" / "final_raw")
+    assert torch.equal(raw.state_dict()["decoder.conv_out.conv_1.weight"],
+                       trainer.model.state_dict()["decoder.conv_out.conv_1.weight"])  # fmt: skip

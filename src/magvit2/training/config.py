@@ -112,7 +112,8 @@ class ValidationSection:
     Validation runs on rank 0 with the EMA weights (the raw weights when EMA is off).
 
     Attributes:
-        paths: video/image files (never ones you train on). Empty: no validation.
+        paths: video/image files or folders (searched recursively, files sorted); never ones you
+            train on. Empty: no validation.
         every: steps between validation passes (0: only at the end).
         num_frames: frames per clip (1 + temporal factor * k; 1 for images).
         start_frame: first frame used of each file.

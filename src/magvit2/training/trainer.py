@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.checkpoint import checkpoint
 
-from magvit2.data import JointBatchDataset, make_loader, read_video, to_tensor
+from magvit2.data import JointBatchDataset, find_files, make_loader, read_video, to_tensor
 from magvit2.data.video_io import probe
 from magvit2.losses import TokenizerLoss
 from magvit2.models import VideoTokenizer
@@ -199,6 +199,8 @@ class Trainer:
         self.info = info if info is not None else init_distributed(cfg.device)
         self.out = Path(resolve_path(cfg.output_dir))
         self.step = 0
+        self.monitor: Monitor | None = None
+        self.last_validation: dict[str, float] = {}
         self.setup()
 
     # ------------------------------------------------------------------------------------------ setup
@@ -379,11 +381,11 @@ class Trainer:
             for k, v in chunk_logs.items():
                 logs[k] = logs.get(k, 0.0) + weight * v.float()
         logs["grad_norm"] = self._clip(self.model.parameters())
+        logs["lr"] = torch.tensor(self.opt_g.param_groups[0]["lr"])  # the rate this step uses
         self.opt_g.step()
         self.sched_g.step()
         if self.ema is not None:
             self.ema.update(self.model)
-        logs["lr"] = torch.tensor(self.sched_g.get_last_lr()[0])
         logs["entropy_weight"] = torch.tensor(float(getattr(self.model.quantizer, "entropy_weight", 0.0)))
         return logs, pairs
 
@@ -433,12 +435,14 @@ class Trainer:
             return None
         if self._val_clips is None:
             clips = []
-            for p in v.paths:
+            for path in find_files([resolve_path(p) for p in v.paths]):
                 for c in range(v.clips_per_file):
                     start = v.start_frame + c * v.num_frames * v.frame_stride
                     clips.append(
-                        load_clip(resolve_path(p), v.num_frames, start, v.frame_stride, v.resolution)
+                        load_clip(path, v.num_frames, start, v.frame_stride, v.resolution, v.short_side)
                     )
+            if not clips:
+                raise ValueError(f"validation.paths {v.paths}: expected video/image files, found none")
             self._val_clips = torch.stack(clips)
         return self._val_clips
 
@@ -468,7 +472,8 @@ class Trainer:
                 first = (x[0].cpu(), rec[0].cpu())
         n = clips.shape[0]
         result = {"psnr": p_sum / n, "ssim": s_sum / n, "used_codes": float(torch.cat(ids).unique().numel())}
-        self.monitor.video_pair("val/reconstruction", self.step, *first)
+        if self.monitor is not None:
+            self.monitor.video_pair("val/reconstruction", self.step, *first)
         return result
 
     # ------------------------------------------------------------------------------------------ loop
@@ -503,7 +508,6 @@ class Trainer:
         accum = cfg.optim.grad_accum_steps
         self.monitor = Monitor(self.info.is_main, self.out, self.step, cfg.max_steps, cfg.progress,
                                cfg.tensorboard)  # fmt: skip
-        self.last_validation: dict[str, float] = {}
         t0 = time.perf_counter()
         try:
             loader = iter(
