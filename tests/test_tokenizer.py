@@ -20,6 +20,15 @@ from magvit2.models import (
 from magvit2.modules import CausalCache
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread is faster and immune to OpenMP contention on a shared machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def small_config(**kw) -> TokenizerConfig:
     """4x temporal, 4x spatial, 6-bit LFQ, 8-16 channels."""
     args = dict(
