@@ -37,7 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--time-pooled-norm",
         action="store_true",
         help="pool normalisation statistics over time as Open-MAGVIT2's video model does (exact on "
-        "clips; not causal, no chunking). Default: per-frame statistics (strictly causal; exact on one frame)",
+        "clips; not causal, no chunking). Default: per-frame statistics (strictly causal; exact "
+        "on one frame)",
     )
     o.add_argument("--overwrite", action="store_true", help="replace an existing model in OUT_DIR")
     o.add_argument("--json", action="store_true", help="print the report as JSON")

@@ -58,7 +58,8 @@ def _torch_load_weights_only(path: Path) -> tuple[object, list[str]]:
                 raise ValueError(
                     f"{path}: torch.load(weights_only=True) refused this checkpoint ({err}). We never "
                     "unpickle arbitrary objects; in an environment you trust, save its state dict as "
-                    "safetensors (safetensors.torch.save_file(torch.load(p)['state_dict'], 'sd.safetensors')) "
+                    "safetensors (safetensors.torch.save_file(torch.load(p)['state_dict'], 'sd.safetensors'))"
+                    " "
                     "and convert that file"
                 ) from err
             stubbed.append(match.group(1))

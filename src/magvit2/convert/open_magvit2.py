@@ -94,7 +94,9 @@ def open_magvit2_config(name: str, time_pooled_norm: bool = False) -> TokenizerC
     """Config of a published Open-MAGVIT2 tokenizer: ``open-magvit2-video-128`` (370,547,349
     parameters), ``open-magvit2-image-128`` or ``open-magvit2-image-256`` (2D kernels inflated to 3D)."""
     if name not in OPEN_MAGVIT2_ARCHITECTURES:
-        raise ValueError(f"unknown Open-MAGVIT2 config {name!r}; expected one of {sorted(OPEN_MAGVIT2_ARCHITECTURES)}")
+        raise ValueError(
+            f"unknown Open-MAGVIT2 config {name!r}; expected one of {sorted(OPEN_MAGVIT2_ARCHITECTURES)}"
+        )
     kind, ch_mult = OPEN_MAGVIT2_ARCHITECTURES[name]
     n = len(ch_mult)
     return _config(kind, 128, ch_mult, (4,) * n, (4,) * n, 4, 18, time_pooled_norm=time_pooled_norm)
@@ -121,7 +123,8 @@ def _strip_prefix(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
             return {k.removeprefix(prefix): v for k, v in clean.items()}
         if len(prefixes) > 1:
             raise ConversionError(
-                f"checkpoint: expected one tokenizer, found encoder.conv_in under several prefixes {sorted(prefixes)}"
+                f"checkpoint: expected one tokenizer, found encoder.conv_in under several prefixes "
+                f"{sorted(prefixes)}"
             )
     return clean
 
@@ -226,12 +229,19 @@ def infer_config(
     levels = _count(shapes, r"^encoder\.down\.(\d+)\.", "encoder.down")
     if levels == 0:
         raise ConversionError("checkpoint: expected encoder.down.0.* (at least one level), found none")
-    enc_blocks = [_count(shapes, rf"^encoder\.down\.{i}\.block\.(\d+)\.", f"encoder.down.{i}.block") for i in range(levels)]
-    dec_blocks = [_count(shapes, rf"^decoder\.up\.{i}\.block\.(\d+)\.", f"decoder.up.{i}.block") for i in range(levels)]
+    enc_blocks = [
+        _count(shapes, rf"^encoder\.down\.{i}\.block\.(\d+)\.", f"encoder.down.{i}.block")
+        for i in range(levels)
+    ]
+    dec_blocks = [
+        _count(shapes, rf"^decoder\.up\.{i}\.block\.(\d+)\.", f"decoder.up.{i}.block") for i in range(levels)
+    ]
     ch_mult = []
     for i in range(levels):
         if enc_blocks[i] == 0:
-            raise ConversionError(f"checkpoint: expected residual blocks under encoder.down.{i}.block, found none")
+            raise ConversionError(
+                f"checkpoint: expected residual blocks under encoder.down.{i}.block, found none"
+            )
         key = w(f"encoder.down.{i}.block.{enc_blocks[i] - 1}.conv2.weight")
         out = _shape(shapes, key)[0]
         if out % ch:
@@ -243,7 +253,9 @@ def infer_config(
         raise ConversionError(
             f"checkpoint: encoder has {mid} mid blocks, decoder {dec_mid}; expected the same number"
         )
-    config = _config(kind, ch, ch_mult, enc_blocks, dec_blocks, mid, z_channels, in_channels, time_pooled_norm)
+    config = _config(
+        kind, ch, ch_mult, enc_blocks, dec_blocks, mid, z_channels, in_channels, time_pooled_norm
+    )
     for i in range(1, levels):  # the decoder's upsamplers reveal the temporal factor of each level
         key = "decoder.up.{}.upsample.conv1.{}weight".format(i, "" if kind == "image" else "conv_1.")
         out, c = _shape(shapes, key)[0], ch * ch_mult[i]
@@ -308,13 +320,14 @@ class ConversionReport:
         c = self.config
         lines = [
             f"source: {self.source}",
-            f"model: Open-MAGVIT2 {self.kind} tokenizer ({self.name or 'custom size'}), {self.weights} weights",
+            f"model: Open-MAGVIT2 {self.kind} tokenizer ({self.name or 'custom size'}), "
+            f"{self.weights} weights",
             f"config: ch {c.ch}, ch_mult {list(c.ch_mult)}, res blocks {list(c.num_res_blocks)} "
             f"(decoder {list(c.decoder_num_res_blocks)}, mid {c.num_mid_blocks}), z {c.z_channels}, "
             f"temporal_downsample {list(c.temporal_downsample)}, time_pooled_norm {c.time_pooled_norm}, "
             f"bit_order {c.quantizer.options.get('bit_order')}",
-            f"consumed: {self.consumed} tensors ({self.source_parameters:,} values; {self.inflated} 2D kernels "
-            f"inflated to 3D) -> {self.parameters:,} parameters",
+            f"consumed: {self.consumed} tensors ({self.source_parameters:,} values; "
+            f"{self.inflated} 2D kernels inflated to 3D) -> {self.parameters:,} parameters",
         ]
         for reason, keys in self.skipped.items():
             lines.append(f"skipped ({reason}): {len(keys)} keys")
@@ -349,7 +362,9 @@ def _select(
     if use_ema and not ema_flat:
         raise ConversionError("checkpoint: --ema asked for the EMA copy, but it holds no model_ema.* weights")
     if not use_ema and not raw:
-        raise ConversionError("checkpoint: --no-ema asked for the raw weights, but it holds no encoder.*/decoder.*")
+        raise ConversionError(
+            "checkpoint: --no-ema asked for the raw weights, but it holds no encoder.*/decoder.*"
+        )
     if not use_ema:
         if ema_flat:
             skipped["EMA copy (raw weights chosen)"] = list(ema_flat)
@@ -362,7 +377,9 @@ def _select(
             selected[key] = ema_flat.pop(ema_name(key))
         if ema_flat:
             first = next(iter(ema_flat))
-            raise ConversionError(f"checkpoint: unknown key {first!r} (an EMA tensor with no raw counterpart)")
+            raise ConversionError(
+                f"checkpoint: unknown key {first!r} (an EMA tensor with no raw counterpart)"
+            )
         skipped["raw weights (EMA chosen)"] = list(raw)
         return selected, "ema", skipped
     selected = {}
@@ -489,7 +506,9 @@ def convert_open_magvit2(
     """
     out_dir = Path(out_dir)
     if not overwrite and any((out_dir / n).exists() for n in (CONFIG_NAME, WEIGHTS_NAME)):
-        raise FileExistsError(f"{out_dir} already holds a model; pass overwrite=True (--overwrite) to replace it")
+        raise FileExistsError(
+            f"{out_dir} already holds a model; pass overwrite=True (--overwrite) to replace it"
+        )
     model, report = load_open_magvit2(checkpoint, ema=ema, time_pooled_norm=time_pooled_norm)
     model.save_pretrained(out_dir)
     (out_dir / REPORT_NAME).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
@@ -505,7 +524,9 @@ def reverse_bits(ids: Tensor, bits: int) -> Tensor:
     if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
         raise ValueError(f"reverse_bits: expected integer ids, got dtype {ids.dtype}")
     if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= 2**bits):
-        raise ValueError(f"reverse_bits: expected ids in [0, 2**{bits}), got [{int(ids.min())}, {int(ids.max())}]")
+        raise ValueError(
+            f"reverse_bits: expected ids in [0, 2**{bits}), got [{int(ids.min())}, {int(ids.max())}]"
+        )
     ids = ids.long()
     out = torch.zeros_like(ids)
     for k in range(bits):
