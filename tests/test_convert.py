@@ -18,8 +18,8 @@ from magvit2.convert import (
     convert_state_dict,
     ema_name,
     load_open_magvit2,
-    load_state_dict,
     open_magvit2_config,
+    read_state_dict,
     reverse_bits,
 )
 from magvit2.models import VideoTokenizer, get_preset
@@ -205,7 +205,7 @@ def test_lightning_checkpoint_ema_and_safe_loading(fixtures: Path, tmp_path: Pat
     with pytest.raises(Exception, match="Unsupported global"):
         torch.load(ckpt, weights_only=True)  # plain weights-only loading refuses the metadata
     EXECUTED.clear()
-    state, stubbed = load_state_dict(ckpt)
+    state, stubbed = read_state_dict(ckpt)
     assert not EXECUTED and len(stubbed) == 1 and stubbed[0].endswith("_mark_executed")
     key = "encoder.conv_in.conv_1.weight"
     model, report = load_open_magvit2(ckpt)  # default: EMA
@@ -261,7 +261,7 @@ def test_cli_convert(fixtures: Path, tmp_path: Path, capsys) -> None:
     assert main(["convert", "open-magvit2", str(ckpt), str(out), "--overwrite", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["weights"] == "ema"
     sd = tmp_path / "ema_only.safetensors"
-    save_file({k: v.contiguous() for k, v in load_state_dict(ckpt)[0].items() if "model_ema" in k}, str(sd))
+    save_file({k: v.contiguous() for k, v in read_state_dict(ckpt)[0].items() if "model_ema" in k}, str(sd))
     assert main(["convert", "open-magvit2", str(sd), str(tmp_path / "o2"), "--no-ema"]) == 1
 
 
@@ -278,3 +278,17 @@ def test_reverse_bits_maps_msb_ids_to_lsb_ids() -> None:
         reverse_bits(torch.zeros(2), 18)
     with pytest.raises(ValueError, match="2\\*\\*4"):
         reverse_bits(torch.tensor([16]), 4)
+
+
+def test_first_release_ids_by_config_edit(fixtures: Path, tmp_path: Path) -> None:
+    """The README's recipe: bit_order "msb" in config.json gives the June-2024 (msb-first) ids."""
+    io = load_file(str(fixtures / "image_io.safetensors"))
+    convert_open_magvit2(fixtures / "image_state_dict.safetensors", tmp_path)
+    lsb_ids = VideoTokenizer.from_pretrained(tmp_path).encode(io["input"])
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["quantizer"]["options"]["bit_order"] = "msb"
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    msb_ids = VideoTokenizer.from_pretrained(tmp_path).encode(io["input"])
+    assert not torch.equal(msb_ids, lsb_ids) and torch.equal(msb_ids, reverse_bits(lsb_ids, 18))
+    weights = torch.tensor([2 ** (17 - i) for i in range(18)]).view(1, 18, 1, 1)
+    assert torch.equal(msb_ids[:, 0], ((io["latent"] > 0).long() * weights).sum(1))

@@ -1,6 +1,6 @@
 """Conversion of other projects' tokenizer checkpoints into :class:`magvit2.models.VideoTokenizer`."""
 
-from magvit2.convert.checkpoint import InertGlobal, load_state_dict
+from magvit2.convert.checkpoint import InertGlobal, read_state_dict
 from magvit2.convert.open_magvit2 import (
     OPEN_MAGVIT2_ARCHITECTURES,
     ConversionError,
@@ -24,7 +24,7 @@ __all__ = [
     "ema_name",
     "infer_config",
     "load_open_magvit2",
-    "load_state_dict",
     "open_magvit2_config",
+    "read_state_dict",
     "reverse_bits",
 ]

@@ -89,7 +89,7 @@ def _find_state_dict(obj: object, path: Path) -> dict[str, Tensor]:
     return state
 
 
-def load_state_dict(path: str | Path) -> tuple[dict[str, Tensor], list[str]]:
+def read_state_dict(path: str | Path) -> tuple[dict[str, Tensor], list[str]]:
     """Tensors of a checkpoint file: a Lightning ``.ckpt``, a ``torch.save``-d state dict, or safetensors.
 
     Returns ``(state, stubbed)``: the flat ``name -> tensor`` dict (on the CPU; the Lightning

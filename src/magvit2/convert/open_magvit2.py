@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from magvit2.convert.checkpoint import load_state_dict
+from magvit2.convert.checkpoint import read_state_dict
 from magvit2.models.config import TokenizerConfig
 from magvit2.models.tokenizer import CONFIG_NAME, WEIGHTS_NAME, VideoTokenizer
 
@@ -482,7 +482,7 @@ def load_open_magvit2(
     if isinstance(checkpoint, Mapping):
         state, source = checkpoint, "state dict"
     else:
-        state, stubbed = load_state_dict(checkpoint)
+        state, stubbed = read_state_dict(checkpoint)
         source = str(checkpoint)
     tensors, report = convert_state_dict(state, ema=ema, time_pooled_norm=time_pooled_norm, source=source)
     report.stubbed_globals = stubbed
