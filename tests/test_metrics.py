@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 import pytest
 import torch
@@ -51,14 +53,24 @@ def _video(frames: np.ndarray) -> torch.Tensor:
 
 def _sk_ssim(a: np.ndarray, b: np.ndarray, data_range: float, channel_axis=2) -> float:
     return skimage_metrics.structural_similarity(
-        a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=data_range,
+        a,
+        b,
+        gaussian_weights=True,
+        sigma=1.5,
+        use_sample_covariance=False,
+        data_range=data_range,
         channel_axis=channel_axis,
     )
 
 
 def test_psnr_per_frame_mean_and_global_match_skimage(clip_pair):
     frames, noisy = clip_pair
-    ref_frames = np.mean([skimage_metrics.peak_signal_noise_ratio(f, n, data_range=1.0) for f, n in zip(frames, noisy)])
+    ref_frames = np.mean(
+        [
+            skimage_metrics.peak_signal_noise_ratio(f, n, data_range=1.0)
+            for f, n in zip(frames, noisy, strict=True)
+        ]
+    )
     ref_global = skimage_metrics.peak_signal_noise_ratio(frames, noisy, data_range=1.0)
     x, y = _video(frames), _video(noisy)
     assert float(psnr(x, y, 1.0)) == pytest.approx(ref_frames, rel=REL)
@@ -76,8 +88,18 @@ def test_psnr_reduction_none_gives_one_value_per_video(clip_pair):
     y = torch.cat([_video(noisy), _video(frames[::-1].copy())])
     per_video = psnr(x, y, 1.0, reduction="none")
     expected = [
-        np.mean([skimage_metrics.peak_signal_noise_ratio(f, n, data_range=1.0) for f, n in zip(frames, noisy)]),
-        np.mean([skimage_metrics.peak_signal_noise_ratio(f, n, data_range=1.0) for f, n in zip(frames, frames[::-1])]),
+        np.mean(
+            [
+                skimage_metrics.peak_signal_noise_ratio(f, n, data_range=1.0)
+                for f, n in zip(frames, noisy, strict=True)
+            ]
+        ),
+        np.mean(
+            [
+                skimage_metrics.peak_signal_noise_ratio(f, n, data_range=1.0)
+                for f, n in zip(frames, frames[::-1], strict=True)
+            ]
+        ),
     ]
     assert per_video.shape == (2,)
     np.testing.assert_allclose(per_video.numpy(), expected, rtol=REL)
@@ -85,16 +107,20 @@ def test_psnr_reduction_none_gives_one_value_per_video(clip_pair):
 
 def test_ssim_rgb_matches_skimage_per_frame_mean(clip_pair):
     frames, noisy = clip_pair
-    ref = np.mean([_sk_ssim(f, n, 1.0) for f, n in zip(frames, noisy)])
+    ref = np.mean([_sk_ssim(f, n, 1.0) for f, n in zip(frames, noisy, strict=True)])
     got = float(ssim(_video(frames), _video(noisy), 1.0))
     assert got == pytest.approx(ref, rel=REL)
-    assert float(ssim(_video(2 * frames - 1), _video(2 * noisy - 1), (-1.0, 1.0))) == pytest.approx(ref, rel=1e-9)
+    assert float(ssim(_video(2 * frames - 1), _video(2 * noisy - 1), (-1.0, 1.0))) == pytest.approx(
+        ref, rel=1e-9
+    )
 
 
 def test_ssim_luma_matches_skimage_on_luma(clip_pair):
     frames, noisy = clip_pair
     w = np.array([0.299, 0.587, 0.114])
-    ref = np.mean([_sk_ssim(f @ w, n @ w, 1.0, channel_axis=None) for f, n in zip(frames, noisy)])
+    ref = np.mean(
+        [_sk_ssim(f @ w, n @ w, 1.0, channel_axis=None) for f, n in zip(frames, noisy, strict=True)]
+    )
     assert float(ssim(_video(frames), _video(noisy), 1.0, color="luma")) == pytest.approx(ref, rel=REL)
 
 
@@ -103,10 +129,13 @@ def test_ssim_images_and_uint8_range(photos_dir):
     a = (_photo(photos_dir, "astronaut.png", 96) * 255).round()
     b = np.clip(a + rng.normal(0, 12, a.shape), 0, 255).round()
     ref = _sk_ssim(a, b, 255.0)
-    got = float(ssim(torch.from_numpy(a).permute(2, 0, 1)[None], torch.from_numpy(b).permute(2, 0, 1)[None], 255.0))
+    got = float(
+        ssim(torch.from_numpy(a).permute(2, 0, 1)[None], torch.from_numpy(b).permute(2, 0, 1)[None], 255.0)
+    )
     assert got == pytest.approx(ref, rel=REL)
-    assert float(ssim(torch.from_numpy(a).permute(2, 0, 1)[None], torch.from_numpy(a).permute(2, 0, 1)[None], 255.0)) \
-        == pytest.approx(1.0, abs=1e-12)
+    assert float(
+        ssim(torch.from_numpy(a).permute(2, 0, 1)[None], torch.from_numpy(a).permute(2, 0, 1)[None], 255.0)
+    ) == pytest.approx(1.0, abs=1e-12)
 
 
 def _wang2003_ms_ssim(a: np.ndarray, b: np.ndarray, data_range: float) -> float:
@@ -124,7 +153,9 @@ def _wang2003_ms_ssim(a: np.ndarray, b: np.ndarray, data_range: float) -> float:
         va, vb, cov = filt(a * a) - mu_a**2, filt(b * b) - mu_b**2, filt(a * b) - mu_a * mu_b
         cs = np.mean((2 * cov + c2) / (va + vb + c2))
         if j == m - 1:
-            full = np.mean((2 * mu_a * mu_b + c1) / (mu_a**2 + mu_b**2 + c1) * (2 * cov + c2) / (va + vb + c2))
+            full = np.mean(
+                (2 * mu_a * mu_b + c1) / (mu_a**2 + mu_b**2 + c1) * (2 * cov + c2) / (va + vb + c2)
+            )
             # the last scale's full SSIM is scikit-image's SSIM of the downsampled pair
             assert full == pytest.approx(_sk_ssim(a, b, data_range, channel_axis=None), rel=1e-6)
             value *= max(full, 0.0) ** weights[j]
@@ -142,7 +173,9 @@ def test_ms_ssim_matches_direct_wang2003(photos_dir, size):
     a = _photo(photos_dir, "astronaut.png", size)
     b = np.clip(a + rng.normal(0, 0.1, a.shape), 0, 1)
     ref = np.mean([_wang2003_ms_ssim(a[..., c], b[..., c], 1.0) for c in range(3)])
-    got = float(ms_ssim(torch.from_numpy(a).permute(2, 0, 1)[None], torch.from_numpy(b).permute(2, 0, 1)[None], 1.0))
+    got = float(
+        ms_ssim(torch.from_numpy(a).permute(2, 0, 1)[None], torch.from_numpy(b).permute(2, 0, 1)[None], 1.0)
+    )
     assert got == pytest.approx(ref, rel=REL)
 
 
@@ -163,7 +196,7 @@ def test_ms_ssim_identical_is_one_and_monotone_in_noise(clip_pair):
     noise = torch.randn(x.shape, generator=gen, dtype=torch.float64)
     assert float(ms_ssim(x, x, 1.0)) == pytest.approx(1.0, abs=1e-12)
     values = [float(ms_ssim(x, (x + s * noise).clamp(0, 1), 1.0)) for s in (0.01, 0.05, 0.1, 0.3)]
-    assert all(v1 > v2 for v1, v2 in zip(values, values[1:])), values
+    assert all(v1 > v2 for v1, v2 in pairwise(values)), values
     assert 0.0 < values[-1] < 0.9
 
 

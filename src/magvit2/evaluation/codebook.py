@@ -45,13 +45,17 @@ class CodebookStats:
     def update(self, ids: torch.Tensor) -> None:
         """Count the ids of one batch (integer tensor of any shape, values in [0, vocab_size))."""
         if ids.dtype.is_floating_point or ids.dtype == torch.bool:
-            raise ValueError(f"CodebookStats.update: expected an integer tensor of ids, got dtype {ids.dtype}")
+            raise ValueError(
+                f"CodebookStats.update: expected an integer tensor of ids, got dtype {ids.dtype}"
+            )
         flat = ids.detach().reshape(-1).to(device="cpu", dtype=torch.int64)
         if flat.numel() == 0:
             return
         lo, hi = int(flat.min()), int(flat.max())
         if lo < 0 or hi >= self.vocab_size:
-            raise ValueError(f"CodebookStats.update: ids must lie in [0, {self.vocab_size}), got [{lo}, {hi}]")
+            raise ValueError(
+                f"CodebookStats.update: ids must lie in [0, {self.vocab_size}), got [{lo}, {hi}]"
+            )
         if self.dense:
             self._counts += torch.bincount(flat, minlength=self.vocab_size)
             return
@@ -112,7 +116,9 @@ def bits_per_pixel(num_tokens: int, vocab_size: int, frames: int, height: int, w
     return num_tokens * math.log2(vocab_size) / (frames * height * width)
 
 
-def token_bits_per_pixel(token_shape: tuple[int, ...], vocab_size: int, video_shape: tuple[int, ...]) -> float:
+def token_bits_per_pixel(
+    token_shape: tuple[int, ...], vocab_size: int, video_shape: tuple[int, ...]
+) -> float:
     """bpp of a token grid, e.g. token_shape (5, 16, 16) for video_shape (17, 128, 128) (frames, H, W).
 
     Both shapes exclude batch and channel axes; an image is ``(H, W)`` (one frame).

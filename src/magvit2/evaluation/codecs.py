@@ -72,8 +72,9 @@ CODECS: dict[str, CodecSpec] = {
         (39, 40),
         hevc_nal_header=True,
     ),
-    "av1": CodecSpec(("libsvtav1", "libaom-av1"), ("libdav1d", "av1", "libaom-av1"), 1.0, 63.0, 1.0,
-                     (("preset", "6"),), ()),
+    "av1": CodecSpec(
+        ("libsvtav1", "libaom-av1"), ("libdav1d", "av1", "libaom-av1"), 1.0, 63.0, 1.0, (("preset", "6"),), ()
+    ),
 }
 
 
@@ -128,11 +129,18 @@ def read_clip(path: str | Path, num_frames: int | None = None, start: int = 0) -
 
 
 def _check_clip(frames: np.ndarray) -> None:
-    if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+    if (
+        not isinstance(frames, np.ndarray)
+        or frames.dtype != np.uint8
+        or frames.ndim != 4
+        or frames.shape[-1] != 3
+    ):
         got = getattr(frames, "shape", None), getattr(frames, "dtype", type(frames))
         raise ValueError(f"codecs: expected frames as a uint8 numpy array (T, H, W, 3), got {got}")
     if frames.shape[1] % 2 or frames.shape[2] % 2:
-        raise ValueError(f"codecs: YUV 4:2:0 needs even height and width, got {frames.shape[1]}x{frames.shape[2]}")
+        raise ValueError(
+            f"codecs: YUV 4:2:0 needs even height and width, got {frames.shape[1]}x{frames.shape[2]}"
+        )
 
 
 def _sei_bytes(data: bytes, spec: CodecSpec) -> int:
@@ -151,8 +159,10 @@ def _sei_bytes(data: bytes, spec: CodecSpec) -> int:
     return total
 
 
-def encode_clip(frames: np.ndarray, codec: str, crf: float, fps: float = 25.0, preset: str | None = None) -> EncodedClip:
-    """Encode ``frames`` (T, H, W, 3) uint8 with ``codec`` ('h264', 'h265', 'av1') at constant quality ``crf``.
+def encode_clip(
+    frames: np.ndarray, codec: str, crf: float, fps: float = 25.0, preset: str | None = None
+) -> EncodedClip:
+    """Encode ``frames`` (T, H, W, 3) uint8 with ``codec`` ('h264', 'h265', 'av1') at quality ``crf``.
 
     Returns the decoded frames (T, H, W, 3) uint8 and the counted stream size (SEI excluded) and bpp.
     """
@@ -163,7 +173,9 @@ def encode_clip(frames: np.ndarray, codec: str, crf: float, fps: float = 25.0, p
     encoder = _first_available(spec.encoders, "w")
     decoder = _first_available(spec.decoders, "r")
     if encoder is None or decoder is None:
-        raise ValueError(f"encode_clip: this PyAV build has no encoder/decoder for {codec!r} ({spec.encoders})")
+        raise ValueError(
+            f"encode_clip: this PyAV build has no encoder/decoder for {codec!r} ({spec.encoders})"
+        )
     t, h, w, _ = frames.shape
     ctx = av.CodecContext.create(encoder, "w")
     ctx.width, ctx.height, ctx.pix_fmt = w, h, "yuv420p"
@@ -176,7 +188,9 @@ def encode_clip(frames: np.ndarray, codec: str, crf: float, fps: float = 25.0, p
     ctx.options = options
     packets = []
     for i, rgb in enumerate(frames):
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24").reformat(format="yuv420p")
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24").reformat(
+            format="yuv420p"
+        )
         frame.pts = i
         packets.extend(ctx.encode(frame))
     packets.extend(ctx.encode(None))
@@ -267,8 +281,14 @@ def rate_distortion(
     for codec in codecs:
         for target in bpps:
             enc = encode_at_bpp(clip, codec, target, fps=fps, tolerance=tolerance)
-            point = {"codec": codec, "encoder": enc.encoder, "crf": enc.crf, "target_bpp": float(target),
-                     "bpp": enc.bpp, **clip_quality(clip, enc.frames)}
+            point = {
+                "codec": codec,
+                "encoder": enc.encoder,
+                "crf": enc.crf,
+                "target_bpp": float(target),
+                "bpp": enc.bpp,
+                **clip_quality(clip, enc.frames),
+            }
             points.append(point)
             if progress is not None:
                 progress(point)
@@ -297,8 +317,16 @@ def plot_rate_distortion(
             pts = sorted((p for p in points if p["codec"] == codec), key=lambda p: p["bpp"])
             ax.plot([p["bpp"] for p in pts], [p[key] for p in pts], marker="o", label=codec)
         for i, tp in enumerate(tokenizer_points):
-            ax.plot([tp["bpp"]], [tp[key]], marker="*", markersize=14, linestyle="none",
-                    color=f"C{(i + 5) % 10}", markeredgecolor="black", label=tp.get("label", "tokenizer"))
+            ax.plot(
+                [tp["bpp"]],
+                [tp[key]],
+                marker="*",
+                markersize=14,
+                linestyle="none",
+                color=f"C{(i + 5) % 10}",
+                markeredgecolor="black",
+                label=tp.get("label", "tokenizer"),
+            )
         ax.set_xlabel("bits per pixel")
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)

@@ -75,7 +75,9 @@ class FeatureStats:
         if x.shape[0] == 0:
             return
         if self.mean is not None and x.shape[1] != self.mean.shape[0]:
-            raise ValueError(f"FeatureStats.update: expected D={self.mean.shape[0]} features, got {x.shape[1]}")
+            raise ValueError(
+                f"FeatureStats.update: expected D={self.mean.shape[0]} features, got {x.shape[1]}"
+            )
         n_b = x.shape[0]
         mean_b = x.mean(axis=0)
         centred = x - mean_b
@@ -113,7 +115,11 @@ class FeatureStats:
     @classmethod
     def from_state_dict(cls, state: dict[str, np.ndarray]) -> FeatureStats:
         """Inverse of :meth:`state_dict`."""
-        return cls(int(state["num_items"]), np.asarray(state["mean"], np.float64), np.asarray(state["m2"], np.float64))
+        return cls(
+            int(state["num_items"]),
+            np.asarray(state["mean"], np.float64),
+            np.asarray(state["m2"], np.float64),
+        )
 
 
 def frechet_distance_from_features(a: ArrayLike, b: ArrayLike, ddof: int = 1) -> float:

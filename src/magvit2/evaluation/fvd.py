@@ -44,7 +44,9 @@ def load_torchscript_detector(path: str | Path | None, device: str | torch.devic
         )
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"detector path: expected an existing TorchScript file, got {str(path)!r} (not found)")
+        raise ValueError(
+            f"detector path: expected an existing TorchScript file, got {str(path)!r} (not found)"
+        )
     try:
         module = torch.jit.load(str(path), map_location=device)
     except RuntimeError as err:
@@ -133,5 +135,7 @@ class FrechetInceptionDistance(FrechetDetectorDistance):
         if x.ndim == 5:
             x = rearrange(x, "b c t h w -> (b t) c h w")
         if x.ndim != 4 or x.shape[1] != 3:
-            raise ValueError(f"rFID: expected images (B, 3, H, W) or videos (B, 3, T, H, W), got {tuple(x.shape)}")
+            raise ValueError(
+                f"rFID: expected images (B, 3, H, W) or videos (B, 3, T, H, W), got {tuple(x.shape)}"
+            )
         return self.detector(to_uint8_levels(x, self.value_range), return_features=True)

@@ -29,6 +29,7 @@ structure terms clamped to 0. Small frames use fewer scales: the number of scale
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -58,9 +59,13 @@ def _prepare(
     Returns frames (B*T, C, H, W) of both in float64 shifted to [0, L], T (1 for images) and L.
     """
     if x.shape != y.shape:
-        raise ValueError(f"{name}: x and y must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+        raise ValueError(
+            f"{name}: x and y must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
     if x.ndim not in (4, 5):
-        raise ValueError(f"{name}: expected images (B,C,H,W) or videos (B,C,T,H,W), got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"{name}: expected images (B,C,H,W) or videos (B,C,T,H,W), got shape {tuple(x.shape)}"
+        )
     if isinstance(data_range, tuple | list):
         low, high = (float(v) for v in data_range)
     else:
@@ -113,24 +118,33 @@ def psnr(
     return _reduce(10.0 * torch.log10(width**2 / err), t, reduction)
 
 
-def _gaussian_kernel(device: torch.device) -> torch.Tensor:
-    """Normalised 1-D Gaussian window (11 taps, sigma 1.5), float64."""
-    coords = torch.arange(_WIN_SIZE, dtype=torch.float64, device=device) - (_WIN_SIZE - 1) / 2
-    g = torch.exp(-(coords**2) / (2 * _SIGMA**2))
-    return g / g.sum()
+def _gaussian_kernel() -> list[float]:
+    """Normalised 1-D Gaussian window (11 taps, sigma 1.5)."""
+    g = [math.exp(-((i - (_WIN_SIZE - 1) / 2) ** 2) / (2 * _SIGMA**2)) for i in range(_WIN_SIZE)]
+    return [v / sum(g) for v in g]
 
 
-def _filter(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-    """Separable 'valid' Gaussian filtering of every channel: (N,C,H,W) -> (N,C,H-10,W-10)."""
-    x = x.unfold(-1, _WIN_SIZE, 1) @ kernel
-    return x.unfold(-2, _WIN_SIZE, 1) @ kernel
+def _filter(x: torch.Tensor, kernel: list[float]) -> torch.Tensor:
+    """Separable 'valid' Gaussian filtering of every channel: (N,C,H,W) -> (N,C,H-10,W-10).
+
+    Shift-and-add over views (no unfolded copies): much faster than a grouped float64 convolution on CPU.
+    """
+    w = x.shape[-1] - _WIN_SIZE + 1
+    rows = x[..., 0:w] * kernel[0]
+    for i in range(1, _WIN_SIZE):
+        rows.add_(x[..., i : i + w], alpha=kernel[i])
+    h = x.shape[-2] - _WIN_SIZE + 1
+    out = rows[..., 0:h, :] * kernel[0]
+    for i in range(1, _WIN_SIZE):
+        out.add_(rows[..., i : i + h, :], alpha=kernel[i])
+    return out
 
 
 def _ssim_terms(x: torch.Tensor, y: torch.Tensor, data_range: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean SSIM and mean contrast-structure term per frame and channel: (N,C,H,W) -> two (N,C)."""
     if min(x.shape[-2:]) < _WIN_SIZE:
         raise ValueError(f"ssim: frames must be at least {_WIN_SIZE}x{_WIN_SIZE}, got {tuple(x.shape[-2:])}")
-    k = _gaussian_kernel(x.device)
+    k = _gaussian_kernel()
     c1 = (_K1 * data_range) ** 2
     c2 = (_K2 * data_range) ** 2
     mu_x, mu_y = _filter(x, k), _filter(y, k)
