@@ -95,7 +95,7 @@ def _first_available(names: Iterable[str], mode: str) -> str | None:
     for name in names:
         try:
             av.Codec(name, mode)
-        except Exception:  # noqa: BLE001 - PyAV raises different errors for unknown codecs across versions
+        except Exception:  # PyAV raises different error types for unknown codecs across versions
             continue
         return name
     return None
