@@ -18,6 +18,9 @@ from magvit2.evaluation.fvd import (
     to_uint8_levels,
 )
 
+# torch 2.13 marks TorchScript deprecated; the detector files are TorchScript, so the stand-ins are too
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
+
 
 def _random_spd(rng: np.random.Generator, d: int) -> np.ndarray:
     a = rng.normal(size=(d, d))

@@ -18,6 +18,7 @@ over batches, so a dataset can be streamed through :meth:`update` and scored onc
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -48,7 +49,11 @@ def load_torchscript_detector(path: str | Path | None, device: str | torch.devic
             f"detector path: expected an existing TorchScript file, got {str(path)!r} (not found)"
         )
     try:
-        module = torch.jit.load(str(path), map_location=device)
+        with (
+            warnings.catch_warnings()
+        ):  # torch >= 2.10 flags TorchScript as deprecated; the files are TorchScript
+            warnings.simplefilter("ignore", DeprecationWarning)
+            module = torch.jit.load(str(path), map_location=device)
     except RuntimeError as err:
         raise ValueError(f"detector path: {str(path)!r} is not a TorchScript file ({err})") from err
     return module.eval()
