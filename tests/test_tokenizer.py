@@ -306,3 +306,11 @@ def test_chunk_state_does_not_grow(model):
                     model.decoder(torch.ones(1, 6, b - a, 4, 4), cache)
                 sizes.append(sum(v.numel() for v in cache._state.values() if isinstance(v, torch.Tensor)))
             assert len(sizes) == 6 and len(set(sizes)) == 1, (cache_user, sizes)
+
+
+def test_from_pretrained_unknown_name_lists_builtin_models(tmp_path):
+    from magvit2.models.tokenizer import resolve_pretrained
+
+    with pytest.raises(ValueError, match="not a model directory.*built-in models"):
+        VideoTokenizer.from_pretrained(tmp_path / "missing")
+    assert resolve_pretrained(tmp_path) == tmp_path
