@@ -19,6 +19,15 @@ from magvit2.modules import (
 )
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread is faster and immune to OpenMP contention on a shared machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _run_chunks(module, x, sizes, **kw):
     """Feed ``x`` to ``module`` in time chunks of the given sizes with one cache; concatenate."""
     cache, parts, start = CausalCache(), [], 0

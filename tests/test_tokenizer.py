@@ -17,6 +17,16 @@ from magvit2.models import (
     latent_chunks,
     preset_names,
 )
+from magvit2.modules import CausalCache
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread is faster and immune to OpenMP contention on a shared machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def small_config(**kw) -> TokenizerConfig:
@@ -279,3 +289,28 @@ def test_tiny_tokenizes_a_clip():
     assert ids.shape == (1, 2, 4, 4) and int(ids.max()) < 2**18
     assert tiny.decode(ids).shape == clip.shape
     assert torch.equal(tiny.encode(clip, max_chunk_frames=1), ids)
+
+
+def test_chunk_state_does_not_grow(model):
+    """The state carried between chunks is the same size after every chunk (memory flat in length)."""
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 1 + 4 * 6, 16, 16) * 2 - 1
+    sizes = []
+    with torch.no_grad():
+        for cache_user in ("encoder", "decoder"):
+            cache, sizes = CausalCache(), []
+            for a, b in latent_chunks(7, 4, 5):  # 1 + 4 frames (2 latents), then 4 frames (1 latent)
+                if cache_user == "encoder":
+                    model.encoder(x[:, :, (0 if a == 0 else 1 + 4 * (a - 1)) : 1 + 4 * (b - 1)], cache)
+                else:
+                    model.decoder(torch.ones(1, 6, b - a, 4, 4), cache)
+                sizes.append(sum(v.numel() for v in cache._state.values() if isinstance(v, torch.Tensor)))
+            assert len(sizes) == 6 and len(set(sizes)) == 1, (cache_user, sizes)
+
+
+def test_from_pretrained_unknown_name_lists_builtin_models(tmp_path):
+    from magvit2.models.tokenizer import resolve_pretrained
+
+    with pytest.raises(ValueError, match="not a model directory.*built-in models"):
+        VideoTokenizer.from_pretrained(tmp_path / "missing")
+    assert resolve_pretrained(tmp_path) == tmp_path

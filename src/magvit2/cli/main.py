@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from magvit2.cli import demo, train
+from magvit2.cli import convert, demo, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (demo, train):
+    for module in (demo, convert, train):
         module.register(sub)
     return parser
 

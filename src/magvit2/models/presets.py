@@ -33,6 +33,18 @@ PRESETS: dict[str, dict[str, Any]] = {
         "temporal_downsample": [False, True, True],
         "norm_groups": 32,
     },
+    # Open-MAGVIT2's published video tokenizer as `magvit2 convert open-magvit2` writes it: the layout
+    # above, token ids numbered as Open-MAGVIT2's (channel 0 = least significant bit). Set
+    # time_pooled_norm=True to reproduce its time-pooled GroupNorm exactly (then not causal).
+    "open-magvit2-video-128": {
+        "quantizer": {"kind": "lfq", "bits": 18, "options": {"bit_order": "lsb"}},
+        "ch": 128,
+        "ch_mult": [1, 2, 2, 4],
+        "num_res_blocks": 4,
+        "temporal_downsample": [False, True, True],
+        "norm_groups": 32,
+        "time_pooled_norm": False,
+    },
     # Loong's tokenizer: causal 3D CNN with clustering VQ, 65x128x128 -> 17x16x16 (8x spatial, 4x
     # temporal), about 246M parameters. Its exact layout and codebook are not published: we keep the
     # MAGVIT-v2 layout with 2 residual blocks per encoder level, 2 mid blocks and a heavier decoder

@@ -61,6 +61,29 @@ def _frames(latent_index: int, temporal_factor: int) -> int:
     return 0 if latent_index == 0 else 1 + temporal_factor * (latent_index - 1)
 
 
+#: Folder of the models shipped inside the package.
+PRETRAINED_DIR = Path(__file__).resolve().parent.parent / "pretrained"
+
+
+def resolve_pretrained(name_or_dir: str | Path) -> Path:
+    """A model folder: an existing directory as given, else a built-in model's name (``"default"``)."""
+    path = Path(name_or_dir)
+    if path.is_dir():
+        return path
+    builtin = PRETRAINED_DIR / str(name_or_dir)
+    if str(name_or_dir) == builtin.name and (builtin / CONFIG_NAME).is_file():
+        return builtin
+    known = (
+        sorted(p.name for p in PRETRAINED_DIR.iterdir() if (p / CONFIG_NAME).is_file())
+        if PRETRAINED_DIR.is_dir()
+        else []
+    )
+    raise ValueError(
+        f"{name_or_dir}: not a model directory (config.json + model.safetensors from save_pretrained) "
+        f"and not a built-in model; built-in models: {known or 'none in this installation'}"
+    )
+
+
 class VideoTokenizer(nn.Module):
     """Causal 3D CNN tokenizer (MAGVIT-v2 / Open-MAGVIT2) for videos and images.
 
@@ -112,8 +135,12 @@ class VideoTokenizer(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> VideoTokenizer:
-        """Load a tokenizer written by :meth:`save_pretrained` (safetensors; never pickle)."""
-        directory = Path(directory)
+        """Load a tokenizer written by :meth:`save_pretrained` (safetensors; never pickle).
+
+        ``directory="default"`` (when no such folder exists here) loads the built-in model shipped
+        inside the package (``magvit2/pretrained/default``).
+        """
+        directory = resolve_pretrained(directory)
         config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
         for p in (config_path, weights_path):
             if not p.is_file():
