@@ -55,3 +55,7 @@ def test_unknown_yaml_key_names_file(tmp_path):
     path.write_text("steps: 3\nbogus: 1\n")
     with pytest.raises(ValueError, match=r"bad\.yaml.*bogus"):
         load_yaml(Outer, path)
+
+
+def test_float_override_accepts_exponent_without_dot():
+    assert apply_overrides(Outer(), ["inner.lr=1e-3"]).inner.lr == 1e-3

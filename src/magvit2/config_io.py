@@ -82,6 +82,11 @@ def _coerce(text: str, tp: Any, key: str) -> Any:
         return None
     if base is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if base is float and isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if base is str and not isinstance(value, str):
         return text
     if base in (int, float, bool, str) and not isinstance(value, base):
