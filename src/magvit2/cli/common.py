@@ -100,7 +100,11 @@ def make_runner(args: argparse.Namespace) -> TokenizerRunner:
     model = load_model(args.model, device)
     mcf = args.max_chunk_frames if args.max_chunk_frames and args.max_chunk_frames > 0 else None
     options = InferenceOptions(
-        device=device, batch_size=args.batch_size, max_chunk_frames=mcf, tile=args.tile, overlap=args.tile_overlap
+        device=device,
+        batch_size=args.batch_size,
+        max_chunk_frames=mcf,
+        tile=args.tile,
+        overlap=args.tile_overlap,
     )
     return TokenizerRunner(model, options)
 
