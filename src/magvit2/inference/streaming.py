@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from magvit2.data.video_io import to_tensor, to_uint8
+from magvit2.inference.global_norm import WholeFrameNorm, copy_cache
 from magvit2.inference.tiling import (
     Tile,
     crop_padding,
@@ -32,6 +33,7 @@ from magvit2.inference.tiling import (
 )
 from magvit2.models import VideoTokenizer
 from magvit2.modules.causal import CausalCache
+from magvit2.modules.norm import _latent_stats
 from magvit2.tokens import model_fingerprint
 
 
@@ -47,6 +49,8 @@ class InferenceOptions:
         tile: tile size in pixels (rounded down to a multiple of the spatial factor); frames larger
             than this in height or width are processed in overlapping tiles. ``None`` = never tile.
         overlap: overlap between neighbouring tiles in pixels; ``None`` = a quarter of the tile.
+        norm_passes: with tiles, passes that gather whole-frame normalisation statistics before the
+            real pass (:mod:`magvit2.inference.global_norm`); 0 = each tile uses its own statistics.
     """
 
     device: str = "cpu"
@@ -54,6 +58,7 @@ class InferenceOptions:
     max_chunk_frames: int | None = 17
     tile: int | None = None
     overlap: int | None = None
+    norm_passes: int = 2
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -187,19 +192,49 @@ class TokenizerRunner:
             ids = self._encode_tiles(video, tiles, caches)
             yield ids[0].cpu(), n_real, (pad_b, pad_r)
 
+    def _run_tiles(self, net, crops, tiles, caches, fn, latent_stats=None) -> list[Tensor]:
+        """Run ``fn(batch, cache)`` on the tile crops in groups of ``batch_size``; with several tiles
+        and ``norm_passes > 0`` the norms use whole-frame statistics (:class:`WholeFrameNorm`)."""
+        groups = self._groups(len(tiles))
+        holder: list[WholeFrameNorm] = []
+
+        def one_pass(real: bool) -> list[Tensor]:
+            outs: list[Tensor] = []
+            for group, cache in zip(groups, caches, strict=True):
+                if holder:
+                    holder[0].tiles = [tiles[i] for i in group]
+                run_cache = cache if real else copy_cache(cache, net.modules())
+                outs.extend(fn(torch.cat([crops[i] for i in group]), run_cache).split(1))
+            return outs
+
+        if len(tiles) == 1 or self.options.norm_passes == 0:
+            return one_pass(True)
+        with WholeFrameNorm(net) as norm:
+            holder.append(norm)
+            norm.latent_stats = latent_stats
+            for _ in range(self.options.norm_passes):
+                norm.start(record=True)
+                one_pass(False)
+                norm.finish()
+            norm.start(record=False)
+            return one_pass(True)
+
     def _encode_tiles(self, video: Tensor, tiles: list[Tile], caches: list[CausalCache]) -> Tensor:
+        """Padded video ``(1, 3, T, H, W)`` -> ids ``(1, n, h, w)``."""
+        s = self.s
+        crops = [
+            video[..., t.top * s : (t.top + t.size_h) * s, t.left * s : (t.left + t.size_w) * s]
+            for t in tiles
+        ]
+        model = self.model
         with torch.inference_mode():
-            s = self.s
-            per_tile: list[Tensor] = []
-            for group, cache in zip(self._groups(len(tiles)), caches, strict=True):
-                x = torch.cat(
-                    [
-                        video[..., t.top * s : (t.top + t.size_h) * s, t.left * s : (t.left + t.size_w) * s]
-                        for t in (tiles[i] for i in group)
-                    ]
-                )
-                latent = self.model.encoder(x, cache)
-                per_tile.extend(self.model.quantizer.codes_to_indices(latent).split(1))
+            per_tile = self._run_tiles(
+                model.encoder,
+                crops,
+                tiles,
+                caches,
+                lambda x, c: model.quantizer.codes_to_indices(model.encoder(x, c)),
+            )
             if len(tiles) == 1:
                 return per_tile[0]
             return encode_tiled(video, lambda _crop, i: per_tile[i], s, self.tile, self.overlap)
@@ -219,18 +254,22 @@ class TokenizerRunner:
     # ------------------------------------------------------------------ decode
     def _decode_tiles(self, ids: Tensor, tiles: list[Tile], caches: list[CausalCache]) -> Tensor:
         """ids ``(1, n, h, w)`` -> float video ``(1, 3, T, h*s, w*s)`` (tiles blended)."""
+        model = self.model
         with torch.inference_mode():
-            dtype = self.model.last_layer_weight().dtype
-            per_tile: list[Tensor] = []
-            for group, cache in zip(self._groups(len(tiles)), caches, strict=True):
-                x = torch.cat(
-                    [
-                        ids[..., t.top : t.top + t.size_h, t.left : t.left + t.size_w]
-                        for t in (tiles[i] for i in group)
-                    ]
-                )
-                codes = self.model.quantizer.indices_to_codes(x).to(dtype)
-                per_tile.extend(self.model.decoder(codes, cache).split(1))
+            dtype = model.last_layer_weight().dtype
+            crops = [ids[..., t.top : t.top + t.size_h, t.left : t.left + t.size_w] for t in tiles]
+            latent_stats = None
+            if len(tiles) > 1:
+                codes = model.quantizer.indices_to_codes(ids).to(dtype)
+                latent_stats = _latent_stats(codes, model.config.norm_eps, model.config.time_pooled_norm)
+            per_tile = self._run_tiles(
+                model.decoder,
+                crops,
+                tiles,
+                caches,
+                lambda x, c: model.decoder(model.quantizer.indices_to_codes(x).to(dtype), c),
+                latent_stats,
+            )
             if len(tiles) == 1:
                 return per_tile[0]
             return decode_tiled(
