@@ -8,7 +8,7 @@ from pathlib import Path
 
 from safetensors import safe_open
 
-from magvit2.cli.common import load_model
+from magvit2.cli.common import add_model_args, load_model
 from magvit2.tokens import load_tokens, model_fingerprint
 from magvit2.tokens.shards import MANIFEST_NAME, read_shard, shard_metadata
 
@@ -31,6 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "target", nargs="?", default=None, metavar="MODEL_OR_TOKENS", help="default: the built-in model"
     )
     p.add_argument("--json", action="store_true", help="print JSON")
+    add_model_args(p, inference=False)
     p.set_defaults(func=run)
 
 
@@ -140,7 +141,7 @@ def _print(d: dict, indent: str = "") -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the description as text or JSON."""
-    d = describe(args.target)
+    d = describe(args.target if args.target is not None else args.model)
     if args.json:
         print(json.dumps(d, indent=2))
     else:

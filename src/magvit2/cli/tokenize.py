@@ -14,6 +14,7 @@ Under ``torchrun`` each rank takes every WORLD_SIZE-th shard (or file), starting
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -128,7 +129,7 @@ def _run_files(args, runner: TokenizerRunner, files: list[tuple[Path, Path]], ou
                 save_tokens(dest, _token_file(runner, clip, fps, path.name), packed=args.packed)
             except (ValueError, OSError) as err:
                 failed += 1
-                bar.write(f"magvit2 tokenize: error: {one_line(path, err)}")
+                bar.write(f"magvit2 tokenize: error: {one_line(path, err)}", file=sys.stderr)
             bar.update(1)
     return 1 if failed else 0
 
@@ -161,7 +162,7 @@ def _run_shards(args, runner: TokenizerRunner, files: list[tuple[Path, Path]], o
                     rows.append(_row(clip, fps, str(path)))
                 except (ValueError, OSError) as err:
                     bad.append(str(path))
-                    bar.write(f"magvit2 tokenize: error: {one_line(path, err)}")
+                    bar.write(f"magvit2 tokenize: error: {one_line(path, err)}", file=sys.stderr)
                 bar.update(1)
             failed += len(bad)
             write_shard(

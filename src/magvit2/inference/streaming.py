@@ -58,7 +58,7 @@ class InferenceOptions:
     max_chunk_frames: int | None = 17
     tile: int | None = None
     overlap: int | None = None
-    norm_passes: int = 2
+    norm_passes: int = 1
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
