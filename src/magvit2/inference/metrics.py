@@ -25,22 +25,22 @@ def ssim_frames(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     shrinks for frames smaller than 11 px)."""
     if a.shape != b.shape:
         raise ValueError(f"ssim_frames: shapes differ, {a.shape} vs {b.shape}")
-    x = torch.from_numpy(np.ascontiguousarray(a)).double().permute(0, 3, 1, 2)
-    y = torch.from_numpy(np.ascontiguousarray(b)).double().permute(0, 3, 1, 2)
-    radius = max(0, min(5, (min(x.shape[-2:]) - 1) // 2))
-    g = _gaussian(radius)
-    c = x.shape[1]
-    kh = g.view(1, 1, -1, 1).expand(c, 1, -1, 1)
-    kw = g.view(1, 1, 1, -1).expand(c, 1, 1, -1)
+    t, h, w, c = a.shape
+    # every channel of every frame as a one-channel image; float32 is exact enough for 8-bit values
+    x = torch.from_numpy(np.ascontiguousarray(a)).float().permute(0, 3, 1, 2).reshape(t * c, 1, h, w)
+    y = torch.from_numpy(np.ascontiguousarray(b)).float().permute(0, 3, 1, 2).reshape(t * c, 1, h, w)
+    radius = max(0, min(5, (min(h, w) - 1) // 2))
+    g = _gaussian(radius).float()
+    kh, kw = g.view(1, 1, -1, 1), g.view(1, 1, 1, -1)
 
-    def blur(t: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(F.conv2d(t, kh, groups=c), kw, groups=c)
+    def blur(v: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(F.conv2d(v, kh), kw)
 
     mx, my = blur(x), blur(y)
     vx, vy, cxy = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
     s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
-    return s.mean(dim=(1, 2, 3)).numpy()
+    return s.reshape(t, c, -1).double().mean(dim=(1, 2)).numpy()
 
 
 class ReconstructionMetrics:
