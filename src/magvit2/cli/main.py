@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from magvit2.cli import convert, demo, train
+from magvit2.cli import convert, demo, detokenize, info, reconstruct, tokenize, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (demo, convert, train):
+    for module in (tokenize, detokenize, reconstruct, info, train, convert, demo):
         module.register(sub)
     return parser
 
@@ -35,9 +35,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
-        print(f"magvit2 {args.command}: error: {err}", file=sys.stderr)
+    except (ValueError, OSError) as err:  # FileNotFoundError, FileExistsError are OSErrors
+        message = " ".join(str(err).split())  # one line
+        print(f"magvit2 {args.command}: error: {message}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(
+            f"magvit2 {args.command}: interrupted (finished outputs are kept, partial ones removed)",
+            file=sys.stderr,
+        )
+        return 130
 
 
 if __name__ == "__main__":

@@ -84,13 +84,23 @@ def plan_tiles(h: int, w: int, tile: int, overlap: int) -> list[Tile]:
     ]
 
 
-def _ramp(size: int, lead: int, trail: int) -> Tensor:
-    """1-D blending weights: rise over ``lead`` samples, 1 in the middle, fall over ``trail``."""
+def _ramp(size: int, lead: int, trail: int, margin: int = 0) -> Tensor:
+    """1-D blending weights: 0 over the first ``margin`` of ``lead`` samples, then a linear rise over
+    the rest of ``lead``, 1 in the middle, and the mirror image over the last ``trail`` samples.
+
+    The margin drops the pixels next to a tile's inner border, which the network computed with too
+    little context (zero padding instead of the neighbour's content); the neighbouring tile covers
+    them with full weight.
+    """
     w = torch.ones(size)
     if lead:
-        w[:lead] = torch.arange(1, lead + 1) / (lead + 1)
+        m = min(margin, (lead - 1) // 2)
+        w[:lead] = 0.0
+        w[m:lead] = torch.arange(1, lead - m + 1) / (lead - m + 1)
     if trail:
-        w[size - trail :] = torch.arange(trail, 0, -1) / (trail + 1)
+        m = min(margin, (trail - 1) // 2)
+        w[size - trail :] = 0.0
+        w[size - trail : size - m] = torch.arange(trail - m, 0, -1) / (trail - m + 1)
     return w
 
 
@@ -117,11 +127,18 @@ def encode_tiled(
 
 
 def decode_tiled(
-    ids: Tensor, decode: Callable[[Tensor, int], Tensor], factor: int, tile: int, overlap: int
+    ids: Tensor,
+    decode: Callable[[Tensor, int], Tensor],
+    factor: int,
+    tile: int,
+    overlap: int,
+    margin: int = 0,
 ) -> Tensor:
     """Decode a token grid ``(B, T', h, w)`` tile by tile, blending overlaps -> ``(B, C, T, h*f, w*f)``.
 
-    ``decode(ids_tile, tile_index)`` returns the tile's pixels ``(B, C, T, th*f, tw*f)``.
+    ``decode(ids_tile, tile_index)`` returns the tile's pixels ``(B, C, T, th*f, tw*f)``. ``margin``
+    (pixels): at each inner tile border, that many pixels get weight 0 and the linear ramp runs over
+    the rest of the overlap (at most half the overlap is dropped, so the two tiles always blend).
     """
     h, w = ids.shape[-2:]
     tiles = plan_tiles(h, w, tile // factor, overlap // factor)
@@ -137,8 +154,8 @@ def decode_tiled(
         lead_c = (t.own_cols[0] - t.left) * 2 * factor if t.left > 0 else 0
         trail_c = (t.left + t.size_w - t.own_cols[1]) * 2 * factor if t.own_cols[1] < w else 0
         ph, pw = t.size_h * factor, t.size_w * factor
-        wr = _ramp(ph, min(lead_r, ph), min(trail_r, ph))
-        wc = _ramp(pw, min(lead_c, pw), min(trail_c, pw))
+        wr = _ramp(ph, min(lead_r, ph), min(trail_r, ph), margin)
+        wc = _ramp(pw, min(lead_c, pw), min(trail_c, pw), margin)
         wt = (wr[:, None] * wc[None, :]).to(pix)
         rs, cs = slice(t.top * factor, t.top * factor + ph), slice(t.left * factor, t.left * factor + pw)
         acc[..., rs, cs] += pix * wt

@@ -12,12 +12,18 @@ of ``W`` takes shards ``r, r + W, r + 2W, ...``.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+SHARD_FORMAT = "magvit2-token-shard"
+SHARD_VERSION = 1
+MANIFEST_NAME = "magvit2-shards.json"
 
 SCHEMA = pa.schema(
     [
@@ -55,11 +61,31 @@ def plan_shards(files: list[Path], out_dir: Path, shard_size: int, rank: int = 0
     return plans
 
 
-def write_shard(path: Path, rows: list[dict], *, model: str, vocabulary: int) -> None:
-    """Write ``rows`` (dicts with the schema's keys) to ``path`` atomically."""
-    table = pa.Table.from_pylist(rows, schema=SCHEMA).replace_schema_metadata(
-        {"magvit2.model": model, "magvit2.vocabulary": str(vocabulary)}
-    )
+def write_shard(
+    path: Path,
+    rows: list[dict],
+    *,
+    model: str,
+    vocabulary: int,
+    spatial_factor: int | None = None,
+    failed: list[str] | None = None,
+) -> None:
+    """Write ``rows`` (dicts with the schema's keys) to ``path`` atomically.
+
+    The schema metadata records ``magvit2.format`` / ``magvit2.version``, the model fingerprint, the
+    vocabulary, the spatial factor (to recover the padding) and the files that could not be read
+    (``magvit2.failed``, a JSON list).
+    """
+    meta = {
+        "magvit2.format": SHARD_FORMAT,
+        "magvit2.version": str(SHARD_VERSION),
+        "magvit2.model": model,
+        "magvit2.vocabulary": str(vocabulary),
+        "magvit2.failed": json.dumps(failed or []),
+    }
+    if spatial_factor is not None:
+        meta["magvit2.spatial_factor"] = str(spatial_factor)
+    table = pa.Table.from_pylist(rows, schema=SCHEMA).replace_schema_metadata(meta)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         pq.write_table(table, tmp)
@@ -72,3 +98,52 @@ def write_shard(path: Path, rows: list[dict], *, model: str, vocabulary: int) ->
 def read_shard(path: str | Path) -> pa.Table:
     """Read one shard (a pyarrow Table; ``.to_pandas()`` for a DataFrame)."""
     return pq.read_table(path)
+
+
+def shard_metadata(path: str | Path) -> dict[str, str]:
+    """The ``magvit2.*`` schema metadata of a shard (without reading its rows)."""
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except (OSError, pa.ArrowException) as err:
+        raise ValueError(
+            f"{path}: not a readable Parquet token shard (truncated or corrupted?): {err}"
+        ) from err
+    return {k.decode(): v.decode() for k, v in meta.items() if k.startswith(b"magvit2.")}
+
+
+def manifest(files: list[Path], shard_size: int, model: str) -> dict:
+    """What a shard folder was made from: a rerun must match it to resume."""
+    digest = hashlib.sha256("\n".join(sorted(str(f) for f in files)).encode()).hexdigest()[:16]
+    return {
+        "format": SHARD_FORMAT,
+        "version": SHARD_VERSION,
+        "model": model,
+        "shard_size": shard_size,
+        "files": len(files),
+        "files_digest": digest,
+    }
+
+
+def check_manifest(out_dir: Path, expected: dict, overwrite: bool) -> None:
+    """Write ``out_dir/magvit2-shards.json``, or check that the one there matches ``expected``.
+
+    A folder made with another model, shard size or file list is refused (its shards would not
+    line up) unless ``overwrite``.
+    """
+    path = out_dir / MANIFEST_NAME
+    if path.is_file() and not overwrite:
+        try:
+            found = json.loads(path.read_text())
+        except (OSError, ValueError):
+            found = None
+        if found != expected:
+            diff = sorted(k for k in expected if not isinstance(found, dict) or found.get(k) != expected[k])
+            raise ValueError(
+                f"{out_dir}: holds shards made with other settings ({', '.join(diff)} differ); "
+                "pass --overwrite to redo them or choose another folder"
+            )
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(expected, indent=2) + "\n")
+    os.replace(tmp, path)

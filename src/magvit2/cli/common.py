@@ -1,0 +1,178 @@
+"""What the ``tokenize``/``detokenize``/``reconstruct``/``info`` sub-commands share: the model and
+inference options, input discovery, atomic outputs, progress bars and error messages."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import glob
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+import magvit2
+from magvit2.data.video_io import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+from magvit2.inference.streaming import InferenceOptions, TokenizerRunner
+from magvit2.models import VideoTokenizer
+
+#: Where the built-in model is looked for (shipped as package data by a later release).
+BUILTIN_DIR = Path(magvit2.__file__).resolve().parent / "pretrained" / "default"
+MEDIA_EXTENSIONS = IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
+
+
+def add_model_args(p: argparse.ArgumentParser, inference: bool = True) -> None:
+    """``--model``, ``--device`` and (``inference``) ``--batch-size``, ``--max-chunk-frames``, ``--tile``."""
+    g = p.add_argument_group("model and inference")
+    g.add_argument(
+        "--model",
+        metavar="DIR",
+        help="tokenizer folder written by VideoTokenizer.save_pretrained (default: the built-in model)",
+    )
+    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda if available)")
+    if inference:
+        g.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass (default 4)")
+        g.add_argument(
+            "--max-chunk-frames",
+            type=int,
+            default=17,
+            help="frames per causal time chunk; memory depends on this, not on the video length (17)",
+        )
+        g.add_argument(
+            "--tile",
+            type=int,
+            default=None,
+            metavar="PX",
+            help="encode/decode frames larger than PX pixels in overlapping tiles (default: no tiling)",
+        )
+        g.add_argument(
+            "--tile-overlap", type=int, default=None, metavar="PX", help="tile overlap (default tile/4)"
+        )
+
+
+def add_output_args(p: argparse.ArgumentParser) -> None:
+    """``--overwrite`` and ``--quiet``."""
+    p.add_argument("--overwrite", action="store_true", help="replace output files that exist")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` -> ``cuda`` when available else ``cpu``; checks that a cuda device exists."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+    try:
+        torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"--device: expected cpu, cuda, cuda:N or auto, got {name!r}") from err
+    return name
+
+
+def load_model(model: str | None, device: str = "cpu") -> VideoTokenizer:
+    """The tokenizer in folder ``model``, or the built-in one when ``model`` is None."""
+    if model is not None:
+        path = Path(model)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(
+                f"{model}: not a tokenizer folder (expected config.json and model.safetensors written by "
+                "VideoTokenizer.save_pretrained)"
+            )
+        return VideoTokenizer.from_pretrained(path, device=device)
+    if (BUILTIN_DIR / "config.json").is_file():
+        return VideoTokenizer.from_pretrained(BUILTIN_DIR, device=device)
+    try:
+        return VideoTokenizer.from_pretrained("default", device=device)
+    except (ValueError, OSError) as err:
+        raise ValueError(
+            "no built-in model is installed yet: pass --model DIR "
+            "(a folder written by VideoTokenizer.save_pretrained)"
+        ) from err
+
+
+def make_runner(args: argparse.Namespace) -> TokenizerRunner:
+    """Model + inference options from the parsed arguments."""
+    device = resolve_device(args.device)
+    model = load_model(args.model, device)
+    mcf = args.max_chunk_frames if args.max_chunk_frames and args.max_chunk_frames > 0 else None
+    options = InferenceOptions(
+        device=device,
+        batch_size=args.batch_size,
+        max_chunk_frames=mcf,
+        tile=args.tile,
+        overlap=args.tile_overlap,
+    )
+    return TokenizerRunner(model, options)
+
+
+def discover_inputs(inputs: list[str]) -> list[tuple[Path, Path]]:
+    """Files, folders (searched recursively for video/image files) and globs -> sorted, unique
+    ``(file, root)`` pairs; ``root`` is the folder a file's output name is taken relative to."""
+    found: dict[Path, Path] = {}
+    for item in inputs:
+        matches = [Path(item)] if Path(item).exists() else [Path(m) for m in glob.glob(item, recursive=True)]
+        if not matches:
+            raise FileNotFoundError(f"{item}: no such file, folder or matching glob")
+        for path in matches:
+            if path.is_dir():
+                for f in sorted(path.rglob("*")):
+                    if f.is_file() and f.suffix.lower() in MEDIA_EXTENSIONS and not f.name.startswith("."):
+                        found.setdefault(f, path)
+            else:
+                found.setdefault(path, path.parent)
+    if not found:
+        raise FileNotFoundError(f"{' '.join(inputs)}: no video or image files found")
+    return sorted(found.items(), key=lambda kv: str(kv[0]))
+
+
+def progress(total: int | None, unit: str, desc: str, quiet: bool) -> tqdm:
+    """A tqdm bar on stderr (rate and ETA), off with ``--quiet`` or when stderr is not a terminal."""
+    return tqdm(
+        total=total,
+        unit=unit,
+        desc=desc,
+        file=sys.stderr,
+        disable=quiet or not sys.stderr.isatty(),
+        dynamic_ncols=True,
+    )
+
+
+def check_output(path: Path, overwrite: bool) -> None:
+    """Refuse an existing output unless ``--overwrite``; the parent folder must exist or is made."""
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path}: output exists (pass --overwrite to replace it)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_output(path: Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (same suffix); on success it is renamed to ``path``, on
+    any failure it is deleted, so no partial output is ever left. Works for files and folders."""
+    check_output(path, overwrite)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        if path.is_dir() and overwrite:
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+
+
+def one_line(path: Path | str, err: BaseException) -> str:
+    """``<file>: <what>`` on one line (the file is not repeated if the message already names it)."""
+    msg = " ".join(str(err).split())
+    name = os.fspath(path)
+    return msg if name in msg else f"{name}: {msg}"
+
+
+def dist_rank_world() -> tuple[int, int]:
+    """(rank, world size) under ``torchrun`` (its RANK / WORLD_SIZE variables), else (0, 1)."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))

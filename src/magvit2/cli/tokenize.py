@@ -1,0 +1,176 @@
+"""``magvit2 tokenize``: videos and images (files, folders, globs) -> token files or Parquet shards.
+
+Output modes:
+
+* one input file and ``-o X.safetensors``: one token file (refused if it exists, unless ``--overwrite``);
+* otherwise ``-o DIR``: one token file per input, ``DIR/<path relative to its folder>.safetensors``
+  (``clips/a.mp4`` -> ``DIR/a.mp4.safetensors``); files already there are skipped (a rerun resumes);
+* with ``--shard-size N``: Parquet shards ``DIR/shard-00000.parquet``, N clips each (see
+  :mod:`magvit2.tokens.shards`); finished shards are skipped on a rerun.
+
+Under ``torchrun`` each rank takes every WORLD_SIZE-th shard (or file), starting at its RANK.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from magvit2.cli.common import (
+    add_model_args,
+    add_output_args,
+    check_output,
+    discover_inputs,
+    dist_rank_world,
+    make_runner,
+    one_line,
+    progress,
+)
+from magvit2.data.video_io import iter_frames, probe
+from magvit2.inference.streaming import EncodedClip, TokenizerRunner
+from magvit2.tokens import TokenFile, save_tokens
+from magvit2.tokens.shards import check_manifest, manifest, plan_shards, write_shard
+
+EXAMPLE = """examples:
+  magvit2 tokenize clip.mp4 -o clip.safetensors --model my_tokenizer/
+  magvit2 tokenize videos/ photos/*.png -o tokens/ --model my_tokenizer/
+  magvit2 tokenize videos/ -o shards/ --shard-size 1000 --model my_tokenizer/ --tile 256
+  torchrun --nproc_per_node 4 -m magvit2.cli.main tokenize videos/ -o shards/ --shard-size 1000 ..."""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``tokenize`` sub-command."""
+    p = sub.add_parser(
+        "tokenize",
+        help="videos/images -> token files or Parquet shards",
+        description="Tokenize video and image files, folders (recursive) and globs.\n\n" + EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="video/image files, folders or globs")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="OUT",
+        help="a .safetensors file (one input) or a folder (one token file per input, or shards)",
+    )
+    p.add_argument(
+        "--shard-size", type=int, default=None, metavar="N", help="write Parquet shards of N clips"
+    )
+    p.add_argument(
+        "--packed", action="store_true", help="bit-pack ids in token files (log2(vocab) bits each)"
+    )
+    p.add_argument(
+        "--max-frames", type=int, default=None, metavar="N", help="tokenize at most N frames a clip"
+    )
+    add_model_args(p)
+    add_output_args(p)
+    p.set_defaults(func=run)
+
+
+def encode_file(runner: TokenizerRunner, path: Path, max_frames: int | None) -> tuple[EncodedClip, object]:
+    """Stream ``path``'s frames through the tokenizer -> (clip tokens, fps)."""
+    info = probe(path)
+    clip = runner.encode_frames(iter_frames(path, max_frames=max_frames))
+    return clip, info.fps
+
+
+def _token_file(runner: TokenizerRunner, clip: EncodedClip, fps, source: str) -> TokenFile:
+    return TokenFile(
+        ids=clip.ids,
+        model=runner.fingerprint,
+        vocabulary=runner.vocabulary,
+        frames=clip.frames,
+        height=clip.height,
+        width=clip.width,
+        pad_bottom=clip.pad_bottom,
+        pad_right=clip.pad_right,
+        fps=fps,
+        source=source,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Dispatch to the output mode; returns 1 when any input failed."""
+    files = discover_inputs(args.inputs)
+    out = Path(args.output)
+    runner = make_runner(args)
+    if args.shard_size is not None:
+        return _run_shards(args, runner, files, out)
+    single = len(files) == 1 and out.suffix == ".safetensors"
+    if single:
+        path = files[0][0]
+        check_output(out, args.overwrite)
+        clip, fps = encode_file(runner, path, args.max_frames)
+        save_tokens(out, _token_file(runner, clip, fps, path.name), packed=args.packed)
+        return 0
+    if out.suffix == ".safetensors":
+        raise ValueError(f"{out}: {len(files)} inputs need an output folder, not a .safetensors file")
+    return _run_files(args, runner, files, out)
+
+
+def _run_files(args, runner: TokenizerRunner, files: list[tuple[Path, Path]], out: Path) -> int:
+    rank, world = dist_rank_world()
+    mine = [pair for i, pair in enumerate(files) if i % world == rank]
+    failed = 0
+    out.mkdir(parents=True, exist_ok=True)
+    with progress(len(mine), "clip", "tokenize", args.quiet) as bar:
+        for path, root in mine:
+            dest = out / (str(path.relative_to(root)) + ".safetensors")
+            if dest.exists() and not args.overwrite:
+                bar.update(1)
+                continue
+            try:
+                clip, fps = encode_file(runner, path, args.max_frames)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                save_tokens(dest, _token_file(runner, clip, fps, path.name), packed=args.packed)
+            except (ValueError, OSError) as err:
+                failed += 1
+                bar.write(f"magvit2 tokenize: error: {one_line(path, err)}", file=sys.stderr)
+            bar.update(1)
+    return 1 if failed else 0
+
+
+def _row(clip: EncodedClip, fps, source: str) -> dict:
+    return {
+        "source": source,
+        "frames": clip.frames,
+        "height": clip.height,
+        "width": clip.width,
+        "fps": float(fps),
+        "shape": list(clip.ids.shape),
+        "ids": clip.ids.reshape(-1).numpy().astype(np.int32),
+    }
+
+
+def _run_shards(args, runner: TokenizerRunner, files: list[tuple[Path, Path]], out: Path) -> int:
+    rank, world = dist_rank_world()
+    paths = [p for p, _ in files]
+    check_manifest(out, manifest(paths, args.shard_size, runner.fingerprint), args.overwrite)
+    plans = plan_shards(paths, out, args.shard_size, rank=rank, world_size=world)
+    todo = [plan for plan in plans if args.overwrite or not plan.path.exists()]
+    failed = 0
+    with progress(sum(len(p.files) for p in todo), "clip", f"tokenize[{rank}]", args.quiet) as bar:
+        for plan in todo:
+            rows, bad = [], []
+            for path in plan.files:
+                try:
+                    clip, fps = encode_file(runner, path, args.max_frames)
+                    rows.append(_row(clip, fps, str(path)))
+                except (ValueError, OSError) as err:
+                    bad.append(str(path))
+                    bar.write(f"magvit2 tokenize: error: {one_line(path, err)}", file=sys.stderr)
+                bar.update(1)
+            failed += len(bad)
+            write_shard(
+                plan.path,
+                rows,
+                model=runner.fingerprint,
+                vocabulary=runner.vocabulary,
+                spatial_factor=runner.s,
+                failed=bad,
+            )
+    return 1 if failed else 0

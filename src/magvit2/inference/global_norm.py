@@ -1,0 +1,156 @@
+"""Whole-frame normalisation statistics for tiled inference.
+
+Every GroupNorm of the tokenizer normalises each frame with statistics over the whole frame, and the
+decoder's adaptive GroupNorm scales with statistics of the whole latent frame. A tile run on its own
+would use its own statistics, which differ from tile to tile and from the whole frame's: seams and a
+result that is not the untiled one. :class:`WholeFrameNorm` fixes that without holding a whole frame
+of activations:
+
+1. *record pass*: every tile is run (on a copy of its causal cache) and each GroupNorm adds the sum,
+   sum of squares and count of its input over the positions the tile owns (its share of the token
+   grid, scaled to the layer's resolution) -> whole-frame mean and variance per (group, frame);
+2. *apply pass*: the tiles are run again and every GroupNorm normalises with those whole-frame
+   statistics (the adaptive GroupNorm's latent statistics are computed from the whole token grid).
+
+Statistics of a layer recorded in pass ``k`` were computed from inputs normalised with the pass
+``k-1`` statistics, so a few record passes converge on the untiled result (``passes`` record passes
+plus one apply pass: the cost of tiling with this is ``passes + 1`` forward passes).
+
+The hooks are installed as instance attributes on the model's norm modules for the duration of a
+``with`` block and removed afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor, nn
+
+from magvit2.inference.tiling import Tile
+from magvit2.modules.causal import CausalCache
+from magvit2.modules.norm import AdaptiveGroupNorm, GroupNorm
+
+
+def copy_cache(cache: CausalCache, modules: Iterable[nn.Module]) -> CausalCache:
+    """A copy of ``cache`` (entries of ``modules``) that a trial pass can advance without touching it.
+
+    Cached values are replaced, never modified in place, by the modules, so a shallow copy suffices.
+    """
+    new = CausalCache()
+    for m in modules:
+        if cache.seen(m):
+            new.set(m, cache.get(m))
+    return new
+
+
+class WholeFrameNorm:
+    """Context manager that makes ``root``'s GroupNorms use statistics gathered over all tiles.
+
+    Use: ``with WholeFrameNorm(model.decoder) as norm:`` then for each pass ``norm.start(record=...)``,
+    and before each forward ``norm.tiles = [...]`` (the tiles stacked in that batch, in order).
+    ``norm.latent_stats = (std, mean)`` ``(1, n, Z)`` replaces the adaptive norms' latent statistics.
+    """
+
+    def __init__(self, root: nn.Module) -> None:
+        self.root = root
+        self.norms = [m for m in root.modules() if isinstance(m, GroupNorm)]
+        self.adaptive = [m for m in root.modules() if isinstance(m, AdaptiveGroupNorm)]
+        self.tiles: list[Tile] = []
+        self.record = False
+        self.stats: dict[GroupNorm, tuple[Tensor, Tensor]] = {}
+        self._acc: dict[GroupNorm, list[Tensor]] = {}
+        self.latent_stats: tuple[Tensor, Tensor] | None = None
+
+    # ------------------------------------------------------------------ install / remove
+    def __enter__(self) -> WholeFrameNorm:
+        for m in self.norms:
+            m.forward = self._norm_forward(m)
+        for a in self.adaptive:
+            a.gamma.forward = self._linear_forward(a.gamma, 0)
+            a.beta.forward = self._linear_forward(a.beta, 1)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for m in [*self.norms, *(a.gamma for a in self.adaptive), *(a.beta for a in self.adaptive)]:
+            m.__dict__.pop("forward", None)
+
+    def start(self, record: bool) -> None:
+        """Begin a pass; ``record`` gathers new statistics (used from the next pass on)."""
+        self.record = record
+        self._acc = {}
+
+    def finish(self) -> None:
+        """End a record pass: turn the sums into means and (biased) variances."""
+        stats = {}
+        for m, (s, ss, n) in self._acc.items():
+            mean = s / n
+            stats[m] = (mean, (ss / n - mean * mean).clamp_min(0))
+        self.stats = stats
+
+    # ------------------------------------------------------------------ hooks
+    def _linear_forward(self, lin: nn.Linear, which: int):
+        def forward(x: Tensor) -> Tensor:
+            if self.latent_stats is None:
+                return nn.Linear.forward(lin, x)
+            stat = self.latent_stats[which].to(x)
+            return nn.Linear.forward(lin, stat.expand(x.shape[0], *stat.shape[1:]))
+
+        return forward
+
+    def _norm_forward(self, m: GroupNorm):
+        def forward(x: Tensor) -> Tensor:
+            if self.record:
+                self._accumulate(m, x)
+            if m not in self.stats or x.ndim != 5:
+                return GroupNorm.forward(m, x)
+            mean, var = self.stats[m]
+            b, c, t, h, w = x.shape
+            g = m.num_groups
+            xg = x.reshape(b, g, c // g, t, h, w)
+            if m.time_pooled:
+                mean, var = mean[:, :1].expand(g, t), var[:, :1].expand(g, t)
+            mean = mean.to(x)[None, :, None, :, None, None]
+            inv = torch.rsqrt(var.to(x) + m.eps)[None, :, None, :, None, None]
+            y = ((xg - mean) * inv).reshape(b, c, t, h, w)
+            if m.weight is not None:
+                y = y * m.weight[None, :, None, None, None] + m.bias[None, :, None, None, None]
+            return y
+
+        return forward
+
+    def _accumulate(self, m: GroupNorm, x: Tensor) -> None:
+        if x.ndim != 5:
+            return
+        b, c, t, h, w = x.shape
+        g = m.num_groups
+        if len(self.tiles) != b:
+            raise ValueError(f"WholeFrameNorm: {len(self.tiles)} tiles given for a batch of {b}")
+        s = x.new_zeros(g, t, dtype=torch.float64)
+        ss = x.new_zeros(g, t, dtype=torch.float64)
+        n = 0
+        for i, tile in enumerate(self.tiles):
+            fh, fw = h // tile.size_h, w // tile.size_w  # layer pixels per latent position
+            (r0, r1), (c0, c1) = tile.own_rows, tile.own_cols
+            part = x[
+                i,
+                :,
+                :,
+                (r0 - tile.top) * fh : (r1 - tile.top) * fh,
+                (c0 - tile.left) * fw : (c1 - tile.left) * fw,
+            ]
+            part = part.reshape(g, c // g, t, -1).double()
+            s += part.sum(dim=(1, 3))
+            ss += (part * part).sum(dim=(1, 3))
+            n += part.shape[1] * part.shape[3]
+        if m.time_pooled:
+            s = s.sum(1, keepdim=True).expand(g, t).clone()
+            ss = ss.sum(1, keepdim=True).expand(g, t).clone()
+            n = n * t
+        acc = self._acc.get(m)
+        if acc is None:
+            self._acc[m] = [s, ss, n]
+        else:
+            acc[0] += s
+            acc[1] += ss
+            acc[2] += n

@@ -1,0 +1,452 @@
+"""The ``magvit2`` tokenize / detokenize / reconstruct / info commands, driven as a user would.
+
+A tiny random-weight tokenizer (LFQ 10 bits, 4x spatial, 2x temporal) is saved with save_pretrained and
+passed with --model. End-to-end runs use subprocesses; the many error cases call the same entry point
+(``magvit2.cli.main.main``) in-process to keep the file fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from magvit2.cli.main import main
+from magvit2.data.video_io import (
+    VideoWriter,
+    probe,
+    read_image,
+    read_video,
+    to_tensor,
+    to_uint8,
+    write_png,
+    write_video,
+)
+from magvit2.inference.metrics import ssim_frames
+from magvit2.inference.streaming import padded_frames
+from magvit2.inference.tiling import pad_to_multiple
+from magvit2.models import TokenizerConfig, VideoTokenizer
+from magvit2.tokens import TokenFile, load_tokens, save_tokens
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+TINY = {
+    "quantizer": {"kind": "lfq", "bits": 10},
+    "ch": 8,
+    "ch_mult": [1, 2, 2],
+    "num_res_blocks": 1,
+    "norm_groups": 4,
+}
+
+
+def cli(*args: str, cwd: Path | None = None, torchrun: int = 0) -> subprocess.CompletedProcess:
+    """Run ``magvit2 ARGS`` in a fresh process (``torchrun`` > 0: under torchrun with that many ranks)."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "OMP_NUM_THREADS": "1",
+    }
+    if torchrun:
+        head = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(torchrun)]
+        head += ["--master_port", "29517", "-m", "magvit2.cli.main"]
+    else:
+        head = [sys.executable, "-m", "magvit2.cli.main"]
+    return subprocess.run([*head, *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+
+
+def run_main(capsys, *args: str) -> tuple[int, str, str]:
+    """The same entry point in-process: (exit code, stdout, stderr)."""
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("model") / "tiny"
+    VideoTokenizer(TokenizerConfig.from_dict(TINY)).save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def model(model_dir) -> VideoTokenizer:
+    return VideoTokenizer.from_pretrained(model_dir)
+
+
+def _clip(seed: int, frames: int = 5, h: int = 38, w: int = 50) -> np.ndarray:
+    """A smooth moving pattern (compresses well, so H.264 keeps it close)."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    out = []
+    for t in range(frames):
+        r = 128 + 100 * np.sin((xx + 3 * t + seed) / 6.0)
+        g = 128 + 100 * np.cos((yy - 2 * t + seed) / 5.0)
+        b = 128 + 80 * np.sin((xx + yy + seed * t) / 9.0)
+        out.append(np.stack([r, g, b], -1).clip(0, 255).astype(np.uint8))
+    return np.stack(out)
+
+
+def _reference_ids(model: VideoTokenizer, frames: np.ndarray) -> torch.Tensor:
+    """Independent path: pad in time (repeat last frame) and space, one whole-clip encode."""
+    n = padded_frames(len(frames), model.temporal_factor)
+    full = np.concatenate([frames, np.repeat(frames[-1:], n - len(frames), 0)])
+    video, _, _ = pad_to_multiple(to_tensor(full).unsqueeze(0), model.spatial_factor)
+    return model.encode(video)[0]
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean over frames of each frame's PSNR, written out independently of the library."""
+    a, b = a.reshape(-1, *a.shape[-3:]), b.reshape(-1, *b.shape[-3:])
+    mse = ((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean(axis=(1, 2, 3))
+    return float(np.mean(10 * np.log10(255**2 / mse)))
+
+
+# --------------------------------------------------------------------------------------------- happy paths
+
+
+def test_help_lists_commands_with_examples(capsys):
+    r = cli("--help")
+    assert r.returncode == 0
+    for cmd in ("tokenize", "detokenize", "reconstruct", "info"):
+        assert cmd in r.stdout
+        with pytest.raises(SystemExit) as exc:
+            main([cmd, "--help"])
+        assert exc.value.code == 0
+        text = capsys.readouterr().out
+        assert "example" in text and f"magvit2 {cmd}" in text
+        for flag in ("--model", "--device") + (() if cmd == "info" else ("--batch-size", "--tile")):
+            assert flag in text
+
+
+def test_real_clip_round_trip(tmp_path, clips_dir, model_dir, model):
+    src = clips_dir / "carphone_pristine.mp4"
+    tok, vid = tmp_path / "c.safetensors", tmp_path / "c.mp4"
+    r = cli("tokenize", str(src), "-o", str(tok), "--model", str(model_dir), "--max-frames", "9", "-q")
+    assert r.returncode == 0, r.stderr
+    frames = read_video(src, max_frames=9)
+    tf = load_tokens(tok)
+    # streamed, chunked (17-frame chunks of 1 + 2m) ids equal one whole-clip encode
+    assert torch.equal(tf.ids, _reference_ids(model, frames))
+    assert (tf.frames, tf.height, tf.width, tf.source) == (9, 144, 176, "carphone_pristine.mp4")
+    assert tf.fps == probe(src).fps
+    r = cli("detokenize", str(tok), "-o", str(vid), "--model", str(model_dir), "--max-chunk-frames", "5")
+    assert r.returncode == 0, r.stderr
+    info = probe(vid, count="decode")
+    assert (info.num_frames, info.height, info.width, info.fps) == (9, 144, 176, probe(src).fps)
+    r = cli("info", str(tok), "--json")
+    meta = json.loads(r.stdout)
+    assert meta["token_grid"] == [5, 36, 44] and meta["frames"] == 9 and meta["version"] == 1
+
+
+def test_odd_sizes_frames_images_and_packed(tmp_path, capsys, model_dir, model):
+    frames = _clip(0, frames=6)  # 50x38: not multiples of 4; 6 frames: padded to 7
+    clip, png = tmp_path / "odd.mkv", tmp_path / "odd.png"
+    write_video(clip, frames, fps=12, lossless=True)
+    write_png(png, frames[0])
+    m = ("--model", str(model_dir), "-q")
+    code, _, err = run_main(
+        capsys, "tokenize", str(clip), "-o", str(tmp_path / "o.safetensors"), "--packed", *m
+    )
+    assert code == 0, err
+    tf = load_tokens(tmp_path / "o.safetensors")
+    assert torch.equal(tf.ids, _reference_ids(model, frames))
+    assert (tf.frames, tf.height, tf.width, tf.pad_bottom, tf.pad_right) == (6, 38, 50, 2, 2)
+    assert "packed" in load_file(tmp_path / "o.safetensors")  # bit-packed: 10 bits per id
+    code, _, err = run_main(
+        capsys, "detokenize", str(tmp_path / "o.safetensors"), "-o", str(tmp_path / "fr"), *m
+    )
+    assert code == 0, err
+    pngs = sorted((tmp_path / "fr").glob("*.png"))
+    assert len(pngs) == 6
+    expected = to_uint8(model.decode(tf.ids[None]))[0, :6, :38, :50]
+    got = np.stack([read_image(p) for p in pngs])
+    assert np.abs(got.astype(int) - expected).max() <= 1  # lossless PNG; chunked float rounding
+    # an image: one frame in, a PNG of the same size out
+    code, _, err = run_main(capsys, "tokenize", str(png), "-o", str(tmp_path / "i.safetensors"), *m)
+    assert code == 0, err
+    code, _, err = run_main(
+        capsys, "detokenize", str(tmp_path / "i.safetensors"), "-o", str(tmp_path / "i.png"), *m
+    )
+    assert code == 0, err
+    assert read_image(tmp_path / "i.png").shape == (38, 50, 3)
+    # odd sizes keep their exact size in mp4 (4:4:4)
+    code, _, err = run_main(
+        capsys, "detokenize", str(tmp_path / "o.safetensors"), "-o", str(tmp_path / "o.mp4"), *m
+    )
+    assert code == 0, err
+    info = probe(tmp_path / "o.mp4", count="decode")
+    assert (info.num_frames, info.width, info.height, info.fps) == (6, 50, 38, 12)
+
+
+def test_reconstruct_metrics_and_compare(tmp_path, capsys, clips_dir, model_dir, model):
+    src = clips_dir / "carphone_pristine.mp4"
+    cmp_png = tmp_path / "cmp.png"
+    args = ("reconstruct", str(src), "--max-frames", "5", "--json", "--model", str(model_dir), "-q")
+    code, out, err = run_main(capsys, *args, "--compare", str(cmp_png), "--compare-frame", "2")
+    assert code == 0, err
+    res = json.loads(out)
+    frames = read_video(src, max_frames=5)
+    ids = _reference_ids(model, frames)
+    rec = to_uint8(model.decode(ids[None]))[0, :5]
+    assert res["tokens"] == ids.numel() == 3 * 36 * 44
+    assert res["bpp"] == pytest.approx(ids.numel() * 10 / (5 * 144 * 176))
+    assert res["psnr"] == pytest.approx(_psnr(frames, rec), abs=0.05)
+    from skimage.metrics import structural_similarity
+
+    ref_ssim = np.mean(
+        [
+            structural_similarity(
+                frames[i],
+                rec[i],
+                channel_axis=-1,
+                gaussian_weights=True,
+                sigma=1.5,
+                use_sample_covariance=False,
+                data_range=255,
+            )
+            for i in range(5)
+        ]
+    )
+    assert res["ssim"] == pytest.approx(ref_ssim, abs=2e-3)
+    side = read_image(cmp_png)
+    assert side.shape == (144, 3 * 176, 3)
+    assert np.array_equal(side[:, :176], frames[2])
+    assert np.abs(side[:, 176:352].astype(int) - rec[2]).max() <= 1
+
+
+def test_ssim_matches_scikit_image():
+    from skimage.metrics import structural_similarity
+
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (2, 20, 24, 3), dtype=np.uint8)
+    b = np.clip(a.astype(int) + rng.integers(-30, 30, a.shape), 0, 255).astype(np.uint8)
+    ours = ssim_frames(a, b)
+    for i in range(2):
+        ref = structural_similarity(
+            a[i],
+            b[i],
+            channel_axis=-1,
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+            data_range=255,
+        )
+        assert ours[i] == pytest.approx(ref, abs=1e-5)
+
+
+def test_tiled_decode_matches_untiled(tmp_path, capsys, clips_dir, model_dir):
+    """Tiled decoding (whole-frame norm statistics, blended overlaps) of the same tokens is within
+    40 dB of the untiled decoding, and clearly better than tiles with their own statistics."""
+    src = clips_dir / "carphone_pristine.mp4"
+    tok = tmp_path / "c.safetensors"
+    m = ("--model", str(model_dir), "-q")
+    assert run_main(capsys, "tokenize", str(src), "-o", str(tok), "--max-frames", "3", *m)[0] == 0
+    outs = {}
+    for name, extra in {"full": (), "tiled": ("--tile", "96", "--tile-overlap", "64")}.items():
+        code, _, err = run_main(capsys, "detokenize", str(tok), "-o", str(tmp_path / name), *m, *extra)
+        assert code == 0, err
+        outs[name] = np.stack([read_image(p) for p in sorted((tmp_path / name).glob("*.png"))])
+    assert outs["full"].shape == outs["tiled"].shape == (3, 144, 176, 3)
+    assert _psnr(outs["full"], outs["tiled"]) >= 40
+
+
+@pytest.mark.skipif(
+    not (Path(SRC) / "magvit2" / "pretrained" / "default" / "config.json").is_file(),
+    reason="needs the built-in trained model (tiled reconstruction of a random model flips LFQ bits)",
+)
+def test_tiled_reconstruction_matches_untiled_default_model(tmp_path, capsys, clips_dir):
+    src = clips_dir / "bikes.mp4"
+    outs = {}
+    for name, extra in {"full": (), "tiled": ("--tile", "256", "--tile-overlap", "128")}.items():
+        out = tmp_path / f"{name}.png"
+        code, _, err = run_main(
+            capsys, "reconstruct", str(src), "--max-frames", "5", "-o", str(out), "-q", *extra
+        )
+        outs[name] = read_image(out) if code == 0 else pytest.fail(err)
+    assert _psnr(outs["full"], outs["tiled"]) >= 40
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+
+
+def _one_line_error(code: int, err: str, name: str) -> None:
+    assert code == 1
+    lines = [ln for ln in err.strip().splitlines() if "error" in ln]
+    assert len(lines) == 1 and name in lines[0] and lines[0].startswith("magvit2 "), err
+
+
+def test_bad_inputs_clear_errors_no_partial_output(tmp_path, capsys, model_dir, model):
+    m = ("--model", str(model_dir), "-q")
+    good = tmp_path / "good.mp4"
+    write_video(good, _clip(1), fps=10, lossless=True)
+    data = good.read_bytes()
+    bad = {
+        "truncated.mp4": data[: len(data) // 2],
+        "empty.mp4": b"",
+        "text.mp4": b"this is not a video\n" * 20,
+    }
+    for name, content in bad.items():
+        (tmp_path / name).write_bytes(content)
+        out = tmp_path / f"{name}.safetensors"
+        code, _, err = run_main(capsys, "tokenize", str(tmp_path / name), "-o", str(out), *m)
+        _one_line_error(code, err, name)
+        assert not out.exists()
+    # an output that exists is refused unless --overwrite
+    out = tmp_path / "g.safetensors"
+    assert run_main(capsys, "tokenize", str(good), "-o", str(out), *m)[0] == 0
+    before = out.read_bytes()
+    code, _, err = run_main(capsys, "tokenize", str(good), "-o", str(out), *m)
+    _one_line_error(code, err, "g.safetensors")
+    assert "--overwrite" in err and out.read_bytes() == before
+    assert run_main(capsys, "tokenize", str(good), "-o", str(out), "--overwrite", *m)[0] == 0
+    # token files: out-of-range id, other model, unknown version, truncated
+    tf = load_tokens(out)
+    fake = TokenFile(**{**tf.__dict__, "ids": tf.ids.clone()})
+    fake.ids[0, 0, 0] = 5000  # vocabulary 1024
+    save_tokens(tmp_path / "range.safetensors", fake)
+    other = tmp_path / "other_model"
+    torch.manual_seed(1)
+    VideoTokenizer(TokenizerConfig.from_dict(TINY)).save_pretrained(other)
+    tensors = load_file(out)
+    from safetensors import safe_open
+
+    with safe_open(str(out), "pt") as f:
+        meta = dict(f.metadata())
+    save_file(tensors, str(tmp_path / "version.safetensors"), metadata={**meta, "version": "99"})
+    (tmp_path / "trunc.safetensors").write_bytes(out.read_bytes()[:-40])
+    cases = {
+        "range.safetensors": ("out of range", m),
+        "version.safetensors": ("version", m),
+        "trunc.safetensors": ("truncated", m),
+        "g.safetensors": ("another model", ("--model", str(other), "-q")),
+    }
+    for name, (what, margs) in cases.items():
+        dest = tmp_path / f"{name}.mp4"
+        code, _, err = run_main(capsys, "detokenize", str(tmp_path / name), "-o", str(dest), *margs)
+        _one_line_error(code, err, name)
+        assert what in err and not dest.exists()
+    assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]  # no temporary leftovers
+    # no --model and no built-in model: a clear message
+    code, _, err = run_main(capsys, "tokenize", str(good), "-o", str(tmp_path / "x.safetensors"))
+    assert code == 1 and "--model" in err
+
+
+def test_unusual_pixel_formats_are_converted(tmp_path, capsys, model_dir, model):
+    frames = _clip(2, frames=3, h=16, w=24)
+    gray = frames[..., :1].repeat(3, -1)
+    with VideoWriter(tmp_path / "ten.mkv", 10, 24, 16, codec="ffv1", pix_fmt="yuv420p10le") as w:
+        w.write_frames(frames)
+    import av
+
+    for name, fmt, arr in (("gray.png", "gray", gray[0, ..., 0]), ("rgba.png", "rgba", None)):
+        arr = np.dstack([frames[0], np.full((16, 24), 77, np.uint8)]) if arr is None else arr
+        ctx = av.CodecContext.create("png", "w")
+        ctx.width, ctx.height, ctx.pix_fmt = 24, 16, fmt
+        vf = av.VideoFrame.from_ndarray(arr, format=fmt)
+        (tmp_path / name).write_bytes(b"".join(bytes(p) for p in [*ctx.encode(vf), *ctx.encode(None)]))
+    assert probe(tmp_path / "ten.mkv").bit_depth == 10 and probe(tmp_path / "rgba.png").has_alpha
+    code, _, err = run_main(
+        capsys, "tokenize", str(tmp_path), "-o", str(tmp_path / "out"), "--model", str(model_dir)
+    )
+    assert code == 0, err
+    for name, src in (("gray.png", gray[:1]), ("rgba.png", frames[:1]), ("ten.mkv", None)):
+        tf = load_tokens(tmp_path / "out" / f"{name}.safetensors")
+        src = read_video(tmp_path / name) if src is None else src
+        assert torch.equal(tf.ids, _reference_ids(model, src)), name
+
+
+# ---------------------------------------------------------------------------------------- folders, shards
+
+
+def _make_folder(root: Path, n: int, bad: tuple[str, ...] = ()) -> list[Path]:
+    root.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        p = root / ("sub" if i % 2 else "") / f"clip{i}.mkv"
+        p.parent.mkdir(exist_ok=True)
+        write_video(p, _clip(i, frames=3 + i % 3, h=16, w=24), fps=10, lossless=True)
+        paths.append(p)
+    for name in bad:
+        (root / name).write_bytes(b"\x00garbage" * 10)
+    return paths
+
+
+def test_folder_shards_resume_and_bad_files(tmp_path, capsys, model_dir, model):
+    paths = _make_folder(tmp_path / "clips", 5, bad=("broken.mp4",))
+    shards = tmp_path / "shards"
+    m = ("--model", str(model_dir), "-q")
+    code, _, err = run_main(
+        capsys, "tokenize", str(tmp_path / "clips"), "-o", str(shards), "--shard-size", "2", *m
+    )
+    _one_line_error(code, err, "broken.mp4")  # reported, the others continue
+    files = sorted(shards.glob("shard-*.parquet"))
+    assert [f.name for f in files] == ["shard-00000.parquet", "shard-00001.parquet", "shard-00002.parquet"]
+    df = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    assert sorted(df["source"]) == sorted(str(p) for p in paths)
+    for _, row in df.iterrows():
+        frames = read_video(row["source"])
+        ref = _reference_ids(model, frames)
+        assert list(row["shape"]) == list(ref.shape) and row["frames"] == len(frames)
+        assert np.array_equal(np.asarray(row["ids"]), ref.reshape(-1).numpy())
+    # rerun: finished shards are skipped; a missing one is redone
+    stamps = {f: f.stat().st_mtime_ns for f in files}
+    files[1].unlink()
+    code, _, err = run_main(
+        capsys, "tokenize", str(tmp_path / "clips"), "-o", str(shards), "--shard-size", "2", *m
+    )
+    assert files[1].exists() and all(files[i].stat().st_mtime_ns == stamps[files[i]] for i in (0, 2))
+    assert not [p for p in shards.iterdir() if ".tmp" in p.name]
+    # other settings in the same folder are refused
+    code, _, err = run_main(
+        capsys, "tokenize", str(tmp_path / "clips"), "-o", str(shards), "--shard-size", "3", *m
+    )
+    assert code == 1 and "shard_size" in err
+    code, out, _ = run_main(capsys, "info", str(shards), "--json")
+    info = json.loads(out)
+    assert info["clips"] == 5 and info["shards"] == 3 and any("broken.mp4" in f for f in info["failed"])
+    # a shard row decodes like the token file of the same clip
+    code, _, err = run_main(
+        capsys, "detokenize", str(files[1]), "--row", "1", "-o", str(tmp_path / "row"), *m
+    )
+    assert code == 0, err
+    row = pd.read_parquet(files[1]).iloc[1]
+    ids = torch.as_tensor(np.asarray(row["ids"], dtype=np.int64)).reshape(*row["shape"])
+    expected = to_uint8(model.decode(ids[None]))[0, : row["frames"], : row["height"], : row["width"]]
+    got = np.stack([read_image(p) for p in sorted((tmp_path / "row").glob("*.png"))])
+    assert got.shape == expected.shape and np.abs(got.astype(int) - expected).max() <= 1
+
+
+def test_torchrun_two_ranks_split_the_work(tmp_path, model_dir):
+    _make_folder(tmp_path / "clips", 6)
+    m = ("--model", str(model_dir), "-q", "--shard-size", "1")
+    r = cli("tokenize", str(tmp_path / "clips"), "-o", str(tmp_path / "two"), *m, torchrun=2)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = cli("tokenize", str(tmp_path / "clips"), "-o", str(tmp_path / "one"), *m)
+    assert r.returncode == 0, r.stderr
+
+    def rows(d):
+        df = pd.concat([pd.read_parquet(f) for f in sorted(d.glob("shard-*.parquet"))], ignore_index=True)
+        return df
+
+    two, one = rows(tmp_path / "two"), rows(tmp_path / "one")
+    assert len(two) == 6 and two["source"].is_unique
+    assert sorted(two["source"]) == sorted(one["source"])
+    for src in one["source"]:
+        a, b = one[one["source"] == src].iloc[0], two[two["source"] == src].iloc[0]
+        assert np.array_equal(np.asarray(a["ids"]), np.asarray(b["ids"]))
+
+
+def test_datasets_reads_shards(tmp_path, capsys, model_dir):
+    datasets = pytest.importorskip("datasets")
+    _make_folder(tmp_path / "clips", 2)
+    m = ("--model", str(model_dir), "-q", "--shard-size", "2")
+    assert run_main(capsys, "tokenize", str(tmp_path / "clips"), "-o", str(tmp_path / "s"), *m)[0] == 0
+    ds = datasets.load_dataset("parquet", data_files=str(tmp_path / "s" / "*.parquet"), split="train")
+    assert len(ds) == 2 and set(ds.column_names) >= {"source", "ids", "shape", "fps"}
