@@ -19,8 +19,9 @@ import yaml
 from safetensors.torch import load_file
 
 import magvit2
+from magvit2.config_io import resolve_path
 from magvit2.training.checkpoint import latest_checkpoint, list_checkpoints
-from magvit2.training.config import TrainConfig, load_train_config, resolve_path
+from magvit2.training.config import TrainConfig, load_train_config
 
 SRC = Path(magvit2.__file__).resolve().parents[1]
 

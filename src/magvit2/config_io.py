@@ -7,6 +7,8 @@ such dataclasses), so it can be written as JSON or YAML next to the weights and 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import os
 import types
 import typing
 from pathlib import Path
@@ -117,3 +119,17 @@ def apply_overrides(cfg: T, overrides: list[str]) -> T:
                     node[part] = {}
                 node = node[part]
     return from_dict(type(cfg), data)
+
+
+def resolve_path(path: str) -> str:
+    """``pkg://package/rest`` -> the file inside the installed package; ``~`` expanded; else unchanged.
+
+    Raises ValueError if the package is not installed.
+    """
+    if not path.startswith("pkg://"):
+        return os.path.expanduser(path)
+    package, _, rest = path[len("pkg://") :].partition("/")
+    spec = importlib.util.find_spec(package) if package else None
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(f"path {path!r}: expected an installed package {package!r}, found none")
+    return str(Path(list(spec.submodule_search_locations)[0]) / rest)

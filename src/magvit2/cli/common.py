@@ -16,6 +16,7 @@ import torch
 from tqdm import tqdm
 
 import magvit2
+from magvit2.config_io import resolve_path
 from magvit2.data.video_io import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from magvit2.inference.streaming import InferenceOptions, TokenizerRunner
 from magvit2.models import VideoTokenizer
@@ -76,7 +77,7 @@ def resolve_device(name: str) -> str:
 def load_model(model: str | None, device: str = "cpu") -> VideoTokenizer:
     """The tokenizer in folder ``model``, or the built-in one when ``model`` is None."""
     if model is not None:
-        path = Path(model)
+        path = Path(resolve_path(model))
         if not (path / "config.json").is_file():
             raise FileNotFoundError(
                 f"{model}: not a tokenizer folder (expected config.json and model.safetensors written by "
@@ -114,6 +115,7 @@ def discover_inputs(inputs: list[str]) -> list[tuple[Path, Path]]:
     ``(file, root)`` pairs; ``root`` is the folder a file's output name is taken relative to."""
     found: dict[Path, Path] = {}
     for item in inputs:
+        item = resolve_path(item)
         matches = [Path(item)] if Path(item).exists() else [Path(m) for m in glob.glob(item, recursive=True)]
         if not matches:
             raise FileNotFoundError(f"{item}: no such file, folder or matching glob")

@@ -13,6 +13,7 @@ import numpy as np
 
 from magvit2.cli.common import add_model_args, add_output_args, atomic_output, make_runner, progress
 from magvit2.cli.detokenize import output_kind
+from magvit2.config_io import resolve_path
 from magvit2.data.video_io import VideoWriter, iter_frames, probe, write_png
 from magvit2.inference.metrics import ReconstructionMetrics
 
@@ -65,7 +66,7 @@ def _video_writer(path: Path, fps, height: int, width: int, crf: int) -> VideoWr
 
 def run(args: argparse.Namespace) -> int:
     """Stream the clip through encoder and decoder, writing outputs and accumulating metrics."""
-    path = Path(args.input)
+    path = Path(resolve_path(args.input))
     info = probe(path)
     outs = [Path(p) for p in (args.output, args.compare) if p is not None]
     for out in outs:

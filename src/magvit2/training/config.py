@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import importlib.util
-import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -34,20 +32,6 @@ from magvit2.models import PRESETS, TokenizerConfig, get_preset
 
 PRECISIONS = ("auto", "bf16", "fp32")
 STRATEGIES = ("ddp",)
-
-
-def resolve_path(path: str) -> str:
-    """``pkg://package/rest`` -> the file inside the installed package; ``~`` expanded; else unchanged.
-
-    Raises ValueError if the package is not installed.
-    """
-    if not path.startswith("pkg://"):
-        return os.path.expanduser(path)
-    package, _, rest = path[len("pkg://") :].partition("/")
-    spec = importlib.util.find_spec(package) if package else None
-    if spec is None or not spec.submodule_search_locations:
-        raise ValueError(f"path {path!r}: expected an installed package {package!r}, found none")
-    return str(Path(list(spec.submodule_search_locations)[0]) / rest)
 
 
 @dataclass

@@ -43,19 +43,14 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.checkpoint import checkpoint
 
+from magvit2.config_io import resolve_path
 from magvit2.data import JointBatchDataset, find_files, make_loader, read_video, to_tensor
 from magvit2.data.video_io import probe
 from magvit2.losses import TokenizerLoss
 from magvit2.models import VideoTokenizer
 from magvit2.modules.blocks import ResBlock
 from magvit2.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from magvit2.training.config import (
-    TrainConfig,
-    config_to_yaml,
-    resolve_path,
-    tokenizer_config,
-    with_model_frames,
-)
+from magvit2.training.config import TrainConfig, config_to_yaml, tokenizer_config, with_model_frames
 from magvit2.training.distributed import DistInfo, barrier, init_distributed
 from magvit2.training.ema import EMA
 from magvit2.training.monitor import Monitor
