@@ -167,7 +167,7 @@ def test_sigkill_and_resume_ends_with_identical_weights(tmp_path):
     run_cfg = write_config(tmp_path / "run.yaml", tiny_config(tmp_path / "run", max_steps=max_steps))
     ckpts = tmp_path / "run" / "checkpoints"
     proc = subprocess.Popen(cli(str(run_cfg)), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 60
+    deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         done = list_checkpoints(ckpts)
         if done and int(done[-1].name.split("-")[1]) >= 3:
