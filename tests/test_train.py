@@ -121,7 +121,10 @@ def assert_same(a: dict, b: dict, exact: bool = True, atol: float = 0.0) -> None
 
 def test_config_yaml_overrides_and_paths(tmp_path):
     path = write_config(tmp_path / "c.yaml", tiny_config(tmp_path / "run"))
-    cfg = load_train_config(path, ["max_steps=11", "data.batch_size=3", "optim.betas=[0.0, 0.99]"])
+    cfg = load_train_config(
+        path, ["max_steps=11", "data.batch_size=3", "optim.betas=[0.0, 0.99]", "optim.disc_lr=3e-5"]
+    )
+    assert cfg.optim.disc_lr == 3e-5
     assert isinstance(cfg, TrainConfig)
     assert cfg.max_steps == 11 and cfg.data.batch_size == 3 and cfg.optim.betas == [0.0, 0.99]
     assert cfg.optim.lr == 2e-3 and isinstance(cfg.optim.lr, float)  # YAML 1.1 reads "2e-3" as a string
