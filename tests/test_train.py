@@ -122,7 +122,10 @@ def assert_same(a: dict, b: dict, exact: bool = True, atol: float = 0.0) -> None
 
 def test_config_yaml_overrides_and_paths(tmp_path):
     path = write_config(tmp_path / "c.yaml", tiny_config(tmp_path / "run"))
-    cfg = load_train_config(path, ["max_steps=11", "data.batch_size=3", "optim.betas=[0.0, 0.99]"])
+    cfg = load_train_config(
+        path, ["max_steps=11", "data.batch_size=3", "optim.betas=[0.0, 0.99]", "optim.disc_lr=3e-5"]
+    )
+    assert cfg.optim.disc_lr == 3e-5
     assert isinstance(cfg, TrainConfig)
     assert cfg.max_steps == 11 and cfg.data.batch_size == 3 and cfg.optim.betas == [0.0, 0.99]
     assert cfg.optim.lr == 2e-3 and isinstance(cfg.optim.lr, float)  # YAML 1.1 reads "2e-3" as a string
@@ -168,7 +171,7 @@ def test_sigkill_and_resume_ends_with_identical_weights(tmp_path):
     run_cfg = write_config(tmp_path / "run.yaml", tiny_config(tmp_path / "run", max_steps=max_steps))
     ckpts = tmp_path / "run" / "checkpoints"
     proc = subprocess.Popen(cli(str(run_cfg)), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 60
+    deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         done = list_checkpoints(ckpts)
         if done and int(done[-1].name.split("-")[1]) >= 3:
