@@ -109,3 +109,14 @@ def test_fingerprint_depends_on_weights_and_config():
     assert a == model_fingerprint({"c": 1}, {"w": torch.ones(3)})
     assert a != model_fingerprint({"c": 2}, sd)
     assert a != model_fingerprint({"c": 1}, {"w": torch.tensor([1.0, 1.0, 1.0001])})
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        save_tokens(tmp_path / "t.safetensors", _tf())
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "t.safetensors").stat().st_mode & 0o777 == 0o644

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from magvit2.fileio import set_default_permissions
 from magvit2.models.config import TokenizerConfig
 from magvit2.models.networks import Decoder, Encoder
 from magvit2.models.presets import get_preset
@@ -131,6 +132,7 @@ class VideoTokenizer(nn.Module):
         (directory / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n")
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+        set_default_permissions(directory / WEIGHTS_NAME)
         return directory
 
     @classmethod

@@ -28,6 +28,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from magvit2.fileio import set_default_permissions
+
 FORMAT_NAME = "magvit2-tokens"
 FORMAT_VERSION = 1
 
@@ -127,6 +129,7 @@ def save_tokens(path: str | Path, tf: TokenFile, *, packed: bool = False) -> Non
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         save_file(tensors, str(tmp), metadata=meta)
+        set_default_permissions(tmp)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
