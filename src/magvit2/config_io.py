@@ -59,8 +59,8 @@ def from_dict(cls: type[T], data: dict[str, Any], *, where: str = "config") -> T
     return cls(**kwargs)
 
 
-def load_yaml(cls: type[T], path: str | Path) -> T:
-    """Read a YAML file into dataclass ``cls`` (errors name the file)."""
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML file's top-level mapping (empty file: ``{}``); errors name the file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist")
@@ -68,7 +68,14 @@ def load_yaml(cls: type[T], path: str | Path) -> T:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ValueError(f"{path}: not valid YAML: {err}") from err
-    return from_dict(cls, data, where=str(path))
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of config fields, got {type(data).__name__}")
+    return data
+
+
+def load_yaml(cls: type[T], path: str | Path) -> T:
+    """Read a YAML file into dataclass ``cls`` (errors name the file)."""
+    return from_dict(cls, read_yaml(path), where=str(path))
 
 
 def save_yaml(cfg: Any, path: str | Path) -> None:

@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from magvit2.config_io import apply_overrides, from_dict, to_dict
+from magvit2.config_io import apply_overrides, from_dict, read_yaml, to_dict
 from magvit2.data import DataConfig
 from magvit2.losses import LossConfig
 from magvit2.models import PRESETS, TokenizerConfig, get_preset
@@ -249,17 +249,7 @@ def load_train_config(
 ) -> TrainConfig:
     """Read a YAML config (or start from the defaults when ``path`` is None), then apply ``--set``
     style overrides (``["max_steps=10", "data.batch_size=2"]``) and keyword fields."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file {path} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ValueError(f"{path}: not valid YAML: {err}") from err
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of TrainConfig fields, got {type(data).__name__}")
+    data: dict[str, Any] = read_yaml(path) if path is not None else {}
     # data.temporal_downsample always comes from the model: parse with 1 (accepts any frame count),
     # then set it once the model section is final.
     if isinstance(data.get("data"), dict):
