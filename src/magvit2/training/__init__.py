@@ -1,5 +1,6 @@
 """magvit2.training: the tokenizer trainer, its typed config, checkpoints, EMA, schedule, distribution."""
 
+from magvit2.config_io import resolve_path
 from magvit2.training.config import (
     ModelSection,
     OptimSection,
@@ -7,7 +8,6 @@ from magvit2.training.config import (
     ValidationSection,
     config_to_yaml,
     load_train_config,
-    resolve_path,
 )
 from magvit2.training.trainer import Trainer, train
 
