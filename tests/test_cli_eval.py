@@ -1,0 +1,121 @@
+"""``magvit2 eval`` as a user runs it: values checked against the library, bad files reported."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from magvit2 import TokenizerConfig, VideoTokenizer
+from magvit2.data.video_io import read_video, to_tensor, to_uint8, write_video
+from magvit2.evaluation import CodebookStats
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def _cli(*args):
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run(
+        [sys.executable, "-m", "magvit2.cli.main", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+
+
+def test_eval_reports_library_values_and_continues_past_bad_files(tmp_path):
+    torch.manual_seed(0)
+    cfg = TokenizerConfig.from_dict(
+        {
+            "ch": 8,
+            "ch_mult": [1, 2, 2, 2],
+            "num_res_blocks": 1,
+            "norm_groups": 4,
+            "quantizer": {"kind": "lfq", "bits": 10},
+        }
+    )
+    model = VideoTokenizer(cfg).eval()
+    model.save_pretrained(tmp_path / "model")
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, (1, 16, 24, 3))
+    frames = np.clip(base + np.arange(5)[:, None, None, None] * 9, 0, 255).astype(np.uint8)
+    write_video(tmp_path / "clip.mp4", frames, fps=10, lossless=True)
+    (tmp_path / "broken.mp4").write_bytes(b"not a video")
+    out = _cli(
+        "eval",
+        str(tmp_path / "clip.mp4"),
+        str(tmp_path / "broken.mp4"),
+        "--model",
+        str(tmp_path / "model"),
+        "--json-out",
+        str(tmp_path / "e.json"),
+        "-q",
+    )
+    assert out.returncode == 1, out.stderr
+    assert "broken.mp4" in out.stderr and "clip.mp4" in out.stdout
+    res = json.loads((tmp_path / "e.json").read_text())
+    assert res["failed"] == [str(tmp_path / "broken.mp4")]
+    # independent computation with the library: encode/decode the same frames, per-frame PSNR mean
+    src = read_video(tmp_path / "clip.mp4")
+    video = to_tensor(src)[None]
+    ids = model.encode(video)
+    rec = to_uint8(model.decode(ids)[0]).astype(np.float64)
+    mse = ((rec - src.astype(np.float64)) ** 2).mean(axis=(1, 2, 3))
+    row = res["files"][0]
+    assert row["frames"] == 5 and row["tokens"] == ids.numel()
+    assert abs(row["psnr"] - float(np.mean(10 * np.log10(255**2 / mse)))) < 0.05
+    assert abs(row["bpp"] - ids.numel() * 10 / (5 * 16 * 24)) < 1e-9
+    stats = CodebookStats(2**10)
+    stats.update(ids)
+    assert abs(res["codebook_usage"] - stats.usage()) < 1e-12
+    assert abs(res["perplexity"] - stats.perplexity()) < 1e-6
+
+
+def test_eval_lpips_equals_the_library_value(tmp_path):
+    from safetensors.torch import save_file
+
+    from magvit2.losses.perceptual import LPIPS
+
+    torch.manual_seed(1)
+    lp = LPIPS()
+    for p in lp.parameters():
+        p.data.uniform_(0.0, 0.1)
+    save_file({k: v.contiguous() for k, v in lp.state_dict().items()}, str(tmp_path / "lpips.safetensors"))
+    cfg = TokenizerConfig.from_dict(
+        {
+            "ch": 8,
+            "ch_mult": [1, 2, 2, 2],
+            "num_res_blocks": 1,
+            "norm_groups": 4,
+            "quantizer": {"kind": "lfq", "bits": 8},
+        }
+    )
+    model = VideoTokenizer(cfg).eval()
+    model.save_pretrained(tmp_path / "model")
+    frame = np.random.default_rng(1).integers(0, 256, (1, 32, 32, 3)).astype(np.uint8)
+    write_video(tmp_path / "img.mp4", frame, fps=1, lossless=True)
+    out = _cli(
+        "eval",
+        str(tmp_path / "img.mp4"),
+        "--model",
+        str(tmp_path / "model"),
+        "--lpips",
+        str(tmp_path / "lpips.safetensors"),
+        "--json-out",
+        str(tmp_path / "e.json"),
+        "-q",
+    )
+    assert out.returncode == 0, out.stderr
+    row = json.loads((tmp_path / "e.json").read_text())["files"][0]
+    src = read_video(tmp_path / "img.mp4")
+    rec = to_uint8(model.decode(model.encode(to_tensor(src)[None]))[0])
+    ref = LPIPS.from_file(tmp_path / "lpips.safetensors").eval()
+    x = torch.from_numpy(src).permute(0, 3, 1, 2).float() / 127.5 - 1
+    y = torch.from_numpy(rec).permute(0, 3, 1, 2).float() / 127.5 - 1
+    with torch.no_grad():
+        expected = float(ref(x, y).mean())
+    assert expected > 0 and abs(row["lpips"] - expected) < 1e-5
