@@ -27,19 +27,17 @@ def _cli(*args):
     )
 
 
+def _saved_model(folder: Path, bits: int) -> VideoTokenizer:
+    """A small random-weight LFQ tokenizer saved to ``folder`` (returned in eval mode)."""
+    cfg = {"ch": 8, "ch_mult": [1, 2, 2, 2], "num_res_blocks": 1, "norm_groups": 4}
+    model = VideoTokenizer(TokenizerConfig.from_dict({**cfg, "quantizer": {"kind": "lfq", "bits": bits}}))
+    model.eval().save_pretrained(folder)
+    return model
+
+
 def test_eval_reports_library_values_and_continues_past_bad_files(tmp_path):
     torch.manual_seed(0)
-    cfg = TokenizerConfig.from_dict(
-        {
-            "ch": 8,
-            "ch_mult": [1, 2, 2, 2],
-            "num_res_blocks": 1,
-            "norm_groups": 4,
-            "quantizer": {"kind": "lfq", "bits": 10},
-        }
-    )
-    model = VideoTokenizer(cfg).eval()
-    model.save_pretrained(tmp_path / "model")
+    model = _saved_model(tmp_path / "model", 10)
     rng = np.random.default_rng(0)
     base = rng.integers(0, 256, (1, 16, 24, 3))
     frames = np.clip(base + np.arange(5)[:, None, None, None] * 9, 0, 255).astype(np.uint8)
@@ -85,17 +83,7 @@ def test_eval_lpips_equals_the_library_value(tmp_path):
     for p in lp.parameters():
         p.data.uniform_(0.0, 0.1)
     save_file({k: v.contiguous() for k, v in lp.state_dict().items()}, str(tmp_path / "lpips.safetensors"))
-    cfg = TokenizerConfig.from_dict(
-        {
-            "ch": 8,
-            "ch_mult": [1, 2, 2, 2],
-            "num_res_blocks": 1,
-            "norm_groups": 4,
-            "quantizer": {"kind": "lfq", "bits": 8},
-        }
-    )
-    model = VideoTokenizer(cfg).eval()
-    model.save_pretrained(tmp_path / "model")
+    model = _saved_model(tmp_path / "model", 8)
     frame = np.random.default_rng(1).integers(0, 256, (1, 32, 32, 3)).astype(np.uint8)
     write_video(tmp_path / "img.mp4", frame, fps=1, lossless=True)
     out = _cli(
