@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -180,17 +179,6 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.ema_decay must lie in [0, 1) or be null, got {self.ema_decay}")
 
 
-_EXP_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
-
-
-def _yaml11_float(override: str) -> str:
-    """``key=1e-3`` -> ``key=0.001`` (YAML 1.1, which PyYAML reads, takes ``1e-3`` for a string)."""
-    key, sep, text = override.partition("=")
-    if sep and _EXP_FLOAT.fullmatch(text.strip()):
-        text = yaml.safe_dump(float(text)).splitlines()[0]
-    return f"{key}{sep}{text}"
-
-
 def tokenizer_config(cfg: TrainConfig) -> TokenizerConfig:
     """The model section -> a :class:`TokenizerConfig` (preset fields replaced by ``model.config``)."""
     section = cfg.model
@@ -257,7 +245,7 @@ def load_train_config(
     else:
         data["data"] = {"temporal_downsample": 1}
     cfg = from_dict(TrainConfig, data, where=str(path or "config"))
-    cfg = apply_overrides(cfg, [_yaml11_float(o) for o in overrides or []])
+    cfg = apply_overrides(cfg, list(overrides or []))
     if fields:
         cfg = dataclasses.replace(cfg, **fields)
     return with_model_frames(_fix_numbers(cfg, "config"))
