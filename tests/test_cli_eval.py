@@ -107,3 +107,45 @@ def test_eval_lpips_equals_the_library_value(tmp_path):
     with torch.no_grad():
         expected = float(ref(x, y).mean())
     assert expected > 0 and abs(row["lpips"] - expected) < 1e-5
+
+
+def test_eval_fvd_and_rfid_equal_the_library_values(tmp_path):
+    from test_metrics_frechet import _FakeI3D, _FakeInception
+
+    from magvit2.evaluation.fvd import FrechetInceptionDistance, FrechetVideoDistance
+
+    torch.manual_seed(2)
+    i3d, inception = tmp_path / "i3d.pt", tmp_path / "inception.pt"
+    torch.jit.save(torch.jit.script(_FakeI3D().eval()), str(i3d))
+    torch.jit.save(torch.jit.script(_FakeInception().eval()), str(inception))
+    model = _saved_model(tmp_path / "model", 8)
+    rng = np.random.default_rng(3)
+    clips = []
+    for name, n in (("a.mp4", 9), ("b.mp4", 5)):
+        base = rng.integers(0, 256, (1, 16, 16, 3))
+        frames = np.clip(base + np.arange(n)[:, None, None, None] * 7, 0, 255).astype(np.uint8)
+        write_video(tmp_path / name, frames, fps=10, lossless=True)
+        clips.append(tmp_path / name)
+    args = ["eval", *map(str, clips), "--model", str(tmp_path / "model"), "-q"]
+    detectors = ["--fvd", str(i3d), "--fvd-frames", "3", "--rfid", str(inception)]
+    out = _cli(*args, *detectors, "--json-out", str(tmp_path / "e.json"))
+    assert out.returncode == 0, out.stderr
+    res = json.loads((tmp_path / "e.json").read_text())
+    assert "FVD" in out.stdout and "RFID" in out.stdout
+    # the library on the same frames: 3-frame clips (9 -> 3 clips, 5 -> 1: tail dropped), every frame
+    fvd = FrechetVideoDistance(i3d, value_range=(0.0, 255.0))
+    fid = FrechetInceptionDistance(inception, value_range=(0.0, 255.0))
+    for path in clips:
+        src = read_video(path)
+        rec = to_uint8(model.decode(model.encode(to_tensor(src)[None]))[0])
+        s = torch.from_numpy(src).permute(3, 0, 1, 2).float()
+        r = torch.from_numpy(rec).permute(3, 0, 1, 2).float()
+        for start in range(0, src.shape[0] - 2, 3):
+            fvd.update(real=s[None, :, start : start + 3], fake=r[None, :, start : start + 3])
+        fid.update(real=s.transpose(0, 1), fake=r.transpose(0, 1))
+    assert res["fvd_clips"] == 4 and res["rfid_frames"] == 14
+    assert res["fvd"] > 0 and abs(res["fvd"] - fvd.compute()) < 1e-3 * res["fvd"]
+    assert res["rfid"] > 0 and abs(res["rfid"] - fid.compute()) < 1e-3 * res["rfid"]
+    # a clip length longer than every video leaves no FVD clip: a clear error, not a NaN
+    out = _cli(*args, "--fvd", str(i3d), "--fvd-frames", "64")
+    assert out.returncode != 0 and "--fvd: needs at least 2 clips" in out.stderr

@@ -26,6 +26,7 @@ from magvit2.inference.metrics import ReconstructionMetrics
 EXAMPLES = """examples:
   magvit2 eval --model runs/mine/final clips/ held_out.mp4 --json-out eval.json
   magvit2 eval --model converted/ video.mp4 --max-frames 33 --lpips vgg16_lpips.safetensors
+  magvit2 eval clips/ --fvd i3d_torchscript.pt --fvd-frames 16 --rfid inception-2015-12-05.pt
 """
 
 
@@ -42,6 +43,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-frames", type=int, default=None, help="use at most N frames of each clip")
     p.add_argument("--json-out", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--lpips", metavar="FILE", help="LPIPS/VGG16 weights (torchvision or lpips format)")
+    p.add_argument("--fvd", metavar="FILE", help="I3D TorchScript file (i3d_torchscript.pt): report FVD")
+    p.add_argument(
+        "--fvd-frames",
+        type=int,
+        default=16,
+        metavar="N",
+        help="FVD clip length: each video is cut into non-overlapping N-frame clips (default 16)",
+    )
+    p.add_argument(
+        "--rfid", metavar="FILE", help="Inception TorchScript file (inception-2015-12-05.pt): report rFID"
+    )
     add_model_args(p)
     add_output_args(p)
     p.set_defaults(func=run)
@@ -62,7 +74,72 @@ def _lpips(model, src: np.ndarray, rec: np.ndarray) -> float:
         return float(model(to(src), to(rec)).sum())
 
 
-def evaluate_file(runner, path: Path, max_frames: int | None, stats: CodebookStats, lpips=None) -> dict:
+class DetectorScores:
+    """FVD over fixed-length clips and rFID over frames, fed with uint8 source/reconstruction chunks.
+
+    ``update(src, rec)`` takes frames ``(T, H, W, 3)`` uint8 of one video in order; FVD cuts each video
+    into non-overlapping ``clip_frames``-frame clips (a shorter tail is dropped), rFID uses every frame.
+    """
+
+    def __init__(self, fvd_path: str | None, rfid_path: str | None, clip_frames: int, device) -> None:
+        from magvit2.evaluation.fvd import FrechetInceptionDistance, FrechetVideoDistance
+
+        if clip_frames < 1:
+            raise ValueError(f"--fvd-frames: expected a positive clip length, got {clip_frames}")
+        rng = (0.0, 255.0)
+        self.fvd = FrechetVideoDistance(fvd_path, rng, device) if fvd_path else None
+        self.rfid = FrechetInceptionDistance(rfid_path, rng, device) if rfid_path else None
+        self.clip_frames = clip_frames
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
+
+    @staticmethod
+    def _tensor(frames: np.ndarray) -> torch.Tensor:
+        """uint8 ``(T, H, W, 3)`` -> float ``(1, 3, T, H, W)`` in [0, 255]."""
+        return torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2)[None].float()
+
+    def update(self, src: np.ndarray, rec: np.ndarray) -> None:
+        """Add one chunk of a video (frames ``(T, H, W, 3)`` uint8)."""
+        if self.rfid is not None:
+            self.rfid.update(
+                real=self._tensor(src)[0].transpose(0, 1), fake=self._tensor(rec)[0].transpose(0, 1)
+            )
+        if self.fvd is None:
+            return
+        self._pending.append((src, rec))
+        frames = sum(s.shape[0] for s, _ in self._pending)
+        if frames < self.clip_frames:
+            return
+        src_all = np.concatenate([s for s, _ in self._pending])
+        rec_all = np.concatenate([r for _, r in self._pending])
+        whole = frames - frames % self.clip_frames
+        for start in range(0, whole, self.clip_frames):
+            end = start + self.clip_frames
+            self.fvd.update(real=self._tensor(src_all[start:end]), fake=self._tensor(rec_all[start:end]))
+        self._pending = [(src_all[whole:], rec_all[whole:])] if whole < frames else []
+
+    def end_video(self) -> None:
+        """Drop the tail of the current video that is shorter than one FVD clip."""
+        self._pending = []
+
+    def scores(self) -> dict:
+        """``{"fvd": ..., "rfid": ...}`` for the detectors given; needs at least 2 clips / frames."""
+        out = {}
+        for key, metric, unit in (("fvd", self.fvd, "clips"), ("rfid", self.rfid, "frames")):
+            if metric is None:
+                continue
+            if metric.real.num_items < 2:
+                raise ValueError(
+                    f"--{key}: needs at least 2 {unit}, got {metric.real.num_items} "
+                    f"(FVD clips are --fvd-frames {self.clip_frames} frames long)"
+                )
+            out[key] = metric.compute()
+            out[f"{key}_{unit}"] = metric.real.num_items
+        return out
+
+
+def evaluate_file(
+    runner, path: Path, max_frames: int | None, stats: CodebookStats, lpips=None, detectors=None
+) -> dict:
     """Reconstruct one file; its metrics (mean per-frame PSNR/SSIM/LPIPS, token bpp, token count)."""
     metrics, ids, lpips_sum = ReconstructionMetrics(), [], 0.0
     h = w = 0
@@ -71,6 +148,10 @@ def evaluate_file(runner, path: Path, max_frames: int | None, stats: CodebookSta
         metrics.update(src, rec)
         if lpips is not None:
             lpips_sum += _lpips(lpips, src, rec)
+        if detectors is not None:
+            detectors.update(src, rec)
+    if detectors is not None:
+        detectors.end_video()
     tokens = sum(int(t.numel()) for t in ids)
     for t in ids:
         stats.update(t)
@@ -92,11 +173,14 @@ def run(args: argparse.Namespace) -> int:
     files = [f for f, _ in discover_inputs(args.inputs)]
     runner = make_runner(args)
     lpips = _lpips_model(args.lpips)
+    detectors = None
+    if args.fvd or args.rfid:
+        detectors = DetectorScores(args.fvd, args.rfid, args.fvd_frames, runner.device)
     stats = CodebookStats(runner.vocabulary)
     rows, failed = [], []
     for path in files:
         try:
-            rows.append(evaluate_file(runner, path, args.max_frames, stats, lpips))
+            rows.append(evaluate_file(runner, path, args.max_frames, stats, lpips, detectors))
         except (VideoReadError, ValueError) as err:
             failed.append(str(path))
             print(one_line(path, err), file=sys.stderr)
@@ -114,6 +198,8 @@ def run(args: argparse.Namespace) -> int:
         "vocabulary": runner.vocabulary,
         "failed": failed,
     }
+    if detectors is not None:
+        summary.update(detectors.scores())
     width = max(len(Path(r["file"]).name) for r in rows)
     print(f"{'file':<{width}}  frames  " + "  ".join(f"{k:>8}" for k in keys))
     for r in rows + [{"file": "mean (per frame)", "frames": frames, **mean}]:
@@ -121,6 +207,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"{Path(r['file']).name:<{width}}  {r['frames']:>6}  {values}")
     usage, ppl = summary["codebook_usage"], summary["perplexity"]
     print(f"codebook usage {usage:.4%} of {runner.vocabulary}, perplexity {ppl:.1f}")
+    for key in ("fvd", "rfid"):
+        if key in summary:
+            unit = "clips" if key == "fvd" else "frames"
+            print(f"{key.upper()} {summary[key]:.2f} over {summary[f'{key}_{unit}']} {unit}")
     if args.json_out:
         with atomic_output(Path(args.json_out), args.overwrite) as tmp:
             tmp.write_text(json.dumps(summary, indent=2))
