@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from magvit2.cli import convert, demo, detokenize, evaluate, info, reconstruct, tokenize, train
+from magvit2.inference.streaming import bound_heap_growth
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,6 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    bound_heap_growth()  # flat memory on long videos (see its docstring)
     try:
         return int(args.func(args) or 0)
     except (ValueError, OSError) as err:  # FileNotFoundError, FileExistsError are OSErrors
