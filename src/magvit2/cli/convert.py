@@ -44,6 +44,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     o.add_argument("--json", action="store_true", help="print the report as JSON")
     o.set_defaults(func=run_open_magvit2)
 
+    c = sources.add_parser(
+        "checkpoint",
+        help="a `magvit2 train` checkpoint folder -> a model folder (EMA weights by default)",
+        description="Export the weights of a training checkpoint (runs/NAME/checkpoints/step-N, or the "
+        "run folder for its newest checkpoint) as config.json + model.safetensors.\n"
+        "Example: magvit2 convert checkpoint runs/tiny/ exported/ --dtype float16",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    c.add_argument("checkpoint", help="checkpoint folder (step-N), its checkpoints/ folder or the run folder")
+    c.add_argument("out_dir", help="output directory (config.json, model.safetensors)")
+    c.add_argument("--raw", action="store_true", help="export the raw weights instead of the EMA copy")
+    c.add_argument(
+        "--dtype",
+        choices=["float32", "float16", "bfloat16"],
+        default="float32",
+        help="storage type of the floating weights (float16 halves the file; default float32)",
+    )
+    c.add_argument("--overwrite", action="store_true", help="replace an existing model in OUT_DIR")
+    c.set_defaults(func=run_checkpoint)
+
 
 def run_open_magvit2(args: argparse.Namespace) -> int:
     """Convert, write OUT_DIR, print the report."""
@@ -59,4 +79,21 @@ def run_open_magvit2(args: argparse.Namespace) -> int:
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.summary())
     if not args.json:
         print(f"wrote {args.out_dir}")
+    return 0
+
+
+def run_checkpoint(args: argparse.Namespace) -> int:
+    """Export a training checkpoint as a model folder; print what was written."""
+    import torch
+
+    from magvit2.training.export import export_checkpoint
+
+    path, step, group = export_checkpoint(
+        args.checkpoint,
+        args.out_dir,
+        ema=not args.raw,
+        dtype=getattr(torch, args.dtype),
+        overwrite=args.overwrite,
+    )
+    print(f"wrote {args.out_dir}: {group} weights of step {step} from {path} ({args.dtype})")
     return 0

@@ -124,13 +124,20 @@ class VideoTokenizer(nn.Module):
             )
         return cls(config)
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` (every parameter and persistent buffer)."""
+    def save_pretrained(self, directory: str | Path, dtype: torch.dtype | None = None) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` (every parameter and persistent buffer).
+
+        ``dtype`` (e.g. ``torch.float16``) stores floating tensors in that type to halve the file;
+        :meth:`from_pretrained` loads them back into the model's float32 parameters.
+        """
+        if dtype is not None and not dtype.is_floating_point:
+            raise ValueError(f"VideoTokenizer.save_pretrained: expected a floating dtype, got {dtype}")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         meta = {"format_version": FORMAT_VERSION, "model": "VideoTokenizer", **self.config.to_dict()}
         (directory / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n")
-        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        cast = lambda v: v.to(dtype) if dtype is not None and v.is_floating_point() else v
+        tensors = {k: cast(v.detach()).contiguous().cpu() for k, v in self.state_dict().items()}
         save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
         set_default_permissions(directory / WEIGHTS_NAME)
         return directory
