@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from magvit2.data.video_io import to_tensor, to_uint8
-from magvit2.inference.global_norm import WholeFrameNorm, copy_cache
+from magvit2.inference.global_norm import StopPass, WholeFrameNorm, copy_cache
 from magvit2.inference.tiling import (
     Tile,
     crop_padding,
@@ -52,8 +52,9 @@ class InferenceOptions:
         tile: tile size in pixels (rounded down to a multiple of the spatial factor); frames larger
             than this in height or width are processed in overlapping tiles. ``None`` = never tile.
         overlap: overlap between neighbouring tiles in pixels; ``None`` = a quarter of the tile.
-        norm_passes: with tiles, passes that gather whole-frame normalisation statistics before the
-            real pass (:mod:`magvit2.inference.global_norm`); 0 = each tile uses its own statistics.
+        whole_frame_norm: with tiles, every norm uses statistics of the whole frame, gathered layer by
+            layer before the real pass (:mod:`magvit2.inference.global_norm`; exact, costs one partial
+            pass per norm layer); False = each tile uses its own statistics (one pass, visible seams).
     """
 
     device: str = "cpu"
@@ -61,7 +62,7 @@ class InferenceOptions:
     max_chunk_frames: int | None = 17
     tile: int | None = None
     overlap: int | None = None
-    norm_passes: int = 1
+    whole_frame_norm: bool = True
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -244,7 +245,7 @@ class TokenizerRunner:
 
     def _run_tiles(self, net, crops, tiles, caches, fn, latent_stats=None) -> list[Tensor]:
         """Run ``fn(batch, cache)`` on the tile crops in groups of ``batch_size``; with several tiles
-        and ``norm_passes > 0`` the norms use whole-frame statistics (:class:`WholeFrameNorm`)."""
+        and ``whole_frame_norm`` the norms use whole-frame statistics (:class:`WholeFrameNorm`)."""
         groups = self._groups(len(tiles))
         holder: list[WholeFrameNorm] = []
 
@@ -253,19 +254,25 @@ class TokenizerRunner:
             for group, cache in zip(groups, caches, strict=True):
                 if holder:
                     holder[0].tiles = [tiles[i] for i in group]
-                run_cache = cache if real else copy_cache(cache, net.modules())
-                outs.extend(fn(torch.cat([crops[i] for i in group]), run_cache).split(1))
+                if real:
+                    outs.extend(fn(torch.cat([crops[i] for i in group]), cache).split(1))
+                    continue
+                try:
+                    fn(torch.cat([crops[i] for i in group]), copy_cache(cache, net.modules()))
+                except StopPass:
+                    pass
             return outs
 
-        if len(tiles) == 1 or self.options.norm_passes == 0:
+        if len(tiles) == 1 or not self.options.whole_frame_norm:
             return one_pass(True)
         with WholeFrameNorm(net) as norm:
             holder.append(norm)
             norm.latent_stats = latent_stats
-            for _ in range(self.options.norm_passes):
+            recorded = True
+            while recorded:  # one norm layer per record pass, in call order
                 norm.start(record=True)
                 one_pass(False)
-                norm.finish()
+                recorded = norm.finish() and not norm.complete()
             norm.start(record=False)
             return one_pass(True)
 
