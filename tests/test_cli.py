@@ -249,12 +249,14 @@ def test_tiled_decode_matches_untiled(tmp_path, capsys, clips_dir, model_dir):
     m = ("--model", str(model_dir), "-q")
     assert run_main(capsys, "tokenize", str(src), "-o", str(tok), "--max-frames", "3", *m)[0] == 0
     outs = {}
-    for name, extra in {"full": (), "tiled": ("--tile", "96", "--tile-overlap", "64")}.items():
+    tiles = ("--tile", "96", "--tile-overlap", "64")
+    for name, extra in {"full": (), "tiled": tiles, "own": (*tiles, "--tile-norm", "tile")}.items():
         code, _, err = run_main(capsys, "detokenize", str(tok), "-o", str(tmp_path / name), *m, *extra)
         assert code == 0, err
         outs[name] = np.stack([read_image(p) for p in sorted((tmp_path / name).glob("*.png"))])
     assert outs["full"].shape == outs["tiled"].shape == (3, 144, 176, 3)
     assert _psnr(outs["full"], outs["tiled"]) >= 40
+    assert _psnr(outs["full"], outs["own"]) < _psnr(outs["full"], outs["tiled"]) - 3
 
 
 def test_tiled_reconstruction_matches_untiled(clips_dir, model):

@@ -53,6 +53,13 @@ def add_model_args(p: argparse.ArgumentParser, inference: bool = True) -> None:
         g.add_argument(
             "--tile-overlap", type=int, default=None, metavar="PX", help="tile overlap (default tile/4)"
         )
+        g.add_argument(
+            "--tile-norm",
+            choices=["whole", "tile"],
+            default="whole",
+            help="normalisation statistics with tiles: 'whole' frame (exact, equals untiled; one extra "
+            "partial pass per norm layer) or each 'tile' its own (one pass; seams)",
+        )
 
 
 def add_output_args(p: argparse.ArgumentParser) -> None:
@@ -106,6 +113,7 @@ def make_runner(args: argparse.Namespace) -> TokenizerRunner:
         max_chunk_frames=mcf,
         tile=args.tile,
         overlap=args.tile_overlap,
+        whole_frame_norm=args.tile_norm == "whole",
     )
     return TokenizerRunner(model, options)
 
