@@ -229,9 +229,11 @@ class TokenizerRunner:
             yield np.stack(buf), n
 
     # ------------------------------------------------------------------ encode
-    def encode_stream(self, frames: Iterable[np.ndarray]) -> Iterator[tuple[Tensor, int, tuple[int, int]]]:
-        """Encode frames chunk by chunk; yields (ids ``(n, h, w)`` int64 CPU, real frames in the chunk,
-        (pad_bottom, pad_right))."""
+    def _encode_chunks(
+        self, frames: Iterable[np.ndarray]
+    ) -> Iterator[tuple[np.ndarray, Tensor, int, tuple[int, int]]]:
+        """Encode frames chunk by chunk; yields (source chunk ``(T, H, W, 3)`` uint8, ids ``(1, n, h, w)``
+        on the device, real frames in the chunk, (pad_bottom, pad_right))."""
         tiles = caches = None
         for chunk, n_real in self._time_chunks(frames):
             video = to_tensor(chunk).unsqueeze(0).to(self.device)
@@ -239,9 +241,14 @@ class TokenizerRunner:
             if tiles is None:
                 tiles = self._tiles(video.shape[-2] // self.s, video.shape[-1] // self.s)
                 caches = [CausalCache() for _ in self._groups(len(tiles))]
-            ids = self._encode_tiles(video, tiles, caches)
-            yield ids[0].cpu(), n_real, (pad_b, pad_r)
+            yield chunk, self._encode_tiles(video, tiles, caches), n_real, (pad_b, pad_r)
             release_free_memory()
+
+    def encode_stream(self, frames: Iterable[np.ndarray]) -> Iterator[tuple[Tensor, int, tuple[int, int]]]:
+        """Encode frames chunk by chunk; yields (ids ``(n, h, w)`` int64 CPU, real frames in the chunk,
+        (pad_bottom, pad_right))."""
+        for _, ids, n_real, pads in self._encode_chunks(frames):
+            yield ids[0].cpu(), n_real, pads
 
     def _run_tiles(self, net, crops, tiles, caches, fn, latent_stats=None) -> list[Tensor]:
         """Run ``fn(batch, cache)`` on the tile crops in groups of ``batch_size``; with several tiles
@@ -391,19 +398,14 @@ class TokenizerRunner:
         """Encode and decode chunk by chunk; yields (source uint8 ``(T, H, W, 3)``, reconstruction of
         the same shape). Appends each chunk's ids ``(n, h, w)`` to ``sink`` when given."""
         tiles = caches = None
-        for chunk, n_real in self._time_chunks(frames):
-            video = to_tensor(chunk).unsqueeze(0).to(self.device)
-            video, pad_b, pad_r = pad_to_multiple(video, self.s)
-            if tiles is None:
-                tiles = self._tiles(video.shape[-2] // self.s, video.shape[-1] // self.s)
-                enc_caches = [CausalCache() for _ in self._groups(len(tiles))]
-                caches = [CausalCache() for _ in self._groups(len(tiles))]
-            ids = self._encode_tiles(video, tiles, enc_caches)
+        for chunk, ids, n_real, (pad_b, pad_r) in self._encode_chunks(frames):
             if sink is not None:
                 sink.append(ids[0].cpu())
+            if tiles is None:
+                tiles = self._tiles(ids.shape[-2], ids.shape[-1])
+                caches = [CausalCache() for _ in self._groups(len(tiles))]
             rec = crop_padding(self._decode_tiles(ids, tiles, caches), pad_b, pad_r)
             yield chunk[:n_real], to_uint8(rec[0, :, :n_real])
-            release_free_memory()
 
 
 def _remember_size(frames: Iterable[np.ndarray], sizes: list) -> Iterator[np.ndarray]:
