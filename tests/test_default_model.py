@@ -1,0 +1,67 @@
+"""The built-in model shipped in the package: loads by name, is what the CLI uses without --model,
+and reconstructs the held-out clip (never trained on) to the quality the README states."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from magvit2 import VideoTokenizer
+from magvit2.data.video_io import read_video, to_tensor, to_uint8
+from magvit2.models.tokenizer import PRETRAINED_DIR
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def test_default_model_is_shipped_small_and_loads_by_name():
+    folder = PRETRAINED_DIR / "default"
+    assert (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+    assert (folder / "model.safetensors").stat().st_size < 15 * 2**20
+    model = VideoTokenizer.from_pretrained("default")
+    assert model.config.spatial_factor == 8 and model.config.temporal_factor == 4
+    assert all(p.dtype.is_floating_point and p.isfinite().all() for p in model.parameters())
+
+
+#: Regression floor on carphone_pristine (first 33 frames): the committed model reaches README's value
+#: (FLOOR + a margin); the issue's goal for the built-in model is 23 dB.
+FLOOR_DB = 20.0
+
+
+def test_default_model_reconstructs_held_out_clip(clips_dir):
+    """First 33 frames of carphone_pristine.mp4 through the CLI (no --model): at least the floor, the
+    same value as the library's own encode/decode, and no decay along the clip (a model trained only
+    on short clips lost 3 dB between its first and last 8 frames)."""
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    clip = clips_dir / "carphone_pristine.mp4"
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "magvit2.cli.main",
+            "reconstruct",
+            str(clip),
+            "--max-frames",
+            "33",
+            "--json",
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout.strip().splitlines()[0])
+    assert res["frames"] == 33 and res["psnr"] >= FLOOR_DB, res
+    src = read_video(clip, max_frames=33)
+    model = VideoTokenizer.from_pretrained("default")
+    rec = to_uint8(
+        model.decode(model.encode(to_tensor(src)[None], max_chunk_frames=17), max_chunk_frames=17)[0]
+    )
+    mse = ((rec.astype(np.float64) - src) ** 2).mean(axis=(1, 2, 3))
+    per_frame = 10 * np.log10(255**2 / mse)
+    assert abs(float(per_frame.mean()) - res["psnr"]) < 0.05
+    assert per_frame[-8:].mean() > per_frame[:8].mean() - 1.5, per_frame.round(1)
