@@ -34,7 +34,7 @@ from magvit2.inference.metrics import ssim_frames
 from magvit2.inference.streaming import padded_frames
 from magvit2.inference.tiling import pad_to_multiple
 from magvit2.models import TokenizerConfig, VideoTokenizer
-from magvit2.tokens import TokenFile, load_tokens, save_tokens
+from magvit2.tokens import TokenFile, load_tokens, model_fingerprint, save_tokens
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 TINY = {
@@ -340,9 +340,17 @@ def test_bad_inputs_clear_errors_no_partial_output(tmp_path, capsys, model_dir, 
         _one_line_error(code, err, name)
         assert what in err and not dest.exists()
     assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]  # no temporary leftovers
-    # no --model and no built-in model: a clear message
-    code, _, err = run_main(capsys, "tokenize", str(good), "-o", str(tmp_path / "x.safetensors"))
-    assert code == 1 and "--model" in err
+    # a --model that is neither a folder nor a built-in name: a clear message
+    code, _, err = run_main(
+        capsys, "tokenize", str(good), "-o", str(tmp_path / "x.safetensors"), "--model", "nope"
+    )
+    _one_line_error(code, err, "nope")
+    assert "config.json" in err and not (tmp_path / "x.safetensors").exists()
+    # no --model: the built-in model made the file
+    assert run_main(capsys, "tokenize", str(good), "-o", str(tmp_path / "x.safetensors"), "-q")[0] == 0
+    default = VideoTokenizer.from_pretrained("default")
+    expect = model_fingerprint(default.config.to_dict(), default.state_dict())
+    assert load_tokens(tmp_path / "x.safetensors").model == expect
 
 
 def test_unusual_pixel_formats_are_converted(tmp_path, capsys, model_dir, model):
