@@ -97,7 +97,8 @@ def load_model(model: str | None, device: str = "cpu") -> VideoTokenizer:
         return VideoTokenizer.from_pretrained("default", device=device)
     except (ValueError, OSError) as err:
         raise ValueError(
-            "the built-in model is missing from this installation (src/magvit2/pretrained/default): pass --model DIR "
+            "the built-in model is missing from this installation (magvit2/pretrained/default): "
+            "pass --model DIR "
             "(a folder written by VideoTokenizer.save_pretrained)"
         ) from err
 
