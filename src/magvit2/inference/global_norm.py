@@ -121,12 +121,10 @@ class WholeFrameNorm:
                     self._accumulate(m, x)
                     raise StopPass
                 return GroupNorm.forward(m, x)
-            image = x.ndim == 4
-            x5 = x[:, :, None] if image else x
             mean, var = self.stats[m]
-            b, c, t, h, w = x5.shape
+            b, c, t, h, w = x.shape
             g = m.num_groups
-            xg = x5.reshape(b, g, c // g, t, h, w)
+            xg = x.reshape(b, g, c // g, t, h, w)
             if m.time_pooled:
                 mean, var = mean[:, :1].expand(g, t), var[:, :1].expand(g, t)
             mean = mean.to(x)[None, :, None, :, None, None]
@@ -134,13 +132,11 @@ class WholeFrameNorm:
             y = ((xg - mean) * inv).reshape(b, c, t, h, w)
             if m.weight is not None:
                 y = y * m.weight[None, :, None, None, None] + m.bias[None, :, None, None, None]
-            return y[:, :, 0] if image else y
+            return y
 
         return forward
 
     def _accumulate(self, m: GroupNorm, x: Tensor) -> None:
-        if x.ndim == 4:
-            x = x[:, :, None]
         b, c, t, h, w = x.shape
         g = m.num_groups
         if len(self.tiles) != b:

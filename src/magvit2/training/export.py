@@ -49,8 +49,8 @@ def export_checkpoint(
         raise ValueError(f"{path}: expected the run's config.yaml inside the checkpoint; it is missing")
     model = VideoTokenizer(tokenizer_config(load_train_config(config_file)))
     step, weights, _ = load_checkpoint(path)
-    group = "ema" if ema and "ema" in weights else "model"
-    if ema and group != "ema":
+    group = "ema" if ema else "model"
+    if group not in weights:
         raise ValueError(f"{path}: has no EMA weights (ema_decay was null); export with --raw")
     missing, unexpected = model.load_state_dict(weights[group], strict=False)
     if missing or unexpected:
