@@ -8,8 +8,8 @@ the perplexity of the ids. Prints JSON and writes a plot.
 
     python benchmarks/vocabulary.py --steps 400 --jobs 2 --out-dir benchmarks/results/vocabulary
 
-A run whose ``OUT_DIR/<quantizer>-<bits>/result.json`` exists is not trained again, so an
-interrupted benchmark continues where it stopped.
+A run whose ``OUT_DIR/<quantizer>-<bits>/result.json`` exists (with the same ``--quantizer-weight``)
+is not trained again, so an interrupted benchmark continues where it stopped.
 
 Every run uses the same seed, data order, optimiser, schedule and losses (L1 + L2 + the quantizer's own
 loss; no GAN, no perceptual loss); only the quantizer changes.
@@ -89,7 +89,9 @@ def run(kind: str, bits: int, args: argparse.Namespace) -> dict:
     out = Path(args.out_dir) / f"{kind}-{bits}"
     done = out / "result.json"
     if done.exists():
-        return json.loads(done.read_text())
+        record = json.loads(done.read_text())
+        if record.get("quantizer_weight", 1.0) == args.quantizer_weight:
+            return record
     if args.jobs > 1:
         torch.set_num_threads(1)  # one core per run: small convolutions scale poorly across threads
     cfg = apply_overrides(
@@ -132,6 +134,7 @@ def run(kind: str, bits: int, args: argparse.Namespace) -> dict:
         "vocabulary": model.codebook_size,
         "log2_vocabulary": round(math.log2(model.codebook_size), 2),
         "train_seconds": round(seconds, 1),
+        "quantizer_weight": args.quantizer_weight,
         **result,
     }
     done.write_text(json.dumps(record))
@@ -213,7 +216,7 @@ def main() -> None:
         futures = [pool.submit(run, kind, bits, args) for kind, bits in grid]
         for future in as_completed(futures):
             print(json.dumps(future.result()), flush=True)
-    records = [{**f.result(), "quantizer_weight": args.quantizer_weight} for f in futures]
+    records = [f.result() for f in futures]  # in grid order
     add_lfq_reference(records)
     extra = [r for path in args.plot_with for r in json.loads(Path(path).read_text())]
     plot(records + extra, Path(args.out_dir) / "vocabulary.png")
