@@ -172,7 +172,7 @@ def plot(records: list[dict], path: Path) -> None:
     for name in dict.fromkeys(label(r) for r in records):
         pts = sorted((r for r in records if label(r) == name), key=lambda r: r["log2_vocabulary"])
         x = [r["log2_vocabulary"] for r in pts]
-        style = {"marker": "o", "label": name, "linestyle": "--" if "loss x" in name else "-"}
+        style = {"marker": "o", "label": name, "linestyle": "-" if name == pts[0]["quantizer"] else "--"}
         axes[0].plot(x, [r["psnr"] for r in pts], **style)
         axes[1].plot(x, [math.log2(max(r["perplexity"], 1.0)) for r in pts], **style)
     axes[0].set(xlabel="log2 vocabulary", ylabel="held-out PSNR (dB)")
