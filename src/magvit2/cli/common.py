@@ -62,6 +62,21 @@ def add_model_args(p: argparse.ArgumentParser, inference: bool = True) -> None:
         )
 
 
+def add_refine_args(p: argparse.ArgumentParser) -> None:
+    """``--refine-steps`` and ``--refine-lr`` (commands that encode)."""
+    g = p.add_argument_group("token refinement (slower encoding, closer reconstructions)")
+    g.add_argument(
+        "--refine-steps",
+        type=int,
+        default=0,
+        metavar="N",
+        help="search for better tokens with N decoder passes per chunk (e.g. 30; default 0: the "
+        "encoder's tokens). The tokens stay ordinary tokens of the same model; never worse than the "
+        "encoder's. Whole frames only (no --tile)",
+    )
+    g.add_argument("--refine-lr", type=float, default=0.1, help="step size of the search (default 0.1)")
+
+
 def add_output_args(p: argparse.ArgumentParser) -> None:
     """``--overwrite`` and ``--quiet``."""
     p.add_argument("--overwrite", action="store_true", help="replace output files that exist")
@@ -115,6 +130,8 @@ def make_runner(args: argparse.Namespace) -> TokenizerRunner:
         tile=args.tile,
         overlap=args.tile_overlap,
         whole_frame_norm=args.tile_norm == "whole",
+        refine_steps=getattr(args, "refine_steps", 0),
+        refine_lr=getattr(args, "refine_lr", 0.1),
     )
     return TokenizerRunner(model, options)
 

@@ -14,6 +14,7 @@ import torch
 from magvit2.cli.common import (
     add_model_args,
     add_output_args,
+    add_refine_args,
     atomic_output,
     discover_inputs,
     make_runner,
@@ -55,6 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--rfid", metavar="FILE", help="Inception TorchScript file (inception-2015-12-05.pt): report rFID"
     )
     add_model_args(p)
+    add_refine_args(p)
     add_output_args(p)
     p.set_defaults(func=run)
 

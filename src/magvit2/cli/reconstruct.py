@@ -11,7 +11,14 @@ from pathlib import Path
 
 import numpy as np
 
-from magvit2.cli.common import add_model_args, add_output_args, atomic_output, make_runner, progress
+from magvit2.cli.common import (
+    add_model_args,
+    add_output_args,
+    add_refine_args,
+    atomic_output,
+    make_runner,
+    progress,
+)
 from magvit2.cli.detokenize import output_kind
 from magvit2.config_io import resolve_path
 from magvit2.data.video_io import VideoWriter, iter_frames, probe, write_png
@@ -48,6 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--crf", type=int, default=18, help="H.264 quality of video outputs (0 = best, 18)")
     add_model_args(p)
+    add_refine_args(p)
     add_output_args(p)
     p.set_defaults(func=run)
 

@@ -22,6 +22,7 @@ import numpy as np
 from magvit2.cli.common import (
     add_model_args,
     add_output_args,
+    add_refine_args,
     check_output,
     discover_inputs,
     dist_rank_world,
@@ -67,6 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--max-frames", type=int, default=None, metavar="N", help="tokenize at most N frames a clip"
     )
     add_model_args(p)
+    add_refine_args(p)
     add_output_args(p)
     p.set_defaults(func=run)
 

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from magvit2.data.video_io import to_tensor, to_uint8
 from magvit2.inference.global_norm import StopPass, WholeFrameNorm, copy_cache
+from magvit2.inference.refine import RefineOptions, refine_ids
 from magvit2.inference.tiling import (
     Tile,
     crop_padding,
@@ -55,6 +56,8 @@ class InferenceOptions:
         whole_frame_norm: with tiles, every norm uses statistics of the whole frame, gathered layer by
             layer before the real pass (:mod:`magvit2.inference.global_norm`; exact, costs one partial
             pass per norm layer); False = each tile uses its own statistics (one pass, visible seams).
+        refine_steps, refine_lr: search for better tokens with that many decoder passes per chunk
+            (:mod:`magvit2.inference.refine`; 0 = the encoder's tokens). Whole frames only (no tiles).
     """
 
     device: str = "cpu"
@@ -63,8 +66,11 @@ class InferenceOptions:
     tile: int | None = None
     overlap: int | None = None
     whole_frame_norm: bool = True
+    refine_steps: int = 0
+    refine_lr: float = 0.1
 
     def __post_init__(self) -> None:
+        RefineOptions(self.refine_steps, self.refine_lr)  # validates
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.max_chunk_frames is not None and self.max_chunk_frames < 1:
@@ -235,13 +241,27 @@ class TokenizerRunner:
         """Encode frames chunk by chunk; yields (source chunk ``(T, H, W, 3)`` uint8, ids ``(1, n, h, w)``
         on the device, real frames in the chunk, (pad_bottom, pad_right))."""
         tiles = caches = None
+        refine = RefineOptions(self.options.refine_steps, self.options.refine_lr)
+        refine_cache = CausalCache()
         for chunk, n_real in self._time_chunks(frames):
             video = to_tensor(chunk).unsqueeze(0).to(self.device)
             video, pad_b, pad_r = pad_to_multiple(video, self.s)
             if tiles is None:
                 tiles = self._tiles(video.shape[-2] // self.s, video.shape[-1] // self.s)
                 caches = [CausalCache() for _ in self._groups(len(tiles))]
-            yield chunk, self._encode_tiles(video, tiles, caches), n_real, (pad_b, pad_r)
+                if refine.steps and len(tiles) > 1:
+                    raise ValueError(
+                        f"--refine-steps needs whole frames: {chunk.shape[2]}x{chunk.shape[1]} frames are "
+                        f"split into {len(tiles)} tiles of --tile {self.tile}; drop --tile or --refine-steps"
+                    )
+            if refine.steps:
+                with torch.inference_mode():
+                    latent = self.model.encoder(video.to(self.model.last_layer_weight().dtype), caches[0])
+                h, w = chunk.shape[1:3]
+                ids, _ = refine_ids(self.model, latent, video, refine, refine_cache, n_real, h, w)
+            else:
+                ids = self._encode_tiles(video, tiles, caches)
+            yield chunk, ids, n_real, (pad_b, pad_r)
             release_free_memory()
 
     def encode_stream(self, frames: Iterable[np.ndarray]) -> Iterator[tuple[Tensor, int, tuple[int, int]]]:

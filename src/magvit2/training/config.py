@@ -47,12 +47,15 @@ class ModelSection:
         init_from: a ``save_pretrained`` folder whose weights start the run (null: random init).
         activation_checkpointing: recompute each residual block's activations in the backward pass
             instead of storing them (less memory, about 30% more compute).
+        freeze: parameter-name prefixes kept fixed (e.g. ``[decoder]`` fine-tunes only the encoder
+            and quantizer; ``[encoder, quantizer]`` only the decoder). Empty: train everything.
     """
 
     preset: str | None = "tiny"
     config: dict[str, Any] = field(default_factory=dict)
     init_from: str | None = None
     activation_checkpointing: bool = False
+    freeze: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -62,6 +62,24 @@ log = logging.getLogger("magvit2.train")
 # ---------------------------------------------------------------------------------------- building blocks
 
 
+def freeze_parameters(model: nn.Module, prefixes: list[str]) -> int:
+    """Set ``requires_grad=False`` on every parameter whose name starts with one of ``prefixes``
+    (``"decoder"`` matches ``decoder.*``); returns how many tensors were frozen. A prefix that matches
+    nothing is an error (a typo would otherwise silently train everything)."""
+    names = [n for n, _ in model.named_parameters()]
+    frozen = 0
+    for prefix in prefixes:
+        hits = [n for n in names if n == prefix or n.startswith(prefix.rstrip(".") + ".")]
+        if not hits:
+            tops = sorted({n.split(".")[0] for n in names})
+            raise ValueError(f"model.freeze: {prefix!r} matches no parameter; top-level modules are {tops}")
+        for name, p in model.named_parameters():
+            if name in hits and p.requires_grad:
+                p.requires_grad_(False)
+                frozen += 1
+    return frozen
+
+
 def enable_activation_checkpointing(model: nn.Module) -> int:
     """Make every residual block recompute its activations in the backward pass; returns how many.
 
@@ -212,6 +230,7 @@ class Trainer:
             pretrained = VideoTokenizer.from_pretrained(resolve_path(cfg.model.init_from))
             model.load_state_dict(pretrained.state_dict())
         self.model = model.to(self.device).train()
+        freeze_parameters(self.model, cfg.model.freeze)
         if cfg.model.activation_checkpointing:
             enable_activation_checkpointing(self.model)
         self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema_decay is not None else None
@@ -226,7 +245,8 @@ class Trainer:
             if info.distributed
             else None
         )
-        self.opt_g, self.sched_g = self._optimizer(self.model.parameters(), cfg.optim.lr, cfg.optim.betas,
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt_g, self.sched_g = self._optimizer(trainable, cfg.optim.lr, cfg.optim.betas,
                                                    cfg.optim.weight_decay)  # fmt: skip
         self.disc = self.loss_fn.discriminator
         self.opt_d = self.sched_d = None
