@@ -391,3 +391,21 @@ def test_tensorboard_validation_and_final_weights(tmp_path, clips_dir):
     raw = VideoTokenizer.from_pretrained(tmp_path / "v" / "final_raw")
     assert torch.equal(raw.state_dict()["decoder.conv_out.conv_1.weight"],
                        trainer.model.state_dict()["decoder.conv_out.conv_1.weight"])  # fmt: skip
+
+
+def test_freeze_keeps_named_parameters_fixed(tmp_path):
+    """``model.freeze: [decoder]`` trains the encoder only: after 3 steps every decoder tensor equals its
+    initial value and every encoder weight has moved; a prefix that names nothing is an error."""
+    from magvit2.training.trainer import Trainer
+
+    trainer = _train(tmp_path, "frozen", max_steps=3, model={**TINY_MODEL, "freeze": ["decoder"]})
+    init, final = _fresh_model_state(), trainer.model.state_dict()
+    params = dict(trainer.model.named_parameters())
+    decoder = [k for k in params if k.startswith("decoder.")]
+    encoder = [k for k in params if k.startswith("encoder.") and k.endswith("weight")]
+    assert decoder and encoder
+    assert all(torch.equal(final[k], init[k]) for k in decoder)
+    assert all(not torch.equal(final[k], init[k]) for k in encoder)
+    bad = write_config(tmp_path / "bad.yaml", tiny_config(tmp_path / "bad", model={**TINY_MODEL, "freeze": ["decodr"]}))
+    with pytest.raises(ValueError, match="'decodr' matches no parameter; top-level modules are"):
+        Trainer(load_train_config(bad)).setup()
