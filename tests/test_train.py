@@ -406,6 +406,7 @@ def test_freeze_keeps_named_parameters_fixed(tmp_path):
     assert decoder and encoder
     assert all(torch.equal(final[k], init[k]) for k in decoder)
     assert all(not torch.equal(final[k], init[k]) for k in encoder)
-    bad = write_config(tmp_path / "bad.yaml", tiny_config(tmp_path / "bad", model={**TINY_MODEL, "freeze": ["decodr"]}))
+    typo = {**TINY_MODEL, "freeze": ["decodr"]}
+    bad = write_config(tmp_path / "bad.yaml", tiny_config(tmp_path / "bad", model=typo))
     with pytest.raises(ValueError, match="'decodr' matches no parameter; top-level modules are"):
         Trainer(load_train_config(bad)).setup()
