@@ -138,3 +138,14 @@ def test_chunk_error_is_measured_in_the_context_of_the_chosen_earlier_tokens(fra
     rec = model.decode(torch.cat(parts, dim=1))
     assert errors[1] == pytest.approx(_mse(rec[:, :, 5:], video[:, :, 5:]), rel=1e-4)
     assert errors[0] == pytest.approx(_mse(rec[:, :, :5], video[:, :, :5]), rel=1e-4)
+
+
+def test_python_api_matches_the_streaming_runner(frames):
+    """``VideoTokenizer.encode_refined`` (whole tensor, 5-frame chunks) gives the runner's tokens; with
+    0 steps it gives ``encode``'s."""
+    model = _model({"kind": "lfq", "bits": 6})
+    video = to_tensor(frames[:, :32, :44]).unsqueeze(0)
+    assert torch.equal(model.encode_refined(video, steps=0), model.encode(video))
+    runner = TokenizerRunner(model, InferenceOptions(max_chunk_frames=5, refine_steps=4))
+    clip = runner.encode_frames(iter(frames[:, :32, :44]))
+    assert torch.equal(model.encode_refined(video, steps=4, max_chunk_frames=5)[0], clip.ids)

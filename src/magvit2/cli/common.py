@@ -74,7 +74,7 @@ def add_refine_args(p: argparse.ArgumentParser) -> None:
         "encoder's tokens). The tokens stay ordinary tokens of the same model; never worse than the "
         "encoder's. Whole frames only (no --tile)",
     )
-    g.add_argument("--refine-lr", type=float, default=0.1, help="step size of the search (default 0.1)")
+    g.add_argument("--refine-lr", type=float, default=0.2, help="step size of the search (default 0.2)")
 
 
 def add_output_args(p: argparse.ArgumentParser) -> None:
@@ -131,7 +131,7 @@ def make_runner(args: argparse.Namespace) -> TokenizerRunner:
         overlap=args.tile_overlap,
         whole_frame_norm=args.tile_norm == "whole",
         refine_steps=getattr(args, "refine_steps", 0),
-        refine_lr=getattr(args, "refine_lr", 0.1),
+        refine_lr=getattr(args, "refine_lr", 0.2),
     )
     return TokenizerRunner(model, options)
 

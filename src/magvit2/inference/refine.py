@@ -35,7 +35,7 @@ class RefineOptions:
     """
 
     steps: int = 0
-    lr: float = 0.1
+    lr: float = 0.2
 
     def __post_init__(self) -> None:
         if self.steps < 0:

@@ -67,7 +67,7 @@ class InferenceOptions:
     overlap: int | None = None
     whole_frame_norm: bool = True
     refine_steps: int = 0
-    refine_lr: float = 0.1
+    refine_lr: float = 0.2
 
     def __post_init__(self) -> None:
         RefineOptions(self.refine_steps, self.refine_lr)  # validates

@@ -289,6 +289,29 @@ class VideoTokenizer(nn.Module):
         """
         return self.quantizer.codes_to_indices(self.encode_latent(video, max_chunk_frames))
 
+    def encode_refined(
+        self, video: Tensor, steps: int = 30, lr: float = 0.2, max_chunk_frames: int | None = None
+    ) -> Tensor:
+        """Token ids like :meth:`encode`, then searched for ``steps`` Adam steps for tokens that decode
+        closer to ``video`` (:mod:`magvit2.inference.refine`; never worse than :meth:`encode`'s, same
+        vocabulary). Costs ``steps`` decoder forward + backward passes per chunk; the weights are not
+        changed. ``max_chunk_frames`` as in :meth:`encode` (each chunk is refined given the chosen
+        tokens of the chunks before it)."""
+        from magvit2.inference.refine import RefineOptions, refine_ids  # inference builds on models
+
+        x, _ = self._check_video(video, "encode_refined")
+        n_latent = 1 + (x.shape[2] - 1) // self.temporal_factor
+        bounds = self._check_chunking(max_chunk_frames, n_latent, "encode")
+        options = RefineOptions(steps, lr)
+        enc_cache, dec_cache, parts = CausalCache(), CausalCache(), []
+        for a, b in bounds:
+            chunk = x[:, :, _frames(a, self.temporal_factor) : _frames(b, self.temporal_factor)]
+            with torch.inference_mode():
+                latent = self.encoder(chunk, enc_cache if len(bounds) > 1 else None)
+            ids, _ = refine_ids(self, latent, chunk, options, dec_cache if len(bounds) > 1 else None)
+            parts.append(ids)
+        return torch.cat(parts, dim=1)
+
     @torch.inference_mode()
     def encode_codes(self, video: Tensor, max_chunk_frames: int | None = None) -> Tensor:
         """Quantized codes ``(B, Z, 1+k, h, w)`` (for LFQ: +-1) of a video or image."""
