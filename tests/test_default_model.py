@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from magvit2 import VideoTokenizer
 from magvit2.data.video_io import read_video, to_tensor, to_uint8
@@ -65,3 +66,20 @@ def test_default_model_reconstructs_held_out_clip(clips_dir):
     per_frame = 10 * np.log10(255**2 / mse)
     assert abs(float(per_frame.mean()) - res["psnr"]) < 0.05
     assert per_frame[-8:].mean() > per_frame[:8].mean() - 1.5, per_frame.round(1)
+
+
+def test_token_refinement_lifts_the_default_model_on_held_out_frames(clips_dir):
+    """Refinement on the real model: 10 steps on the first 9 frames of carphone_pristine add at least
+    1.5 dB (measured: 20.90 -> 22.95 dB; 30 steps on 33 frames: README) and never change the decoder."""
+    src = read_video(clips_dir / "carphone_pristine.mp4", max_frames=9)
+    model = VideoTokenizer.from_pretrained("default")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    video = to_tensor(src)[None]
+
+    def psnr(ids) -> float:
+        rec = to_uint8(model.decode(ids)[0]).astype(np.float64)
+        return float(np.mean(10 * np.log10(255**2 / ((rec - src) ** 2).mean(axis=(1, 2, 3)))))
+
+    plain, refined = psnr(model.encode(video)), psnr(model.encode_refined(video, steps=10))
+    assert refined > plain + 1.5, (plain, refined)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
