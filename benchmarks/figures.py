@@ -1,5 +1,6 @@
 """The README's pictures: held-out reconstructions (source | reconstruction | error), the same with
-refined tokens (source | encoder's tokens | refined tokens | error of each) and a tiled vs untiled crop. Uses the built-in model unless ``--model`` says otherwise; writes PNGs and prints JSON.
+refined tokens (source | encoder's tokens | refined tokens | error of each) and a tiled vs untiled
+crop. Uses the built-in model unless ``--model`` says otherwise; writes PNGs and prints JSON.
 
     PYTHONPATH=src python benchmarks/figures.py --out-dir docs/images
 """
