@@ -28,7 +28,8 @@ EXAMPLE = """examples:
   magvit2 reconstruct clip.mp4 -o rec.mp4 --model my_tokenizer/ --max-frames 33
   magvit2 reconstruct clip.mp4 --json --model my_tokenizer/
   magvit2 reconstruct photo.png -o rec.png --compare cmp.png --model my_tokenizer/
-  magvit2 reconstruct big.mp4 --tile 256 --compare tiled.png --model my_tokenizer/   (tiled vs source)"""
+  magvit2 reconstruct big.mp4 --tile 256 --compare tiled.png --model my_tokenizer/   (tiled vs source)
+  magvit2 reconstruct clip.mp4 -o rec.mp4 --refine-steps 30   (searched tokens: slower, closer)"""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
