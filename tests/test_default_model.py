@@ -69,8 +69,8 @@ def test_default_model_reconstructs_held_out_clip(clips_dir):
 
 
 def test_token_refinement_lifts_the_default_model_on_held_out_frames(clips_dir):
-    """Refinement on the real model: 10 steps on the first 9 frames of carphone_pristine add at least
-    1.5 dB (measured: 20.90 -> 22.95 dB; 30 steps on 33 frames: README) and never change the decoder."""
+    """Refinement on the real model: 5 steps on the first 9 frames of carphone_pristine add at least
+    1.2 dB (measured: 20.90 -> 22.53 dB; 30 steps on 33 frames: README) and never change the weights."""
     src = read_video(clips_dir / "carphone_pristine.mp4", max_frames=9)
     model = VideoTokenizer.from_pretrained("default")
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -80,6 +80,6 @@ def test_token_refinement_lifts_the_default_model_on_held_out_frames(clips_dir):
         rec = to_uint8(model.decode(ids)[0]).astype(np.float64)
         return float(np.mean(10 * np.log10(255**2 / ((rec - src) ** 2).mean(axis=(1, 2, 3)))))
 
-    plain, refined = psnr(model.encode(video)), psnr(model.encode_refined(video, steps=10))
-    assert refined > plain + 1.5, (plain, refined)
+    plain, refined = psnr(model.encode(video)), psnr(model.encode_refined(video, steps=5))
+    assert refined > plain + 1.2, (plain, refined)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
