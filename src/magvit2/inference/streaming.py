@@ -70,7 +70,7 @@ class InferenceOptions:
     refine_lr: float = 0.2
 
     def __post_init__(self) -> None:
-        RefineOptions(self.refine_steps, self.refine_lr)  # validates
+        self.refine  # noqa: B018 - validates the refinement options
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.max_chunk_frames is not None and self.max_chunk_frames < 1:
@@ -79,6 +79,11 @@ class InferenceOptions:
             raise ValueError(f"--tile must be >= 1 pixel, got {self.tile}")
         if self.overlap is not None and self.overlap < 0:
             raise ValueError(f"--tile-overlap must be >= 0 pixels, got {self.overlap}")
+
+    @property
+    def refine(self) -> RefineOptions:
+        """``refine_steps`` and ``refine_lr`` as :class:`RefineOptions` (validated)."""
+        return RefineOptions(self.refine_steps, self.refine_lr)
 
 
 @dataclass
@@ -241,7 +246,7 @@ class TokenizerRunner:
         """Encode frames chunk by chunk; yields (source chunk ``(T, H, W, 3)`` uint8, ids ``(1, n, h, w)``
         on the device, real frames in the chunk, (pad_bottom, pad_right))."""
         tiles = caches = None
-        refine = RefineOptions(self.options.refine_steps, self.options.refine_lr)
+        refine = self.options.refine
         refine_cache = CausalCache()
         for chunk, n_real in self._time_chunks(frames):
             video = to_tensor(chunk).unsqueeze(0).to(self.device)
@@ -256,7 +261,7 @@ class TokenizerRunner:
                     )
             if refine.steps:
                 with torch.inference_mode():
-                    latent = self.model.encoder(video.to(self.model.last_layer_weight().dtype), caches[0])
+                    latent = self.model.encoder(video, caches[0])
                 h, w = chunk.shape[1:3]
                 ids, _ = refine_ids(self.model, latent, video, refine, refine_cache, n_real, h, w)
             else:

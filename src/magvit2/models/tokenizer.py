@@ -303,13 +303,14 @@ class VideoTokenizer(nn.Module):
         n_latent = 1 + (x.shape[2] - 1) // self.temporal_factor
         bounds = self._check_chunking(max_chunk_frames, n_latent, "encode")
         options = RefineOptions(steps, lr)
-        enc_cache, dec_cache, parts = CausalCache(), CausalCache(), []
+        chunked = len(bounds) > 1  # one chunk needs no caches (and no decode to advance one)
+        enc_cache, dec_cache = (CausalCache(), CausalCache()) if chunked else (None, None)
+        parts = []
         for a, b in bounds:
             chunk = x[:, :, _frames(a, self.temporal_factor) : _frames(b, self.temporal_factor)]
             with torch.inference_mode():
-                latent = self.encoder(chunk, enc_cache if len(bounds) > 1 else None)
-            ids, _ = refine_ids(self, latent, chunk, options, dec_cache if len(bounds) > 1 else None)
-            parts.append(ids)
+                latent = self.encoder(chunk, enc_cache)
+            parts.append(refine_ids(self, latent, chunk, options, dec_cache)[0])
         return torch.cat(parts, dim=1)
 
     @torch.inference_mode()

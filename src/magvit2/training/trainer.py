@@ -66,18 +66,17 @@ def freeze_parameters(model: nn.Module, prefixes: list[str]) -> int:
     """Set ``requires_grad=False`` on every parameter whose name starts with one of ``prefixes``
     (``"decoder"`` matches ``decoder.*``); returns how many tensors were frozen. A prefix that matches
     nothing is an error (a typo would otherwise silently train everything)."""
-    names = [n for n, _ in model.named_parameters()]
-    frozen = 0
+    params = dict(model.named_parameters())
+    frozen: set[str] = set()
     for prefix in prefixes:
-        hits = [n for n in names if n == prefix or n.startswith(prefix.rstrip(".") + ".")]
+        hits = {n for n in params if n == prefix or n.startswith(prefix.rstrip(".") + ".")}
         if not hits:
-            tops = sorted({n.split(".")[0] for n in names})
+            tops = sorted({n.split(".")[0] for n in params})
             raise ValueError(f"model.freeze: {prefix!r} matches no parameter; top-level modules are {tops}")
-        for name, p in model.named_parameters():
-            if name in hits and p.requires_grad:
-                p.requires_grad_(False)
-                frozen += 1
-    return frozen
+        frozen |= hits
+    for name in frozen:
+        params[name].requires_grad_(False)
+    return len(frozen)
 
 
 def enable_activation_checkpointing(model: nn.Module) -> int:
