@@ -149,3 +149,55 @@ def test_python_api_matches_the_streaming_runner(frames):
     runner = TokenizerRunner(model, InferenceOptions(max_chunk_frames=5, refine_steps=4))
     clip = runner.encode_frames(iter(frames[:, :32, :44]))
     assert torch.equal(model.encode_refined(video, steps=4, max_chunk_frames=5)[0], clip.ids)
+
+
+def test_token_files_and_shards_record_how_tokens_were_found(tmp_path, capsys, frames):
+    """``tokenize --refine-steps`` writes the runner's refined tokens and records ``refined steps=N
+    lr=X`` in the token file, the shards and the shard manifest (a plain rerun into that folder is
+    refused); plain tokens say ``encoder``, and files written before the key existed read as such."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from magvit2.tokens import load_tokens
+    from magvit2.tokens.shards import read_shard, shard_metadata
+
+    model = _model({"kind": "lfq", "bits": 6})
+    model_dir = tmp_path / "m"
+    model.save_pretrained(model_dir)
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    for i in range(2):
+        write_video(clips / f"c{i}.mkv", frames[:, 8 * i : 8 * i + 24, :32], fps=10, lossless=True)
+    m = ("--model", str(model_dir), "-q")
+    refine = ("--refine-steps", "3", "--refine-lr", "0.15")
+    expected = TokenizerRunner(model, InferenceOptions(refine_steps=3, refine_lr=0.15))
+    expected = expected.encode_frames(iter(read_video(clips / "c0.mkv"))).ids
+
+    assert main(["tokenize", str(clips / "c0.mkv"), "-o", str(tmp_path / "r.safetensors"), *m, *refine]) == 0
+    refined = load_tokens(tmp_path / "r.safetensors")
+    assert refined.encoding == "refined steps=3 lr=0.15"
+    assert torch.equal(refined.ids, expected)
+    assert main(["tokenize", str(clips / "c0.mkv"), "-o", str(tmp_path / "p.safetensors"), *m]) == 0
+    plain = load_tokens(tmp_path / "p.safetensors")
+    assert plain.encoding == "encoder" and not torch.equal(plain.ids, refined.ids)
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "r.safetensors"), "--json"]) == 0
+    assert '"encoding": "refined steps=3 lr=0.15"' in capsys.readouterr().out
+
+    with safe_open(str(tmp_path / "p.safetensors"), framework="pt") as f:  # an older file: no key
+        meta = {k: v for k, v in (f.metadata() or {}).items() if k != "encoding"}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    save_file(tensors, str(tmp_path / "old.safetensors"), metadata=meta)
+    assert load_tokens(tmp_path / "old.safetensors").encoding == "encoder"
+
+    shards = tmp_path / "shards"
+    assert main(["tokenize", str(clips), "-o", str(shards), "--shard-size", "1", *m, *refine]) == 0
+    files = sorted(shards.glob("shard-*.parquet"))
+    assert [shard_metadata(f)["magvit2.encoding"] for f in files] == ["refined steps=3 lr=0.15"] * 2
+    row = read_shard(files[0]).to_pylist()[0]
+    assert np.array_equal(np.asarray(row["ids"]), expected.reshape(-1).numpy())
+    capsys.readouterr()
+    assert main(["tokenize", str(clips), "-o", str(shards), "--shard-size", "1", *m]) == 1
+    assert "encoding" in capsys.readouterr().err  # a plain rerun does not mix into refined shards
+    assert main(["info", str(shards), "--json"]) == 0
+    assert '"encodings": [\n    "refined steps=3 lr=0.15"\n  ]' in capsys.readouterr().out

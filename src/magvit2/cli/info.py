@@ -77,6 +77,7 @@ def token_file_info(path: Path) -> dict:
         "pad_right": tf.pad_right,
         "fps": f"{tf.fps.numerator}/{tf.fps.denominator}",
         "source": tf.source,
+        "encoding": tf.encoding,
         "bytes": path.stat().st_size,
     }
 
@@ -84,10 +85,11 @@ def token_file_info(path: Path) -> dict:
 def shards_info(paths: list[Path], where: Path) -> dict:
     """Clips, tokens, models and failed files of Parquet shards."""
     clips = tokens = 0
-    models, failed = set(), []
+    models, encodings, failed = set(), set(), []
     for p in paths:
         meta = shard_metadata(p)
         models.add(meta.get("magvit2.model"))
+        encodings.add(meta.get("magvit2.encoding", "encoder"))
         failed += json.loads(meta.get("magvit2.failed", "[]"))
         table = read_shard(p).select(["shape"])
         clips += table.num_rows
@@ -103,6 +105,7 @@ def shards_info(paths: list[Path], where: Path) -> dict:
         "clips": clips,
         "tokens": tokens,
         "models": sorted(m for m in models if m),
+        "encodings": sorted(encodings),
         "failed": failed,
     }
     manifest = where / MANIFEST_NAME if where.is_dir() else None

@@ -92,6 +92,7 @@ def _token_file(runner: TokenizerRunner, clip: EncodedClip, fps, source: str) ->
         pad_right=clip.pad_right,
         fps=fps,
         source=source,
+        encoding=runner.encoding,
     )
 
 
@@ -151,7 +152,7 @@ def _row(clip: EncodedClip, fps, source: str) -> dict:
 def _run_shards(args, runner: TokenizerRunner, files: list[tuple[Path, Path]], out: Path) -> int:
     rank, world = dist_rank_world()
     paths = [p for p, _ in files]
-    check_manifest(out, manifest(paths, args.shard_size, runner.fingerprint), args.overwrite)
+    check_manifest(out, manifest(paths, args.shard_size, runner.fingerprint, runner.encoding), args.overwrite)
     plans = plan_shards(paths, out, args.shard_size, rank=rank, world_size=world)
     todo = [plan for plan in plans if args.overwrite or not plan.path.exists()]
     failed = 0
@@ -174,5 +175,6 @@ def _run_shards(args, runner: TokenizerRunner, files: list[tuple[Path, Path]], o
                 vocabulary=runner.vocabulary,
                 spatial_factor=runner.s,
                 failed=bad,
+                encoding=runner.encoding,
             )
     return 1 if failed else 0

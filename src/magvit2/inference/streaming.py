@@ -38,7 +38,7 @@ from magvit2.inference.tiling import (
 from magvit2.models import VideoTokenizer
 from magvit2.modules.causal import CausalCache
 from magvit2.modules.norm import _latent_stats
-from magvit2.tokens import model_fingerprint
+from magvit2.tokens import encoding_name, model_fingerprint
 
 
 @dataclass(frozen=True)
@@ -200,6 +200,11 @@ class TokenizerRunner:
     @property
     def vocabulary(self) -> int:
         return self.model.codebook_size
+
+    @property
+    def encoding(self) -> str:
+        """How this runner finds tokens, as token files record it (``encoder`` or ``refined ...``)."""
+        return encoding_name(self.options.refine_steps, self.options.refine_lr)
 
     def chunk_frames(self, first: bool) -> int | None:
         """Video frames per chunk (first or later chunk); None = unbounded."""

@@ -8,7 +8,9 @@ Layout (format version 1):
   fingerprint of the model that made it), ``bits``, ``vocabulary``, ``shape`` (``T',h,w``),
   ``frames`` (frames of the source), ``height``/``width`` (source size), ``pad_bottom``/``pad_right``
   (pixels added to reach a multiple of the spatial factor), ``fps`` (a fraction ``num/den``),
-  ``source`` (file name), ``packed`` (``0``/``1``).
+  ``source`` (file name), ``packed`` (``0``/``1``), ``encoding`` (how the ids were found:
+  ``encoder`` for the encoder's one pass, ``refined steps=N lr=X`` for token refinement; files
+  written before this key existed read as ``encoder``).
 
 A file written by another model, of an unknown version, truncated or corrupted raises
 :class:`TokenFileError` naming the file and the problem.
@@ -50,6 +52,8 @@ class TokenFile:
         pad_bottom, pad_right: pixels of padding added to reach multiples of the spatial factor.
         fps: frame rate of the source (1 for images).
         source: the source file's name.
+        encoding: how the ids were found (:func:`encoding_name`): ``encoder`` (one pass) or
+            ``refined steps=N lr=X`` (:mod:`magvit2.inference.refine`). The decoder reads both alike.
     """
 
     ids: torch.Tensor
@@ -62,11 +66,17 @@ class TokenFile:
     pad_right: int = 0
     fps: Fraction = Fraction(1)
     source: str = ""
+    encoding: str = "encoder"
 
     @property
     def bits(self) -> int:
         """Bits needed per id."""
         return max(1, (self.vocabulary - 1).bit_length())
+
+
+def encoding_name(refine_steps: int = 0, refine_lr: float = 0.0) -> str:
+    """The ``encoding`` recorded with tokens: ``encoder`` or ``refined steps=N lr=X``."""
+    return "encoder" if refine_steps == 0 else f"refined steps={refine_steps} lr={refine_lr:g}"
 
 
 def model_fingerprint(config: dict, state_dict: dict[str, torch.Tensor]) -> str:
@@ -125,6 +135,7 @@ def save_tokens(path: str | Path, tf: TokenFile, *, packed: bool = False) -> Non
         "fps": f"{tf.fps.numerator}/{tf.fps.denominator}",
         "source": tf.source,
         "packed": "1" if packed else "0",
+        "encoding": tf.encoding,
     }
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -183,6 +194,7 @@ def load_tokens(path: str | Path, *, expect_model: str | None = None) -> TokenFi
             pad_right=int(meta["pad_right"]),
             fps=Fraction(int(num), int(den)),
             source=meta.get("source", ""),
+            encoding=meta.get("encoding", "encoder"),
         )
     except (KeyError, ValueError, RuntimeError) as err:
         raise TokenFileError(f"{path}: damaged token file metadata or data: {err}") from err

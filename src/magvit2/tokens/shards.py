@@ -69,12 +69,14 @@ def write_shard(
     vocabulary: int,
     spatial_factor: int | None = None,
     failed: list[str] | None = None,
+    encoding: str = "encoder",
 ) -> None:
     """Write ``rows`` (dicts with the schema's keys) to ``path`` atomically.
 
     The schema metadata records ``magvit2.format`` / ``magvit2.version``, the model fingerprint, the
-    vocabulary, the spatial factor (to recover the padding) and the files that could not be read
-    (``magvit2.failed``, a JSON list).
+    vocabulary, the spatial factor (to recover the padding), the files that could not be read
+    (``magvit2.failed``, a JSON list) and how the tokens were found (``magvit2.encoding``:
+    ``encoder`` or ``refined steps=N lr=X``; shards without the key were made by the encoder).
     """
     meta = {
         "magvit2.format": SHARD_FORMAT,
@@ -82,6 +84,7 @@ def write_shard(
         "magvit2.model": model,
         "magvit2.vocabulary": str(vocabulary),
         "magvit2.failed": json.dumps(failed or []),
+        "magvit2.encoding": encoding,
     }
     if spatial_factor is not None:
         meta["magvit2.spatial_factor"] = str(spatial_factor)
@@ -111,8 +114,12 @@ def shard_metadata(path: str | Path) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in meta.items() if k.startswith(b"magvit2.")}
 
 
-def manifest(files: list[Path], shard_size: int, model: str) -> dict:
-    """What a shard folder was made from: a rerun must match it to resume."""
+def manifest(files: list[Path], shard_size: int, model: str, encoding: str = "encoder") -> dict:
+    """What a shard folder was made from: a rerun must match it to resume.
+
+    ``encoding`` is recorded only for refined tokens, so that folders made before it existed (all by
+    the encoder) still match a plain rerun.
+    """
     digest = hashlib.sha256("\n".join(sorted(str(f) for f in files)).encode()).hexdigest()[:16]
     return {
         "format": SHARD_FORMAT,
@@ -121,7 +128,7 @@ def manifest(files: list[Path], shard_size: int, model: str) -> dict:
         "shard_size": shard_size,
         "files": len(files),
         "files_digest": digest,
-    }
+    } | ({} if encoding == "encoder" else {"encoding": encoding})
 
 
 def check_manifest(out_dir: Path, expected: dict, overwrite: bool) -> None:
@@ -137,7 +144,8 @@ def check_manifest(out_dir: Path, expected: dict, overwrite: bool) -> None:
         except (OSError, ValueError):
             found = None
         if found != expected:
-            diff = sorted(k for k in expected if not isinstance(found, dict) or found.get(k) != expected[k])
+            keys = set(expected) | (set(found) if isinstance(found, dict) else set())
+            diff = sorted(k for k in keys if not isinstance(found, dict) or found.get(k) != expected.get(k))
             raise ValueError(
                 f"{out_dir}: holds shards made with other settings ({', '.join(diff)} differ); "
                 "pass --overwrite to redo them or choose another folder"
