@@ -29,10 +29,12 @@ class TokenizerOutput:
     Attributes:
         reconstruction: decoded video ``(B, 3, T, H, W)`` (or image ``(B, 3, H, W)``), differentiable.
         quantizer: the quantizer's output (codes, token ids, auxiliary losses, usage statistics).
+        latent: the encoder's output before quantization ``(B, Z, n, h, w)`` (``n = 1`` for images).
     """
 
     reconstruction: Tensor
     quantizer: QuantizerOutput
+    latent: Tensor | None = None
 
 
 def latent_chunks(n_latent: int, temporal_factor: int, max_chunk_frames: int | None) -> list[tuple[int, int]]:
@@ -367,6 +369,7 @@ class VideoTokenizer(nn.Module):
     def forward(self, video: Tensor) -> TokenizerOutput:
         """Encode, quantize, decode (differentiable): reconstruction (same shape) and quantizer output."""
         x, image = self._check_video(video, "forward")
-        q = self.quantizer(self.encoder(x))
+        latent = self.encoder(x)
+        q = self.quantizer(latent)
         rec = self.decoder(q.codes)
-        return TokenizerOutput(rec[:, :, 0] if image else rec, q)
+        return TokenizerOutput(rec[:, :, 0] if image else rec, q, latent)

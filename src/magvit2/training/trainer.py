@@ -47,8 +47,10 @@ from magvit2.config_io import resolve_path
 from magvit2.data import JointBatchDataset, find_files, make_loader, read_video, to_tensor
 from magvit2.data.video_io import probe
 from magvit2.losses import TokenizerLoss
+from magvit2.losses.distillation import distillation_loss, refined_target_codes
 from magvit2.models import VideoTokenizer
 from magvit2.modules.blocks import ResBlock
+from magvit2.quantizers import LFQ
 from magvit2.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from magvit2.training.config import TrainConfig, config_to_yaml, tokenizer_config, with_model_frames
 from magvit2.training.distributed import DistInfo, barrier, init_distributed
@@ -390,6 +392,10 @@ class Trainer:
                     loss, chunk_logs = self.loss_fn(
                         x, out.reconstruction, out.quantizer, step, last_layer=self.model.last_layer_weight()
                     )
+                if self.cfg.loss.distill_weight > 0:
+                    distill = self.distill_loss(x, out.latent)
+                    loss = loss + self.cfg.loss.distill_weight * distill
+                    chunk_logs["distill"] = distill.detach()
                 (loss * weight).backward()
             pairs.append((x, out.reconstruction.detach()))
             for k, v in chunk_logs.items():
@@ -402,6 +408,14 @@ class Trainer:
             self.ema.update(self.model)
         logs["entropy_weight"] = torch.tensor(float(getattr(self.model.quantizer, "entropy_weight", 0.0)))
         return logs, pairs
+
+    def distill_loss(self, x: Tensor, latent: Tensor) -> Tensor:
+        """Refinement distillation (:mod:`magvit2.losses.distillation`) for clips ``x`` ``(B, 3, T, H, W)``
+        (or images ``(B, 3, H, W)``) whose encoder latent is ``latent`` ``(B, Z, n, h, w)``."""
+        video = x.unsqueeze(2) if x.dim() == 4 else x
+        with self._autocast():
+            targets = refined_target_codes(self.model, latent, video, self.cfg.loss.distill_options())
+        return distillation_loss(latent, targets, binary=isinstance(self.model.quantizer, LFQ))
 
     def disc_step(self, pairs: list[tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
         """One discriminator update on (real, detached fake) pairs; no-op before ``disc_start``."""
