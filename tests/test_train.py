@@ -448,3 +448,19 @@ def test_refinement_distillation_moves_the_encoder_toward_refined_tokens(tmp_pat
     after = measure(trained.model)
     assert after[0] > before[0] + 0.02
     assert after[1] < 0.95 * before[1]
+
+
+def test_shipped_configs_load_and_name_existing_files():
+    """Every YAML in configs/ is a valid TrainConfig whose data, validation and init paths exist."""
+    from magvit2.training.config import TrainConfig
+
+    paths = sorted((SRC.parent / "configs").glob("*.yaml"))
+    assert len(paths) >= 2
+    for path in paths:
+        cfg = load_train_config(path)
+        assert isinstance(cfg, TrainConfig)
+        init = [cfg.model.init_from] if cfg.model.init_from else []
+        for p in [*cfg.data.paths, *cfg.validation.paths, *init]:
+            assert Path(resolve_path(p)).exists(), f"{path.name}: {p}"
+    distill = load_train_config(SRC.parent / "configs" / "tiny_distill.yaml")
+    assert distill.loss.distill_weight > 0 and distill.model.freeze == ["decoder"]
