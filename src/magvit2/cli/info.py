@@ -10,6 +10,7 @@ from safetensors import safe_open
 
 from magvit2.cli.common import add_model_args, load_model
 from magvit2.tokens import load_tokens, model_fingerprint
+from magvit2.tokens.format import ONE_PASS
 from magvit2.tokens.shards import MANIFEST_NAME, read_shard, shard_metadata
 
 EXAMPLE = """examples:
@@ -89,7 +90,7 @@ def shards_info(paths: list[Path], where: Path) -> dict:
     for p in paths:
         meta = shard_metadata(p)
         models.add(meta.get("magvit2.model"))
-        encodings.add(meta.get("magvit2.encoding", "encoder"))
+        encodings.add(meta.get("magvit2.encoding", ONE_PASS))
         failed += json.loads(meta.get("magvit2.failed", "[]"))
         table = read_shard(p).select(["shape"])
         clips += table.num_rows

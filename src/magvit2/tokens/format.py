@@ -34,6 +34,7 @@ from magvit2.fileio import set_default_permissions
 
 FORMAT_NAME = "magvit2-tokens"
 FORMAT_VERSION = 1
+ONE_PASS = "encoder"  # the encoding of the encoder's own tokens (and of files without the key)
 
 
 class TokenFileError(ValueError):
@@ -66,7 +67,7 @@ class TokenFile:
     pad_right: int = 0
     fps: Fraction = Fraction(1)
     source: str = ""
-    encoding: str = "encoder"
+    encoding: str = ONE_PASS
 
     @property
     def bits(self) -> int:
@@ -76,7 +77,7 @@ class TokenFile:
 
 def encoding_name(refine_steps: int = 0, refine_lr: float = 0.0) -> str:
     """The ``encoding`` recorded with tokens: ``encoder`` or ``refined steps=N lr=X``."""
-    return "encoder" if refine_steps == 0 else f"refined steps={refine_steps} lr={refine_lr:g}"
+    return ONE_PASS if refine_steps == 0 else f"refined steps={refine_steps} lr={refine_lr:g}"
 
 
 def model_fingerprint(config: dict, state_dict: dict[str, torch.Tensor]) -> str:
@@ -194,7 +195,7 @@ def load_tokens(path: str | Path, *, expect_model: str | None = None) -> TokenFi
             pad_right=int(meta["pad_right"]),
             fps=Fraction(int(num), int(den)),
             source=meta.get("source", ""),
-            encoding=meta.get("encoding", "encoder"),
+            encoding=meta.get("encoding", ONE_PASS),
         )
     except (KeyError, ValueError, RuntimeError) as err:
         raise TokenFileError(f"{path}: damaged token file metadata or data: {err}") from err

@@ -21,6 +21,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from magvit2.tokens.format import ONE_PASS
+
 SHARD_FORMAT = "magvit2-token-shard"
 SHARD_VERSION = 1
 MANIFEST_NAME = "magvit2-shards.json"
@@ -69,7 +71,7 @@ def write_shard(
     vocabulary: int,
     spatial_factor: int | None = None,
     failed: list[str] | None = None,
-    encoding: str = "encoder",
+    encoding: str = ONE_PASS,
 ) -> None:
     """Write ``rows`` (dicts with the schema's keys) to ``path`` atomically.
 
@@ -114,7 +116,7 @@ def shard_metadata(path: str | Path) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in meta.items() if k.startswith(b"magvit2.")}
 
 
-def manifest(files: list[Path], shard_size: int, model: str, encoding: str = "encoder") -> dict:
+def manifest(files: list[Path], shard_size: int, model: str, encoding: str = ONE_PASS) -> dict:
     """What a shard folder was made from: a rerun must match it to resume.
 
     ``encoding`` is recorded only for refined tokens, so that folders made before it existed (all by
@@ -128,7 +130,7 @@ def manifest(files: list[Path], shard_size: int, model: str, encoding: str = "en
         "shard_size": shard_size,
         "files": len(files),
         "files_digest": digest,
-    } | ({} if encoding == "encoder" else {"encoding": encoding})
+    } | ({} if encoding == ONE_PASS else {"encoding": encoding})
 
 
 def check_manifest(out_dir: Path, expected: dict, overwrite: bool) -> None:
