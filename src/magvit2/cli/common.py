@@ -72,7 +72,7 @@ def add_refine_args(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="search for better tokens with N decoder passes per chunk (e.g. 30; default 0: the "
         "encoder's tokens). The tokens stay ordinary tokens of the same model; never worse than the "
-        "encoder's. Whole frames only (no --tile)",
+        "encoder's. With --tile, each tile is refined on its own",
     )
     g.add_argument("--refine-lr", type=float, default=0.2, help="step size of the search (default 0.2)")
 

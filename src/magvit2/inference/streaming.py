@@ -57,7 +57,8 @@ class InferenceOptions:
             layer before the real pass (:mod:`magvit2.inference.global_norm`; exact, costs one partial
             pass per norm layer); False = each tile uses its own statistics (one pass, visible seams).
         refine_steps, refine_lr: search for better tokens with that many decoder passes per chunk
-            (:mod:`magvit2.inference.refine`; 0 = the encoder's tokens). Whole frames only (no tiles).
+            (:mod:`magvit2.inference.refine`; 0 = the encoder's tokens). With tiles, each tile is
+            refined on its own (memory of one tile's decoder backward pass).
     """
 
     device: str = "cpu"
@@ -250,25 +251,16 @@ class TokenizerRunner:
     ) -> Iterator[tuple[np.ndarray, Tensor, int, tuple[int, int]]]:
         """Encode frames chunk by chunk; yields (source chunk ``(T, H, W, 3)`` uint8, ids ``(1, n, h, w)``
         on the device, real frames in the chunk, (pad_bottom, pad_right))."""
-        tiles = caches = None
-        refine = self.options.refine
-        refine_cache = CausalCache()
+        tiles = caches = refine_caches = None
         for chunk, n_real in self._time_chunks(frames):
             video = to_tensor(chunk).unsqueeze(0).to(self.device)
             video, pad_b, pad_r = pad_to_multiple(video, self.s)
             if tiles is None:
                 tiles = self._tiles(video.shape[-2] // self.s, video.shape[-1] // self.s)
                 caches = [CausalCache() for _ in self._groups(len(tiles))]
-                if refine.steps and len(tiles) > 1:
-                    raise ValueError(
-                        f"--refine-steps needs whole frames: {chunk.shape[2]}x{chunk.shape[1]} frames are "
-                        f"split into {len(tiles)} tiles of --tile {self.tile}; drop --tile or --refine-steps"
-                    )
-            if refine.steps:
-                with torch.inference_mode():
-                    latent = self.model.encoder(video, caches[0])
-                h, w = chunk.shape[1:3]
-                ids, _ = refine_ids(self.model, latent, video, refine, refine_cache, n_real, h, w)
+                refine_caches = [CausalCache() for _ in tiles]
+            if self.options.refine_steps:
+                ids = self._refine_tiles(video, tiles, caches, refine_caches, n_real, chunk.shape[1:3])
             else:
                 ids = self._encode_tiles(video, tiles, caches)
             yield chunk, ids, n_real, (pad_b, pad_r)
@@ -332,6 +324,42 @@ class TokenizerRunner:
             if len(tiles) == 1:
                 return per_tile[0]
             return encode_tiled(video, lambda _crop, i: per_tile[i], s, self.tile, self.overlap)
+
+    def _refine_tiles(
+        self,
+        video: Tensor,
+        tiles: list[Tile],
+        caches: list[CausalCache],
+        refine_caches: list[CausalCache],
+        n_real: int,
+        size: tuple[int, int],
+    ) -> Tensor:
+        """Padded video ``(1, 3, T, H, W)`` -> refined ids ``(1, n, h, w)``.
+
+        Each tile's tokens are searched for against that tile's pixels (its real frames and pixels,
+        not the padding) with the decoder run on the tile alone and a causal cache of its own, so
+        memory is that of one tile's decoder backward pass. Every latent position then takes its
+        token from the tile that owns it, as in plain tiled encoding. The search measures each tile
+        decoded on its own; the tiled decode blends neighbours over the overlaps (and, with
+        ``whole_frame_norm``, uses whole-frame statistics), so "never worse than the encoder" holds
+        per tile, not exactly for the blended frame.
+        """
+        s, model = self.s, self.model
+        crops = [
+            video[..., t.top * s : (t.top + t.size_h) * s, t.left * s : (t.left + t.size_w) * s]
+            for t in tiles
+        ]
+        with torch.inference_mode():
+            latents = self._run_tiles(model.encoder, crops, tiles, caches, lambda x, c: model.encoder(x, c))
+        h, w = size
+        per_tile = []
+        for t, crop, latent, cache in zip(tiles, crops, latents, refine_caches, strict=True):
+            real_h, real_w = min(t.size_h * s, h - t.top * s), min(t.size_w * s, w - t.left * s)
+            ids, _ = refine_ids(model, latent, crop, self.options.refine, cache, n_real, real_h, real_w)
+            per_tile.append(ids)
+        if len(tiles) == 1:
+            return per_tile[0]
+        return encode_tiled(video, lambda _crop, i: per_tile[i], s, self.tile, self.overlap)
 
     def encode_frames(self, frames: Iterable[np.ndarray]) -> EncodedClip:
         """Encode a whole clip (streamed) -> :class:`EncodedClip`."""
