@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from magvit2.config_io import resolve_path
 from magvit2.data.video_io import read_video, to_tensor, to_uint8
+from magvit2.evaluation.metrics import psnr
 from magvit2.inference.refine import RefineOptions, refine_ids
 from magvit2.losses.distillation import distillation_loss
 from magvit2.models import VideoTokenizer
@@ -61,11 +62,17 @@ def make_targets(
     return torch.cat(videos), torch.cat(ids)
 
 
-def carphone_psnr(model: VideoTokenizer, source: np.ndarray) -> float:
-    """One-pass PSNR (dB) of ``source`` ``(T, H, W, 3)`` uint8 through encode + decode."""
+def one_pass_psnr(
+    model: VideoTokenizer, source: np.ndarray, mode: str = "global", max_chunk_frames: int | None = None
+) -> float:
+    """PSNR (dB) of ``source`` ``(T, H, W, 3)`` uint8 through encode + decode; ``mode`` as in
+    :func:`magvit2.evaluation.metrics.psnr` (``global``: one MSE; ``frames``: mean of per-frame PSNR)."""
     with torch.inference_mode():
-        rec = to_uint8(model.decode(model.encode(to_tensor(source)[None]))[0]).astype(np.float64)
-    return float(10 * np.log10(255**2 / ((rec - source.astype(np.float64)) ** 2).mean()))
+        video = to_tensor(source)[None]
+        ids = model.encode(video, max_chunk_frames=max_chunk_frames)
+        rec = to_uint8(model.decode(ids, max_chunk_frames=max_chunk_frames)[0])
+    x, y = (torch.from_numpy(frames).permute(3, 0, 1, 2)[None] for frames in (source, rec))
+    return float(psnr(x, y, 255.0, mode=mode))
 
 
 def fine_tune(videos, targets, distill: bool, args, carphone: np.ndarray) -> list[dict]:
@@ -82,7 +89,7 @@ def fine_tune(videos, targets, distill: bool, args, carphone: np.ndarray) -> lis
         with torch.inference_mode():
             agree = float(((model.encode_latent(videos[-held:]) > 0) == (targets[-held:] > 0)).float().mean())
         model.train()
-        return {"step": step, "carphone_psnr": round(carphone_psnr(model, carphone), 3),
+        return {"step": step, "carphone_psnr": round(one_pass_psnr(model, carphone), 3),
                 "sign_agreement": round(agree, 4), "seconds": round(seconds, 1)}  # fmt: skip
 
     points, start = [point(0, 0.0)], time.time()

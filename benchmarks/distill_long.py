@@ -30,13 +30,12 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from distill import CLIPS, carphone_psnr, make_targets
+from distill import CLIPS, make_targets, one_pass_psnr
 
 from magvit2.config_io import resolve_path
-from magvit2.data.video_io import read_video, to_tensor, to_uint8
+from magvit2.data.video_io import read_video
 from magvit2.losses.distillation import distillation_loss
 from magvit2.models import VideoTokenizer
 from magvit2.modules.blocks import ResBlock
@@ -69,15 +68,6 @@ def student(extra_blocks: int) -> VideoTokenizer:
     return model
 
 
-def mean_frame_psnr(model: VideoTokenizer, source: np.ndarray) -> float:
-    """Mean over frames of the one-pass PSNR (dB) of ``source`` ``(T, H, W, 3)`` uint8 (17-frame chunks)."""
-    with torch.inference_mode():
-        video = to_tensor(source)[None]
-        rec = to_uint8(model.decode(model.encode(video, max_chunk_frames=17), max_chunk_frames=17)[0])
-    mse = ((rec.astype(np.float64) - source.astype(np.float64)) ** 2).mean(axis=(1, 2, 3))
-    return float(np.mean(10 * np.log10(255**2 / mse)))
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arm", choices=["distill_only", "with_reconstruction"], default="distill_only")
@@ -98,7 +88,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     model = student(args.extra_encoder_blocks)
     bikes = read_video(Path(resolve_path(f"{CLIPS}/bikes.mp4")), max_frames=33)
-    start_psnr, bikes_start = carphone_psnr(model.eval(), carphone), mean_frame_psnr(model, bikes)
+    start_psnr, bikes_start = one_pass_psnr(model.eval(), carphone), one_pass_psnr(model, bikes, "frames", 17)
     model.train()
     ema = copy.deepcopy(model.encoder).eval()
     opt = torch.optim.Adam([q for q in model.parameters() if q.requires_grad], lr=args.lr, betas=(0.9, 0.99))
@@ -119,9 +109,9 @@ def main() -> None:
             for e, q in zip(ema.parameters(), model.encoder.parameters(), strict=True):
                 e.lerp_(q, 0.01)
         if step % args.every == 0 or step == args.steps:
-            raw = carphone_psnr(model.eval(), carphone)
+            raw = one_pass_psnr(model.eval(), carphone)
             trained, model.encoder = model.encoder, ema
-            smoothed = carphone_psnr(model, carphone)
+            smoothed = one_pass_psnr(model, carphone)
             model.encoder = trained
             model.train()
             seconds = round(time.time() - start)
@@ -129,9 +119,9 @@ def main() -> None:
                            "loss": round(float(loss.detach()), 4), "seconds": seconds})  # fmt: skip
             print(json.dumps(points[-1]), flush=True)
     best = max(max(q["raw"], q["ema"]) for q in points)
-    bikes_raw = mean_frame_psnr(model.eval(), bikes)
+    bikes_raw = one_pass_psnr(model.eval(), bikes, "frames", 17)
     model.encoder = ema
-    bikes_ema = mean_frame_psnr(model, bikes)
+    bikes_ema = one_pass_psnr(model, bikes, "frames", 17)
     result = {
         "settings": vars(args),
         "encoder_parameters": sum(q.numel() for q in model.encoder.parameters()),

@@ -14,6 +14,7 @@ from magvit2.cli.main import main
 from magvit2.data.video_io import read_video, to_tensor, write_video
 from magvit2.inference.refine import RefineOptions, refine_ids
 from magvit2.inference.streaming import InferenceOptions, TokenizerRunner
+from magvit2.inference.tiling import pad_to_multiple
 from magvit2.models import TokenizerConfig, VideoTokenizer
 from magvit2.modules.causal import CausalCache
 
@@ -120,19 +121,32 @@ def test_tiled_refinement_refines_each_tile_and_keeps_the_tiled_grid(frames, who
 
     if whole_frame_norm:
         return  # the encoder's norms then use the whole frame's statistics: no tile-alone reference
-    # the first tile, encoded and refined on its own chunk by chunk, gives the tokens it owns
-    tile = runner._tiles(ids.shape[-2], ids.shape[-1])[0]
+    # the first tile and the last (whose bottom row and right column are padding), each encoded and
+    # refined on its own chunk by chunk over its real pixels only, give the tokens they own
     s = model.spatial_factor
-    tile_video = to_tensor(frames[:, : tile.size_h * s, : tile.size_w * s]).unsqueeze(0)
-    enc_cache, dec_cache, found = CausalCache(), CausalCache(), []
-    for a, b in [(0, 5), (5, 9)]:
-        chunk = tile_video[:, :, a:b]
-        with torch.inference_mode():
-            latent = model.encoder(chunk, enc_cache)
-        found.append(refine_ids(model, latent, chunk, RefineOptions(steps=10), dec_cache)[0][0])
-    (r0, r1), (c0, c1) = tile.own_rows, tile.own_cols
-    assert (r0, c0) == (0, 0) and r1 < ids.shape[-2] and c1 < ids.shape[-1]  # a real tile, not the frame
-    assert torch.equal(ids[:, r0:r1, c0:c1], torch.cat(found)[:, r0:r1, c0:c1])
+    padded, pad_b, pad_r = pad_to_multiple(to_tensor(frames).unsqueeze(0), s)
+    assert pad_b and pad_r  # 35x45 frames: the last tile's loss must leave the padding out
+    tiles = runner._tiles(ids.shape[-2], ids.shape[-1])
+    for tile in (tiles[0], tiles[-1]):
+        rows, cols = (
+            slice(tile.top * s, (tile.top + tile.size_h) * s),
+            slice(tile.left * s, (tile.left + tile.size_w) * s),
+        )
+        real_h, real_w = (
+            min(rows.stop, frames.shape[1]) - rows.start,
+            min(cols.stop, frames.shape[2]) - cols.start,
+        )
+        enc_cache, dec_cache, found = CausalCache(), CausalCache(), []
+        for a, b in [(0, 5), (5, 9)]:
+            chunk = padded[:, :, a:b, rows, cols]
+            with torch.inference_mode():
+                latent = model.encoder(chunk, enc_cache)
+            options = RefineOptions(steps=10)
+            found.append(refine_ids(model, latent, chunk, options, dec_cache, b - a, real_h, real_w)[0][0])
+        (r0, r1), (c0, c1) = tile.own_rows, tile.own_cols
+        assert r1 - r0 < ids.shape[-2] and c1 - c0 < ids.shape[-1]  # a real tile, not the frame
+        own = torch.cat(found)[:, r0 - tile.top : r1 - tile.top, c0 - tile.left : c1 - tile.left]
+        assert torch.equal(ids[:, r0:r1, c0:c1], own)
 
 
 def test_cli_reconstruct_refine_steps(tmp_path, capsys, frames):

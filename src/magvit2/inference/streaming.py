@@ -305,25 +305,33 @@ class TokenizerRunner:
             norm.start(record=False)
             return one_pass(True)
 
-    def _encode_tiles(self, video: Tensor, tiles: list[Tile], caches: list[CausalCache]) -> Tensor:
-        """Padded video ``(1, 3, T, H, W)`` -> ids ``(1, n, h, w)``."""
+    def _tile_crops(self, video: Tensor, tiles: list[Tile]) -> list[Tensor]:
+        """Padded video ``(1, 3, T, H, W)`` -> each tile's pixels ``(1, 3, T, th*s, tw*s)``."""
         s = self.s
-        crops = [
+        return [
             video[..., t.top * s : (t.top + t.size_h) * s, t.left * s : (t.left + t.size_w) * s]
             for t in tiles
         ]
+
+    def _owned_ids(self, video: Tensor, per_tile: list[Tensor]) -> Tensor:
+        """Per-tile ids ``(1, n, th, tw)`` -> the frame's grid ``(1, n, h, w)``, each position from the
+        tile that owns it (:func:`~magvit2.inference.tiling.encode_tiled`)."""
+        if len(per_tile) == 1:
+            return per_tile[0]
+        return encode_tiled(video, lambda _crop, i: per_tile[i], self.s, self.tile, self.overlap)
+
+    def _encode_tiles(self, video: Tensor, tiles: list[Tile], caches: list[CausalCache]) -> Tensor:
+        """Padded video ``(1, 3, T, H, W)`` -> ids ``(1, n, h, w)``."""
         model = self.model
         with torch.inference_mode():
             per_tile = self._run_tiles(
                 model.encoder,
-                crops,
+                self._tile_crops(video, tiles),
                 tiles,
                 caches,
                 lambda x, c: model.quantizer.codes_to_indices(model.encoder(x, c)),
             )
-            if len(tiles) == 1:
-                return per_tile[0]
-            return encode_tiled(video, lambda _crop, i: per_tile[i], s, self.tile, self.overlap)
+            return self._owned_ids(video, per_tile)
 
     def _refine_tiles(
         self,
@@ -344,22 +352,17 @@ class TokenizerRunner:
         ``whole_frame_norm``, uses whole-frame statistics), so "never worse than the encoder" holds
         per tile, not exactly for the blended frame.
         """
-        s, model = self.s, self.model
-        crops = [
-            video[..., t.top * s : (t.top + t.size_h) * s, t.left * s : (t.left + t.size_w) * s]
-            for t in tiles
-        ]
+        s, model, options = self.s, self.model, self.options.refine
+        crops = self._tile_crops(video, tiles)
         with torch.inference_mode():
             latents = self._run_tiles(model.encoder, crops, tiles, caches, lambda x, c: model.encoder(x, c))
         h, w = size
         per_tile = []
         for t, crop, latent, cache in zip(tiles, crops, latents, refine_caches, strict=True):
             real_h, real_w = min(t.size_h * s, h - t.top * s), min(t.size_w * s, w - t.left * s)
-            ids, _ = refine_ids(model, latent, crop, self.options.refine, cache, n_real, real_h, real_w)
+            ids, _ = refine_ids(model, latent, crop, options, cache, n_real, real_h, real_w)
             per_tile.append(ids)
-        if len(tiles) == 1:
-            return per_tile[0]
-        return encode_tiled(video, lambda _crop, i: per_tile[i], s, self.tile, self.overlap)
+        return self._owned_ids(video, per_tile)
 
     def encode_frames(self, frames: Iterable[np.ndarray]) -> EncodedClip:
         """Encode a whole clip (streamed) -> :class:`EncodedClip`."""
