@@ -48,6 +48,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .augment import apply_color_change, check_strengths, sample_color_change
 from .video_io import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, VideoInfo, VideoReadError, iter_frames, probe
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,9 @@ class DataConfig:
     images in "mixed" mode, videos in "alternate" mode). image_ratio: fraction of samples (mixed) or of
     steps (alternate) that are images. image_batch_size: images per image step in "alternate" mode
     (default batch_size). video_frames_as_images: also use video frames as images (None: only when there
-    are no image files). hflip: random horizontal flips. cache_decoded: decode everything once into memory
+    are no image files). hflip: random horizontal flips. color_jitter: strengths [brightness, contrast,
+    saturation, hue] of one random colour change per clip, as torchvision's ColorJitter (all 0: none;
+    see magvit2.data.augment). cache_decoded: decode everything once into memory
     (cache_max_mb caps it). num_workers: DataLoader worker processes. seed: the whole order and every
     random choice derive from it.
     """
@@ -91,6 +94,7 @@ class DataConfig:
     image_batch_size: int | None = None
     video_frames_as_images: bool | None = None
     hflip: bool = False
+    color_jitter: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])
     cache_decoded: bool = False
     cache_max_mb: float = 4096.0
     num_workers: int = 0
@@ -101,6 +105,7 @@ class DataConfig:
         if isinstance(self.paths, str | os.PathLike):
             self.paths = [os.fspath(self.paths)]
         self.paths = [os.fspath(p) for p in self.paths]
+        self.color_jitter = [float(v) for v in self.color_jitter]
         if isinstance(self.resolution, Sequence):
             self.resolution = tuple(int(v) for v in self.resolution)
         self.validate()
@@ -143,6 +148,7 @@ class DataConfig:
             )
         if self.num_workers < 0:
             raise ValueError(f"DataConfig.num_workers must be >= 0, got {self.num_workers}")
+        check_strengths(self.color_jitter, "DataConfig.color_jitter")
 
     def to_dict(self) -> dict:
         """Plain dict (for configs / checkpoints)."""
@@ -338,7 +344,10 @@ class MediaIndex:
         clip = clip[:, y : y + h, x : x + w]
         if cfg.hflip and flip:
             clip = clip[:, :, ::-1]
-        return torch.from_numpy(_UINT8_TO_UNIT[np.transpose(clip, (3, 0, 1, 2))])  # (3, T, h, w)
+        out = torch.from_numpy(_UINT8_TO_UNIT[np.transpose(clip, (3, 0, 1, 2))])  # (3, T, h, w)
+        if any(cfg.color_jitter):
+            out = apply_color_change(out, sample_color_change(rng, cfg.color_jitter))
+        return out
 
 
 # ----------------------------------------------------------------------------------------------- streams
