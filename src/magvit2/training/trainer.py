@@ -199,6 +199,23 @@ def load_clip(
 # ------------------------------------------------------------------------------------------------ trainer
 
 
+# Modules a model may add on top of the weights it starts from: they are zero-initialised, so the
+# model computes exactly what the loaded one did until training moves them.
+ADDABLE_MODULES = ("encoder.shortcut.", "decoder.shortcut.")
+
+
+def load_initial_weights(model: nn.Module, state: dict[str, Tensor], source: str) -> None:
+    """Load ``state`` (``model.init_from``) into ``model``; keys of :data:`ADDABLE_MODULES` may be
+    missing from it (they keep their zero initialisation), anything else must match exactly."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith(ADDABLE_MODULES)]
+    if missing or unexpected:
+        raise ValueError(
+            f"model.init_from {source!r}: its weights do not fit model.preset/model.config "
+            f"(missing {missing[:5]}, unexpected {unexpected[:5]}); expected the same architecture"
+        )
+
+
 class Trainer:
     """Trains a :class:`VideoTokenizer` as a :class:`TrainConfig` says.
 
@@ -229,7 +246,7 @@ class Trainer:
         model = VideoTokenizer.from_config(tokenizer_config(cfg))
         if cfg.model.init_from:
             pretrained = VideoTokenizer.from_pretrained(resolve_path(cfg.model.init_from))
-            model.load_state_dict(pretrained.state_dict())
+            load_initial_weights(model, pretrained.state_dict(), cfg.model.init_from)
         self.model = model.to(self.device).train()
         freeze_parameters(self.model, cfg.model.freeze)
         if cfg.model.activation_checkpointing:
