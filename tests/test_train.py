@@ -464,3 +464,43 @@ def test_shipped_configs_load_and_name_existing_files():
             assert Path(resolve_path(p)).exists(), f"{path.name}: {p}"
     distill = load_train_config(SRC.parent / "configs" / "tiny_distill.yaml")
     assert distill.loss.distill_weight > 0 and distill.model.freeze == ["decoder"]
+
+
+def test_init_from_adds_cell_shortcuts_and_lr_scale_speeds_them_up(tmp_path):
+    """A model with cell shortcuts starts from a model without them (same weights elsewhere, shortcuts
+    zero); ``optim.lr_scale`` gives the shortcuts 10x the rate: Adam's first step moves every element
+    by the group's rate, so their largest change is 10x that of the other weights."""
+    from magvit2.models import TokenizerConfig, VideoTokenizer
+    from magvit2.training.trainer import Trainer
+
+    torch.manual_seed(0)
+    VideoTokenizer(TokenizerConfig(**TINY_MODEL["config"])).save_pretrained(tmp_path / "plain")
+    model = {"preset": None, "config": {**TINY_MODEL["config"], "cell_shortcut": True}}
+    model["init_from"] = str(tmp_path / "plain")
+    scale = {"encoder.shortcut": 10.0, "decoder.shortcut": 10.0}
+    path = write_config(
+        tmp_path / "s.yaml",
+        tiny_config(
+            tmp_path / "s",
+            max_steps=1,
+            model=model,
+            optim={"lr": "1e-3", "warmup_steps": 0, "lr_scale": scale},
+        ),
+    )
+    trainer = Trainer(load_train_config(path))
+    start = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    plain = VideoTokenizer.from_pretrained(tmp_path / "plain").state_dict()
+    assert all(torch.equal(start[k], v) for k, v in plain.items())
+    shortcut = [k for k in start if ".shortcut." in k]
+    assert len(shortcut) == 4 and all(not start[k].any() for k in shortcut)
+    assert sorted(g["lr"] for g in trainer.opt_g.param_groups) == pytest.approx([1e-3, 1e-2, 1e-2])
+    trainer.fit()
+    end = trainer.model.state_dict()
+    moved = lambda keys: max(float((end[k] - start[k]).abs().max()) for k in keys)  # noqa: E731
+    others = [k for k in plain if k.endswith("weight") and k.startswith(("encoder.conv", "decoder.conv"))]
+    assert moved(shortcut) == pytest.approx(10 * moved(others), rel=0.02)
+    bad = write_config(
+        tmp_path / "bad.yaml", tiny_config(tmp_path / "bad", optim={"lr_scale": {"encodr.shortcut": 2.0}})
+    )
+    with pytest.raises(ValueError, match="lr_scale.*encodr.shortcut"):
+        Trainer(load_train_config(bad))

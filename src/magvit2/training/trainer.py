@@ -216,6 +216,22 @@ def load_initial_weights(model: nn.Module, state: dict[str, Tensor], source: str
         )
 
 
+def lr_groups(model: nn.Module, lr: float, scale: dict[str, float]) -> list[dict[str, Any]]:
+    """The trainable parameters as optimiser groups: one at ``lr``, then one per ``scale`` entry
+    (parameter-name prefix -> lr multiplier; the longest matching prefix wins). Raises ValueError
+    for a prefix that matches no trainable parameter."""
+    groups: dict[str, list[Tensor]] = {"": []}
+    prefixes = sorted(scale, key=len, reverse=True)
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            groups.setdefault(next((p for p in prefixes if name.startswith(p)), ""), []).append(param)
+    unused = [p for p in scale if p not in groups]
+    if unused:
+        raise ValueError(f"optim.lr_scale: {unused} match no trainable parameter name (e.g. 'encoder.')")
+    first = [{"params": groups.pop(""), "lr": lr}] if groups[""] else []
+    return first + [{"params": ps, "lr": lr * float(scale[p])} for p, ps in groups.items()]
+
+
 class Trainer:
     """Trains a :class:`VideoTokenizer` as a :class:`TrainConfig` says.
 
@@ -263,7 +279,7 @@ class Trainer:
             if info.distributed
             else None
         )
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        trainable = lr_groups(self.model, cfg.optim.lr, cfg.optim.lr_scale)
         self.opt_g, self.sched_g = self._optimizer(trainable, cfg.optim.lr, cfg.optim.betas,
                                                    cfg.optim.weight_decay)  # fmt: skip
         self.disc = self.loss_fn.discriminator
@@ -418,7 +434,7 @@ class Trainer:
             for k, v in chunk_logs.items():
                 logs[k] = logs.get(k, 0.0) + weight * v.float()
         logs["grad_norm"] = self._clip(self.model.parameters())
-        logs["lr"] = torch.tensor(self.opt_g.param_groups[0]["lr"])  # the rate this step uses
+        logs["lr"] = torch.tensor(self.opt_g.param_groups[0]["lr"])  # the rate this step uses (first group)
         self.opt_g.step()
         self.sched_g.step()
         if self.ema is not None:
