@@ -95,3 +95,58 @@ def test_clips_get_one_colour_change_each(tmp_path):
 def test_bad_strengths_are_rejected(bad):
     with pytest.raises(ValueError, match="color_jitter"):
         DataConfig(paths=["x"], color_jitter=bad)
+
+
+def _locate(image: np.ndarray, crop: np.ndarray) -> tuple[int, int]:
+    """(y, x) of the one place ``crop`` occurs in ``image``."""
+    h, w = crop.shape[:2]
+    hits = [
+        (y, x)
+        for y in range(image.shape[0] - h + 1)
+        for x in range(image.shape[1] - w + 1)
+        if np.array_equal(image[y : y + h, x : x + w], crop)
+    ]
+    assert len(hits) == 1, f"crop found {len(hits)} times"
+    return hits[0]
+
+
+def test_pans_move_the_crop_a_whole_number_of_pixels_per_frame(tmp_path):
+    """Each pan frame is a crop of the (resized) image; the crop moves by a constant integer velocity
+    of at most pan_speed per axis; different clips pan differently, and static ones occur too."""
+    from magvit2.data.dataset import VideoClipDataset
+    from magvit2.data.video_io import write_png
+
+    rng = np.random.default_rng(1)
+    write_png(tmp_path / "photo.png", rng.integers(0, 256, (30, 40, 3), dtype=np.uint8))
+    write_video(
+        tmp_path / "v.mp4", rng.integers(0, 256, (9, 16, 16, 3), dtype=np.uint8), fps=25, lossless=True
+    )
+    cfg = DataConfig(
+        paths=[str(tmp_path)], num_frames=9, resolution=12, short_side=30, pan_images=1.0, pan_speed=2
+    )
+    ds = VideoClipDataset(cfg)
+    image = ds.index.frames(ds.index.image_items[0].file, 0, 1, 1)[0]  # the image at its resized size
+    velocities = set()
+    for i in range(12):
+        clip = ((ds[i] + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).numpy()
+        corners = np.array([_locate(image, frame) for frame in clip])
+        v = corners[1] - corners[0]
+        assert np.array_equal(corners, corners[0] + np.arange(9)[:, None] * v)
+        assert np.abs(v).max() <= 2
+        velocities.add(tuple(v))
+    assert len(velocities) >= 4
+
+
+def test_pan_fraction(tmp_path):
+    """pan_images = 0.5: about half the video clips are pans (flat index-video clips are the others)."""
+    from magvit2.data.dataset import VideoClipDataset
+    from magvit2.data.video_io import write_png
+
+    write_png(tmp_path / "photo.png", np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8))
+    flat = np.stack([np.full((16, 16, 3), 5 * i, np.uint8) for i in range(40)])
+    write_video(tmp_path / "v.mp4", flat, fps=25, lossless=True)
+    kw = dict(paths=[str(tmp_path)], num_frames=5, resolution=12, cache_decoded=True)
+    ds = VideoClipDataset(DataConfig(**kw, pan_images=0.5))
+    pans = sum(float(ds[i][0, 0].std()) > 0.05 for i in range(200))
+    assert 75 <= pans <= 125
+    assert not any(float(VideoClipDataset(DataConfig(**kw))[i][0, 0].std()) > 0.05 for i in range(20))

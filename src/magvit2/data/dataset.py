@@ -76,7 +76,10 @@ class DataConfig:
     (default batch_size). video_frames_as_images: also use video frames as images (None: only when there
     are no image files). hflip: random horizontal flips. color_jitter: strengths [brightness, contrast,
     saturation, hue] of one random colour change per clip, as torchvision's ColorJitter (all 0: none;
-    see magvit2.data.augment). cache_decoded: decode everything once into memory
+    see magvit2.data.augment). pan_images: fraction of video clips made from a still image instead, by a
+    crop window that moves a whole number of pixels per frame (a camera pan over a photograph; needs
+    image items). pan_speed: the fastest pan, pixels per frame along each axis (at the resized scale).
+    cache_decoded: decode everything once into memory
     (cache_max_mb caps it). num_workers: DataLoader worker processes. seed: the whole order and every
     random choice derive from it.
     """
@@ -95,6 +98,8 @@ class DataConfig:
     video_frames_as_images: bool | None = None
     hflip: bool = False
     color_jitter: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])
+    pan_images: float = 0.0
+    pan_speed: int = 2
     cache_decoded: bool = False
     cache_max_mb: float = 4096.0
     num_workers: int = 0
@@ -149,6 +154,11 @@ class DataConfig:
         if self.num_workers < 0:
             raise ValueError(f"DataConfig.num_workers must be >= 0, got {self.num_workers}")
         check_strengths(self.color_jitter, "DataConfig.color_jitter")
+        if not 0.0 <= self.pan_images <= 1.0 or self.pan_speed < 0:
+            raise ValueError(
+                f"DataConfig.pan_images must be in [0, 1] and pan_speed >= 0, got {self.pan_images}, "
+                f"{self.pan_speed}"
+            )
 
     def to_dict(self) -> dict:
         """Plain dict (for configs / checkpoints)."""
@@ -341,7 +351,31 @@ class MediaIndex:
             y, x = int(u_y * (hh - h + 1)), int(u_x * (ww - w + 1))
         else:
             y, x = (hh - h) // 2, (ww - w) // 2
-        clip = clip[:, y : y + h, x : x + w]
+        return self._finish(clip[:, y : y + h, x : x + w], flip, rng)
+
+    def sample_pan(self, item: _Item, num_frames: int, rng: np.random.Generator) -> torch.Tensor:
+        """A still image as a clip float32 (3, T, h, w) in [-1, 1]: the crop window moves by a random
+        whole number of pixels per frame along each axis (at most ``pan_speed``, and what the resized
+        image leaves room for), from a random start that keeps it inside the image."""
+        cfg = self.config
+        flip = rng.random() < 0.5
+        image = self.frames(item.file, item.start, 1, 1)[0]
+        (h, w), steps = cfg.size, max(num_frames - 1, 1)
+        t = np.arange(num_frames)[:, None]
+        corner = []
+        for room in (image.shape[0] - h, image.shape[1] - w):
+            fastest = min(cfg.pan_speed, room // steps)
+            v = int(rng.integers(-fastest, fastest + 1))
+            lo = max(0, -v * steps)
+            corner.append(int(rng.integers(lo, room - max(0, v * steps) + 1)) + v * t)
+        ys, xs = corner[0][:, 0], corner[1][:, 0]
+        clip = np.stack([image[y : y + h, x : x + w] for y, x in zip(ys, xs, strict=True)])
+        return self._finish(clip, flip, rng)
+
+    def _finish(self, clip: np.ndarray, flip: bool, rng: np.random.Generator) -> torch.Tensor:
+        """uint8 crops (T, h, w, 3) -> float32 (3, T, h, w) in [-1, 1], flipped and colour-changed as
+        configured (the colour change drawn from ``rng``)."""
+        cfg = self.config
         if cfg.hflip and flip:
             clip = clip[:, :, ::-1]
         out = torch.from_numpy(_UINT8_TO_UNIT[np.transpose(clip, (3, 0, 1, 2))])  # (3, T, h, w)
@@ -407,6 +441,9 @@ class _StreamDataset(Dataset):
     def _items(self) -> list[_Item]:
         raise NotImplementedError
 
+    def _sample(self, item: _Item, rng: np.random.Generator) -> torch.Tensor:
+        return self.index.sample(item, self.num_frames, rng)
+
     def _empty_message(self) -> str:
         raise NotImplementedError
 
@@ -432,7 +469,7 @@ class _StreamDataset(Dataset):
             pos = (position + attempt) % n
             item = items[self.order.permutation(epoch)[pos]]
             try:
-                return self.index.sample(item, self.num_frames, self.order.rng(epoch, position, attempt))
+                return self._sample(item, self.order.rng(epoch, position, attempt))
             except VideoReadError as err:
                 self.index._mark_bad(self.index.files[item.file], str(err))
         raise ValueError(
@@ -448,6 +485,13 @@ class VideoClipDataset(_StreamDataset):
 
     def _items(self) -> list[_Item]:
         return self.index.video_items
+
+    def _sample(self, item: _Item, rng: np.random.Generator) -> torch.Tensor:
+        """The item's clip, or with probability ``pan_images`` a pan over a random image item."""
+        images = self.index.image_items
+        if self.config.pan_images and images and rng.random() < self.config.pan_images:
+            return self.index.sample_pan(images[int(rng.integers(len(images)))], self.num_frames, rng)
+        return self.index.sample(item, self.num_frames, rng)
 
     def _empty_message(self) -> str:
         return (
