@@ -45,10 +45,6 @@ class TokenizerConfig:
         time_pooled_norm: False (default): normalisation statistics per frame, strictly causal, chunked
             processing exact. True: statistics pooled over time as Open-MAGVIT2's video model (not
             causal; chunked processing is refused).
-        cell_shortcut: add the zero-initialised linear shortcuts of :mod:`magvit2.modules.shortcut`
-            (each latent cell's mean colour into the latent, each code back to its cell's colour),
-            around the group norms that hide frame-wide colour and brightness. False in the
-            Open-MAGVIT2 layouts.
     """
 
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
@@ -62,7 +58,6 @@ class TokenizerConfig:
     norm_groups: int = 32
     norm_eps: float = 1e-6
     time_pooled_norm: bool = False
-    cell_shortcut: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.quantizer, dict):

@@ -15,14 +15,13 @@ from magvit2.modules import (
     downsample,
     swish,
 )
-from magvit2.modules.shortcut import CellShortcutIn, CellShortcutOut
 
 
 class Encoder(nn.Module):
     """Video ``(B, in_channels, 1+t*k, H, W)`` -> latent ``(B, z_channels, 1+k, H/s, W/s)``.
 
     Keys: ``conv_in``, ``down.{i}.block.{j}``, ``down.{i}.downsample``, ``mid_block.{j}``,
-    ``norm_out``, ``conv_out`` (each conv's weight under ``.conv_1``), ``shortcut.proj`` (cell_shortcut).
+    ``norm_out``, ``conv_out`` (each conv's weight under ``.conv_1``).
     """
 
     def __init__(self, cfg: TokenizerConfig) -> None:
@@ -46,14 +45,8 @@ class Encoder(nn.Module):
         )
         self.norm_out = GroupNorm(g, block_in, eps=eps, time_pooled=pooled)
         self.conv_out = CausalConv3d(block_in, cfg.z_channels, 1, bias=True)
-        self.shortcut = (
-            CellShortcutIn(cfg.in_channels, cfg.z_channels, cfg.temporal_factor, cfg.spatial_factor)
-            if cfg.cell_shortcut
-            else None
-        )
 
     def forward(self, x: Tensor, cache: CausalCache | None = None) -> Tensor:
-        video = x
         x = self.conv_in(x, cache)
         for level in self.down:
             for block in level.block:
@@ -62,19 +55,15 @@ class Encoder(nn.Module):
                 x = level.downsample(x, cache)
         for block in self.mid_block:
             x = block(x, cache)
-        latent = self.conv_out(swish(self.norm_out(x)), cache)
-        if self.shortcut is not None:  # after the network: a pass stopped inside it leaves no trace
-            latent = latent + self.shortcut(video, cache)
-        return latent
+        return self.conv_out(swish(self.norm_out(x)), cache)
 
 
 class Decoder(nn.Module):
     """Quantized latent ``(B, z_channels, 1+k, h, w)`` -> video ``(B, out, 1+t*k, h*s, w*s)``.
 
     Keys: ``conv_in``, ``mid_block.{j}``, ``up.{i}.block.{j}``, ``up.{i}.upsample.conv1``,
-    ``adaptive.{i}.gamma/beta``, ``norm_out``, ``conv_out``, ``shortcut.proj`` (cell_shortcut).
-    Level ``i`` runs from the last to the first; ``up.{i}`` mirrors encoder level ``i`` and its
-    upsampler undoes ``down.{i-1}.downsample``.
+    ``adaptive.{i}.gamma/beta``, ``norm_out``, ``conv_out``. Level ``i`` runs from the last to the
+    first; ``up.{i}`` mirrors encoder level ``i`` and its upsampler undoes ``down.{i-1}.downsample``.
     """
 
     def __init__(self, cfg: TokenizerConfig) -> None:
@@ -106,11 +95,6 @@ class Decoder(nn.Module):
         self.adaptive = nn.ModuleList(adaptive)
         self.norm_out = GroupNorm(g, block_in, eps=eps, time_pooled=pooled)
         self.conv_out = CausalConv3d(block_in, cfg.in_channels, 3, bias=True)
-        self.shortcut = (
-            CellShortcutOut(cfg.z_channels, cfg.in_channels, cfg.temporal_factor, cfg.spatial_factor)
-            if cfg.cell_shortcut
-            else None
-        )
 
     def forward(self, q: Tensor, cache: CausalCache | None = None) -> Tensor:
         x = self.conv_in(q, cache)
@@ -122,7 +106,4 @@ class Decoder(nn.Module):
                 x = block(x, cache)
             if hasattr(self.up[i], "upsample"):
                 x = self.up[i].upsample(x, cache)
-        video = self.conv_out(swish(self.norm_out(x)), cache)
-        if self.shortcut is not None:  # after the network: a pass stopped inside it leaves no trace
-            video = video + self.shortcut(q, cache)
-        return video
+        return self.conv_out(swish(self.norm_out(x)), cache)

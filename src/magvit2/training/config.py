@@ -74,8 +74,6 @@ class OptimSection:
         disc_lr: peak learning rate of the discriminator (null: ``lr``); same schedule.
         disc_betas: discriminator AdamW betas (null: ``betas``).
         disc_weight_decay: discriminator weight decay (null: ``weight_decay``).
-        lr_scale: parameter-name prefix -> multiplier of the tokenizer's learning rate, e.g.
-            ``{encoder.shortcut: 50}`` to move a newly added, zero-initialised module faster.
     """
 
     lr: float = 1e-4
@@ -89,7 +87,6 @@ class OptimSection:
     disc_lr: float | None = None
     disc_betas: list[float] | None = None
     disc_weight_decay: float | None = None
-    lr_scale: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

@@ -199,39 +199,6 @@ def load_clip(
 # ------------------------------------------------------------------------------------------------ trainer
 
 
-# Modules a model may add on top of the weights it starts from: they are zero-initialised, so the
-# model computes exactly what the loaded one did until training moves them.
-ADDABLE_MODULES = ("encoder.shortcut.", "decoder.shortcut.")
-
-
-def load_initial_weights(model: nn.Module, state: dict[str, Tensor], source: str) -> None:
-    """Load ``state`` (``model.init_from``) into ``model``; keys of :data:`ADDABLE_MODULES` may be
-    missing from it (they keep their zero initialisation), anything else must match exactly."""
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith(ADDABLE_MODULES)]
-    if missing or unexpected:
-        raise ValueError(
-            f"model.init_from {source!r}: its weights do not fit model.preset/model.config "
-            f"(missing {missing[:5]}, unexpected {unexpected[:5]}); expected the same architecture"
-        )
-
-
-def lr_groups(model: nn.Module, lr: float, scale: dict[str, float]) -> list[dict[str, Any]]:
-    """The trainable parameters as optimiser groups: one at ``lr``, then one per ``scale`` entry
-    (parameter-name prefix -> lr multiplier; the longest matching prefix wins). Raises ValueError
-    for a prefix that matches no trainable parameter."""
-    groups: dict[str, list[Tensor]] = {"": []}
-    prefixes = sorted(scale, key=len, reverse=True)
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            groups.setdefault(next((p for p in prefixes if name.startswith(p)), ""), []).append(param)
-    unused = [p for p in scale if p not in groups]
-    if unused:
-        raise ValueError(f"optim.lr_scale: {unused} match no trainable parameter name (e.g. 'encoder.')")
-    first = [{"params": groups.pop(""), "lr": lr}] if groups[""] else []
-    return first + [{"params": ps, "lr": lr * float(scale[p])} for p, ps in groups.items()]
-
-
 class Trainer:
     """Trains a :class:`VideoTokenizer` as a :class:`TrainConfig` says.
 
@@ -262,7 +229,7 @@ class Trainer:
         model = VideoTokenizer.from_config(tokenizer_config(cfg))
         if cfg.model.init_from:
             pretrained = VideoTokenizer.from_pretrained(resolve_path(cfg.model.init_from))
-            load_initial_weights(model, pretrained.state_dict(), cfg.model.init_from)
+            model.load_state_dict(pretrained.state_dict())
         self.model = model.to(self.device).train()
         freeze_parameters(self.model, cfg.model.freeze)
         if cfg.model.activation_checkpointing:
@@ -279,7 +246,7 @@ class Trainer:
             if info.distributed
             else None
         )
-        trainable = lr_groups(self.model, cfg.optim.lr, cfg.optim.lr_scale)
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.opt_g, self.sched_g = self._optimizer(trainable, cfg.optim.lr, cfg.optim.betas,
                                                    cfg.optim.weight_decay)  # fmt: skip
         self.disc = self.loss_fn.discriminator
@@ -434,7 +401,7 @@ class Trainer:
             for k, v in chunk_logs.items():
                 logs[k] = logs.get(k, 0.0) + weight * v.float()
         logs["grad_norm"] = self._clip(self.model.parameters())
-        logs["lr"] = torch.tensor(self.opt_g.param_groups[0]["lr"])  # the rate this step uses (first group)
+        logs["lr"] = torch.tensor(self.opt_g.param_groups[0]["lr"])  # the rate this step uses
         self.opt_g.step()
         self.sched_g.step()
         if self.ema is not None:
