@@ -150,3 +150,25 @@ def test_pan_fraction(tmp_path):
     pans = sum(float(ds[i][0, 0].std()) > 0.05 for i in range(200))
     assert 75 <= pans <= 125
     assert not any(float(VideoClipDataset(DataConfig(**kw))[i][0, 0].std()) > 0.05 for i in range(20))
+
+
+def test_short_side_max_draws_the_zoom_of_each_clip(tmp_path):
+    """On a horizontal ramp (value = x) a crop's value range is the width of the window it was resized
+    from: 19 without short_side_max; with short_side 30..60 on a 60-pixel-high image the windows are
+    20..40 pixels wide and both ends of that range occur."""
+    from magvit2.data.dataset import ImageDataset
+    from magvit2.data.video_io import write_png
+
+    ramp = np.broadcast_to(np.arange(200, dtype=np.uint8)[None, :, None], (60, 200, 3)).copy()
+    write_png(tmp_path / "ramp.png", ramp)
+    kw = dict(paths=[str(tmp_path)], num_frames=1, resolution=20, short_side=60)
+
+    def widths(ds) -> list[float]:
+        return [float(((ds[i] + 1) * 127.5)[0].amax() - ((ds[i] + 1) * 127.5)[0].amin()) for i in range(40)]
+
+    assert widths(ImageDataset(DataConfig(**kw))) == pytest.approx([19.0] * 40, abs=0.01)
+    zoomed = widths(ImageDataset(DataConfig(**{**kw, "short_side": 30}, short_side_max=60)))
+    assert min(zoomed) >= 18 and max(zoomed) <= 40
+    assert min(zoomed) < 23 and max(zoomed) > 35
+    with pytest.raises(ValueError, match="short_side_max"):
+        DataConfig(**{**kw, "short_side": 30}, short_side_max=20)

@@ -46,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .augment import apply_color_change, check_strengths, sample_color_change
@@ -70,6 +71,9 @@ class DataConfig:
     resize_mode: "random_crop" (short side resized to the target, then a random crop), "center_crop"
     (same with a centred crop) or "resize" (stretched to (h, w)). short_side: with the crop modes,
     resize the short side to at least this many pixels first (None: just enough to cover the crop).
+    short_side_max: with "random_crop" and short_side, each clip's short side is drawn uniformly from
+    [short_side, short_side_max] (frames are decoded at short_side_max and each clip's window is
+    resized down to the crop: one clip shows more of the frame, the next finer detail).
     batch_size: samples per step (videos +
     images in "mixed" mode, videos in "alternate" mode). image_ratio: fraction of samples (mixed) or of
     steps (alternate) that are images. image_batch_size: images per image step in "alternate" mode
@@ -91,6 +95,7 @@ class DataConfig:
     resolution: int | tuple[int, int] = 128
     resize_mode: str = "random_crop"
     short_side: int | None = None
+    short_side_max: int | None = None
     batch_size: int = 8
     image_ratio: float = 0.0
     joint_mode: str = "mixed"
@@ -120,6 +125,11 @@ class DataConfig:
         """Output (height, width)."""
         r = self.resolution
         return (int(r), int(r)) if isinstance(r, int) else (int(r[0]), int(r[1]))
+
+    @property
+    def decode_short_side(self) -> int | None:
+        """The short side frames are decoded (and cached) at."""
+        return self.short_side_max or self.short_side
 
     @property
     def span(self) -> int:
@@ -154,6 +164,14 @@ class DataConfig:
         if self.num_workers < 0:
             raise ValueError(f"DataConfig.num_workers must be >= 0, got {self.num_workers}")
         check_strengths(self.color_jitter, "DataConfig.color_jitter")
+        if self.short_side_max is not None and (
+            self.resize_mode != "random_crop" or not self.short_side or self.short_side_max < self.short_side
+        ):
+            raise ValueError(
+                "DataConfig.short_side_max needs resize_mode 'random_crop' and short_side <= "
+                f"short_side_max, got {self.resize_mode!r}, short_side {self.short_side}, "
+                f"short_side_max {self.short_side_max}"
+            )
         if not 0.0 <= self.pan_images <= 1.0 or self.pan_speed < 0:
             raise ValueError(
                 f"DataConfig.pan_images must be in [0, 1] and pan_speed >= 0, got {self.pan_images}, "
@@ -300,7 +318,7 @@ class MediaIndex:
     def _fill_cache(self) -> None:
         cfg, total = self.config, 0
         for i, (path, info) in enumerate(zip(self.files, self.infos, strict=True)):
-            size = _resized_size(info.height, info.width, cfg.size, cfg.resize_mode, cfg.short_side)
+            size = _resized_size(info.height, info.width, cfg.size, cfg.resize_mode, cfg.decode_short_side)
             total += info.num_frames * size[0] * size[1] * 3
             if total > cfg.cache_max_mb * 2**20:
                 raise ValueError(
@@ -325,7 +343,7 @@ class MediaIndex:
         if file in self._cache:
             clip = self._cache[file][start : start + (count - 1) * stride + 1 : stride]
         else:
-            size = _resized_size(info.height, info.width, cfg.size, cfg.resize_mode, cfg.short_side)
+            size = _resized_size(info.height, info.width, cfg.size, cfg.resize_mode, cfg.decode_short_side)
             clip = list(
                 iter_frames(self.files[file], start=start, stride=stride, max_frames=count, size=size)
             )
@@ -347,6 +365,12 @@ class MediaIndex:
         clip = self.frames(item.file, start, num_frames, stride)
         h, w = cfg.size
         hh, ww = clip.shape[1:3]
+        if cfg.short_side_max:  # this clip's short side, as a window on the decoded frame
+            zoom = (
+                cfg.short_side + rng.random() * (cfg.short_side_max - cfg.short_side)
+            ) / cfg.short_side_max
+            zoom = max(zoom, h / hh, w / ww)  # the window must fit in the frame
+            h, w = min(hh, round(cfg.size[0] / zoom)), min(ww, round(cfg.size[1] / zoom))
         if cfg.resize_mode == "random_crop":
             y, x = int(u_y * (hh - h + 1)), int(u_x * (ww - w + 1))
         else:
@@ -373,12 +397,14 @@ class MediaIndex:
         return self._finish(clip, flip, rng)
 
     def _finish(self, clip: np.ndarray, flip: bool, rng: np.random.Generator) -> torch.Tensor:
-        """uint8 crops (T, h, w, 3) -> float32 (3, T, h, w) in [-1, 1], flipped and colour-changed as
-        configured (the colour change drawn from ``rng``)."""
+        """uint8 crops (T, h', w', 3) -> float32 (3, T, h, w) in [-1, 1], flipped, resized to the crop
+        size (h, w) when (h', w') differs, and colour-changed as configured (drawn from ``rng``)."""
         cfg = self.config
         if cfg.hflip and flip:
             clip = clip[:, :, ::-1]
         out = torch.from_numpy(_UINT8_TO_UNIT[np.transpose(clip, (3, 0, 1, 2))])  # (3, T, h, w)
+        if out.shape[2:] != cfg.size:  # a short_side_max window: resized down to the crop size
+            out = F.interpolate(out, size=cfg.size, mode="bilinear", antialias=True, align_corners=False)
         if any(cfg.color_jitter):
             out = apply_color_change(out, sample_color_change(rng, cfg.color_jitter))
         return out
