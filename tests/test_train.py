@@ -412,6 +412,34 @@ def test_freeze_keeps_named_parameters_fixed(tmp_path):
         Trainer(load_train_config(bad)).setup()
 
 
+def test_init_from_a_shallower_model_adds_identity_blocks(tmp_path):
+    """``model.init_from`` with more blocks in ``model.config``: the run's model starts as the folder's
+    model (same reconstruction), with the added blocks listed."""
+    from magvit2.models import TokenizerConfig, VideoTokenizer
+    from magvit2.training.trainer import Trainer
+
+    torch.manual_seed(0)
+    source = VideoTokenizer(TokenizerConfig(**TINY_MODEL["config"]))
+    with torch.no_grad():
+        for p in source.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    source.save_pretrained(tmp_path / "source")
+    deeper = {**TINY_MODEL, "config": {**TINY_MODEL["config"], "num_mid_blocks": 3},
+              "init_from": str(tmp_path / "source")}  # fmt: skip
+    path = write_config(tmp_path / "g.yaml", tiny_config(tmp_path / "g", model=deeper))
+    trainer = Trainer(load_train_config(path))
+    assert len(trainer.model.encoder.mid_block) == 3
+    video = torch.rand(1, 3, 5, 16, 16) * 2 - 1
+    with torch.no_grad():
+        expected = source.eval()(video).reconstruction
+        got = trainer.model.eval()(video).reconstruction
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+    wider = {**TINY_MODEL, "config": {**TINY_MODEL["config"], "ch": 16}, "init_from": deeper["init_from"]}
+    bad = write_config(tmp_path / "w.yaml", tiny_config(tmp_path / "w", model=wider))
+    with pytest.raises(ValueError, match="model.init_from .*has shape"):
+        Trainer(load_train_config(bad))
+
+
 def test_refinement_distillation_moves_the_encoder_toward_refined_tokens(tmp_path, clips_dir):
     """With only the distillation loss (decoder frozen), training moves the encoder's one pass toward
     the tokens refinement finds: on a fixed clip its tokens agree more with the refined ones and decode

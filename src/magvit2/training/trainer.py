@@ -49,6 +49,7 @@ from magvit2.data.video_io import probe
 from magvit2.losses import TokenizerLoss
 from magvit2.losses.distillation import distillation_loss, refined_target_codes
 from magvit2.models import VideoTokenizer
+from magvit2.models.grow import load_growing
 from magvit2.modules.blocks import ResBlock
 from magvit2.quantizers import LFQ
 from magvit2.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -228,8 +229,15 @@ class Trainer:
         self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda")
         model = VideoTokenizer.from_config(tokenizer_config(cfg))
         if cfg.model.init_from:
-            pretrained = VideoTokenizer.from_pretrained(resolve_path(cfg.model.init_from))
-            model.load_state_dict(pretrained.state_dict())
+            source = resolve_path(cfg.model.init_from)
+            pretrained = VideoTokenizer.from_pretrained(source)
+            added = load_growing(model, pretrained.state_dict(), source=f"model.init_from {source}")
+            if added and info.is_main:
+                log.info(
+                    "model.init_from: %d residual blocks added as identities: %s",
+                    len(added),
+                    ", ".join(added),
+                )
         self.model = model.to(self.device).train()
         freeze_parameters(self.model, cfg.model.freeze)
         if cfg.model.activation_checkpointing:

@@ -1,0 +1,67 @@
+"""Start a deeper tokenizer from a shallower one's weights (function-preserving growth).
+
+A model whose config has more residual blocks per level (``num_res_blocks``,
+``decoder_num_res_blocks``, ``num_mid_blocks``) than the one that wrote a state dict can take every
+tensor of it; each block the state dict lacks starts as the identity: a :class:`ResBlock` adds its
+second conv's output to its input, so zeroing that conv makes ``x -> x``. The grown model then
+computes exactly what the source model did, and training only has to add to it (the new blocks'
+second convs receive gradients at once, their first convs as soon as those move off zero).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from magvit2.modules.blocks import ResBlock
+
+
+def load_growing(model: nn.Module, state: dict[str, Tensor], source: str = "state dict") -> list[str]:
+    """Load ``state`` into ``model``; residual blocks that ``state`` lacks start as the identity.
+
+    Args:
+        model: the (possibly deeper) model; changed in place.
+        state: a state dict of the same architecture with at most fewer residual blocks.
+        source: where ``state`` came from, for error messages.
+
+    Returns:
+        The names of the blocks that were added (empty when the architectures match).
+
+    Raises:
+        ValueError: if ``state`` has tensors the model lacks, a tensor of another shape, or the model
+            lacks keys outside whole new residual blocks (a change other than adding blocks).
+    """
+    own = model.state_dict()
+    unexpected = sorted(set(state) - set(own))
+    if unexpected:
+        raise ValueError(
+            f"{source}: has tensors the model lacks ({', '.join(unexpected[:4])}, ...): growing can only "
+            f"add residual blocks, the model must have at least the source's blocks"
+        )
+    for key, value in state.items():
+        if tuple(value.shape) != tuple(own[key].shape):
+            raise ValueError(
+                f"{source}: {key} has shape {tuple(value.shape)}, the model's has {tuple(own[key].shape)}; "
+                f"growing can only add residual blocks (same channels, same quantizer)"
+            )
+    new_blocks = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, ResBlock) and not any(k.startswith(name + ".") for k in state)
+    ]
+    in_new_block = lambda key: any(key.startswith(b + ".") for b in new_blocks)  # noqa: E731
+    stray = sorted(k for k in set(own) - set(state) if not in_new_block(k))
+    if stray:
+        raise ValueError(
+            f"{source}: lacks {', '.join(stray[:4])}, which are not parts of whole new residual blocks; "
+            f"growing can only add residual blocks"
+        )
+    model.load_state_dict(state, strict=False)
+    modules = dict(model.named_modules())
+    for name in new_blocks:
+        block = modules[name]
+        if block.nin_shortcut is not None:
+            raise ValueError(
+                f"{source}: new block {name} changes the channel count, so it cannot start as the identity"
+            )
+        nn.init.zeros_(block.conv2.conv_1.weight)
+    return new_blocks
