@@ -8,13 +8,7 @@ import torch
 from magvit2.models import TokenizerConfig, VideoTokenizer
 from magvit2.models.grow import load_growing
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def config(**kw) -> TokenizerConfig:
