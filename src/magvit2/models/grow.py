@@ -43,25 +43,25 @@ def load_growing(model: nn.Module, state: dict[str, Tensor], source: str = "stat
                 f"{source}: {key} has shape {tuple(value.shape)}, the model's has {tuple(own[key].shape)}; "
                 f"growing can only add residual blocks (same channels, same quantizer)"
             )
+    modules = dict(model.named_modules())
     new_blocks = [
         name
-        for name, module in model.named_modules()
+        for name, module in modules.items()
         if isinstance(module, ResBlock) and not any(k.startswith(name + ".") for k in state)
     ]
-    in_new_block = lambda key: any(key.startswith(b + ".") for b in new_blocks)  # noqa: E731
-    stray = sorted(k for k in set(own) - set(state) if not in_new_block(k))
+    prefixes = tuple(b + "." for b in new_blocks)
+    stray = sorted(k for k in set(own) - set(state) if not k.startswith(prefixes))
     if stray:
         raise ValueError(
             f"{source}: lacks {', '.join(stray[:4])}, which are not parts of whole new residual blocks; "
             f"growing can only add residual blocks"
         )
-    model.load_state_dict(state, strict=False)
-    modules = dict(model.named_modules())
     for name in new_blocks:
-        block = modules[name]
-        if block.nin_shortcut is not None:
+        if modules[name].nin_shortcut is not None:
             raise ValueError(
                 f"{source}: new block {name} changes the channel count, so it cannot start as the identity"
             )
-        nn.init.zeros_(block.conv2.conv_1.weight)
+    model.load_state_dict(state, strict=False)
+    for name in new_blocks:
+        nn.init.zeros_(modules[name].conv2.conv_1.weight)
     return new_blocks
