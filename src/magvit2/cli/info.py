@@ -41,6 +41,7 @@ def model_info(target: str | None) -> dict:
     model = load_model(target, "cpu")
     enc = sum(p.numel() for p in model.encoder.parameters())
     dec = sum(p.numel() for p in model.decoder.parameters())
+    fb = sum(p.numel() for p in model.feedback.parameters()) if model.feedback is not None else 0
     total = sum(p.numel() for p in model.parameters())
     return {
         "kind": "model",
@@ -48,6 +49,7 @@ def model_info(target: str | None) -> dict:
         "parameters": total,
         "encoder_parameters": enc,
         "decoder_parameters": dec,
+        "feedback_parameters": fb,
         "temporal_factor": model.temporal_factor,
         "spatial_factor": model.spatial_factor,
         "vocabulary": model.codebook_size,

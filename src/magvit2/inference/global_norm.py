@@ -61,7 +61,9 @@ class WholeFrameNorm:
 
     Use: ``with WholeFrameNorm(model.decoder) as norm:`` then for each pass ``norm.start(record=...)``,
     and before each forward ``norm.tiles = [...]`` (the tiles stacked in that batch, in order).
-    ``norm.latent_stats = (std, mean)`` ``(1, n, Z)`` replaces the adaptive norms' latent statistics.
+    ``norm.latent_stats = (std, mean)`` ``(1, n, Z)`` replaces the adaptive norms' latent statistics;
+    without it (a decoder run inside encoding, as a feedback model does) each adaptive norm's latent
+    statistics are recorded over the whole token grid like a norm layer's.
     """
 
     def __init__(self, root: nn.Module) -> None:
@@ -73,46 +75,90 @@ class WholeFrameNorm:
         self.stats: dict[GroupNorm, tuple[Tensor, Tensor]] = {}
         self._acc: dict[GroupNorm, list[Tensor]] = {}
         self.latent_stats: tuple[Tensor, Tensor] | None = None
+        self.recorded_latent: dict[AdaptiveGroupNorm, tuple[Tensor, Tensor]] = {}
+        self._latent_acc: dict[AdaptiveGroupNorm, list[Tensor]] = {}
 
     # ------------------------------------------------------------------ install / remove
     def __enter__(self) -> WholeFrameNorm:
         for m in self.norms:
             m.forward = self._norm_forward(m)
         for a in self.adaptive:
-            a.gamma.forward = self._linear_forward(a.gamma, 0)
-            a.beta.forward = self._linear_forward(a.beta, 1)
+            a.forward = self._adaptive_forward(a)
+            a.gamma.forward = self._linear_forward(a, a.gamma, 0)
+            a.beta.forward = self._linear_forward(a, a.beta, 1)
         return self
 
     def __exit__(self, *exc) -> None:
-        for m in [*self.norms, *(a.gamma for a in self.adaptive), *(a.beta for a in self.adaptive)]:
+        linears = [*(a.gamma for a in self.adaptive), *(a.beta for a in self.adaptive)]
+        for m in [*self.norms, *self.adaptive, *linears]:
             m.__dict__.pop("forward", None)
 
     def start(self, record: bool) -> None:
         """Begin a pass; in a record pass the first norm without statistics records and stops it."""
         self.record = record
         self._acc = {}
+        self._latent_acc = {}
 
     def finish(self) -> bool:
-        """End a record pass: turn its sums into means and (biased) variances; False if it recorded
-        nothing (every norm already had statistics)."""
+        """End a record pass: turn its sums into means and (biased) variances (for latent statistics:
+        standard deviations from the unbiased variance plus eps, as the adaptive norm computes them);
+        False if it recorded nothing (every norm already had statistics)."""
         for m, (s, ss, n) in self._acc.items():
             mean = s / n
             self.stats[m] = (mean, (ss / n - mean * mean).clamp_min(0))
-        return bool(self._acc)
+        for a, (s, ss, n) in self._latent_acc.items():
+            mean = s / n
+            var = ((ss - n * mean * mean) / (n - 1 if n > 1 else 1)).clamp_min(0)
+            self.recorded_latent[a] = ((var + a.eps).sqrt()[None].float(), mean[None].float())
+        return bool(self._acc) or bool(self._latent_acc)
 
     def complete(self) -> bool:
-        """Whether every norm under ``root`` has whole-frame statistics."""
-        return all(m in self.stats for m in self.norms)
+        """Whether every norm under ``root`` has whole-frame statistics (and every adaptive norm its
+        latent statistics, unless ``latent_stats`` gives them)."""
+        latent_done = self.latent_stats is not None or all(a in self.recorded_latent for a in self.adaptive)
+        return latent_done and all(m in self.stats for m in self.norms)
 
     # ------------------------------------------------------------------ hooks
-    def _linear_forward(self, lin: nn.Linear, which: int):
+    def _linear_forward(self, a: AdaptiveGroupNorm, lin: nn.Linear, which: int):
         def forward(x: Tensor) -> Tensor:
-            if self.latent_stats is None:
+            stats = self.latent_stats if self.latent_stats is not None else self.recorded_latent.get(a)
+            if stats is None:
                 return nn.Linear.forward(lin, x)
-            stat = self.latent_stats[which].to(x)
+            stat = stats[which].to(x)
             return nn.Linear.forward(lin, stat.expand(x.shape[0], *stat.shape[1:]))
 
         return forward
+
+    def _adaptive_forward(self, a: AdaptiveGroupNorm):
+        def forward(x: Tensor, q: Tensor, rate: int = 1, cache: CausalCache | None = None) -> Tensor:
+            if self.record and self.latent_stats is None and a not in self.recorded_latent:
+                self._accumulate_latent(a, q)
+                raise StopPass
+            return AdaptiveGroupNorm.forward(a, x, q, rate, cache)
+
+        return forward
+
+    def _accumulate_latent(self, a: AdaptiveGroupNorm, q: Tensor) -> None:
+        """Add the owned token positions of ``q`` ``(B, Z, n, h, w)`` to per-(frame, channel) sums."""
+        if len(self.tiles) != q.shape[0]:
+            raise ValueError(f"WholeFrameNorm: {len(self.tiles)} tiles given for a batch of {q.shape[0]}")
+        s = q.new_zeros(q.shape[2], q.shape[1], dtype=torch.float64)
+        ss, n = torch.zeros_like(s), 0
+        for i, tile in enumerate(self.tiles):
+            (r0, r1), (c0, c1) = tile.own_rows, tile.own_cols
+            part = q[i, :, :, r0 - tile.top : r1 - tile.top, c0 - tile.left : c1 - tile.left].double()
+            s += part.sum(dim=(2, 3)).T  # (n, Z)
+            ss += (part * part).sum(dim=(2, 3)).T
+            n += part.shape[2] * part.shape[3]
+        if a.time_pooled:
+            s, ss, n = s.sum(0, keepdim=True), ss.sum(0, keepdim=True), n * q.shape[2]
+        acc = self._latent_acc.get(a)
+        if acc is None:
+            self._latent_acc[a] = [s, ss, n]
+        else:
+            acc[0] += s
+            acc[1] += ss
+            acc[2] += n
 
     def _norm_forward(self, m: GroupNorm):
         def forward(x: Tensor) -> Tensor:

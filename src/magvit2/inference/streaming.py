@@ -325,11 +325,11 @@ class TokenizerRunner:
         model = self.model
         with torch.inference_mode():
             per_tile = self._run_tiles(
-                model.encoder,
+                model.encoder if model.feedback is None else model,
                 self._tile_crops(video, tiles),
                 tiles,
                 caches,
-                lambda x, c: model.quantizer.codes_to_indices(model.encoder(x, c)),
+                lambda x, c: model.quantizer.codes_to_indices(model.latent(x, c)),
             )
             return self._owned_ids(video, per_tile)
 
@@ -355,7 +355,8 @@ class TokenizerRunner:
         s, model, options = self.s, self.model, self.options.refine
         crops = self._tile_crops(video, tiles)
         with torch.inference_mode():
-            latents = self._run_tiles(model.encoder, crops, tiles, caches, lambda x, c: model.encoder(x, c))
+            net = model.encoder if model.feedback is None else model
+            latents = self._run_tiles(net, crops, tiles, caches, lambda x, c: model.latent(x, c))
         h, w = size
         per_tile = []
         for t, crop, latent, cache in zip(tiles, crops, latents, refine_caches, strict=True):

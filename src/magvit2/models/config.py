@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from magvit2.quantizers.config import QuantizerConfig
@@ -45,6 +45,12 @@ class TokenizerConfig:
         time_pooled_norm: False (default): normalisation statistics per frame, strictly causal, chunked
             processing exact. True: statistics pooled over time as Open-MAGVIT2's video model (not
             causal; chunked processing is refused).
+        feedback: False (default, Open-MAGVIT2's layout): the encoder's latent is quantized as it is.
+            True: analysis by synthesis, as a video codec's encoder runs its own decoder: the
+            decoder reconstructs the encoder's tokens, and a second encoder of the same shape (the
+            ``feedback`` network, input: the video and that reconstruction, ``2 * in_channels``
+            channels) adds a correction to the latent before it is quantized. One fixed pass, no
+            per-clip search; encoding costs about one decoder pass and one encoder pass more.
     """
 
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
@@ -58,6 +64,7 @@ class TokenizerConfig:
     norm_groups: int = 32
     norm_eps: float = 1e-6
     time_pooled_norm: bool = False
+    feedback: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.quantizer, dict):
@@ -93,6 +100,10 @@ class TokenizerConfig:
     def z_channels(self) -> int:
         """Latent channels (the quantizer's input width)."""
         return self.quantizer.latent_dim
+
+    def feedback_config(self) -> TokenizerConfig:
+        """Config of the feedback network: this encoder's, fed the video and its reconstruction."""
+        return replace(self, in_channels=2 * self.in_channels, feedback=False)
 
     @property
     def spatial_factor(self) -> int:

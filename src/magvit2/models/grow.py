@@ -6,10 +6,15 @@ tensor of it; each block the state dict lacks starts as the identity: a :class:`
 second conv's output to its input, so zeroing that conv makes ``x -> x``. The grown model then
 computes exactly what the source model did, and training only has to add to it (the new blocks'
 second convs receive gradients at once, their first convs as soon as those move off zero).
+
+A model with a feedback network (``TokenizerConfig.feedback``) can likewise start from one without:
+the feedback network starts as a copy of the encoder (its extra input channels, the reconstruction,
+with zero weights) whose last conv is zeroed, so it adds nothing until training moves it.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from magvit2.modules.blocks import ResBlock
@@ -24,13 +29,18 @@ def load_growing(model: nn.Module, state: dict[str, Tensor], source: str = "stat
         source: where ``state`` came from, for error messages.
 
     Returns:
-        The names of the blocks that were added (empty when the architectures match).
+        The names of the blocks that were added (empty when the architectures match), and
+        ``"feedback"`` when the feedback network was started by :func:`start_feedback`.
 
     Raises:
         ValueError: if ``state`` has tensors the model lacks, a tensor of another shape, or the model
             lacks keys outside whole new residual blocks (a change other than adding blocks).
     """
     own = model.state_dict()
+    feedback = getattr(model, "feedback", None)
+    new_feedback = feedback is not None and not any(k.startswith("feedback.") for k in state)
+    if new_feedback:
+        own = {k: v for k, v in own.items() if not k.startswith("feedback.")}
     unexpected = sorted(set(state) - set(own))
     if unexpected:
         raise ValueError(
@@ -47,7 +57,9 @@ def load_growing(model: nn.Module, state: dict[str, Tensor], source: str = "stat
     new_blocks = [
         name
         for name, module in modules.items()
-        if isinstance(module, ResBlock) and not any(k.startswith(name + ".") for k in state)
+        if isinstance(module, ResBlock)
+        and not (new_feedback and name.startswith("feedback."))
+        and not any(k.startswith(name + ".") for k in state)
     ]
     prefixes = tuple(b + "." for b in new_blocks)
     stray = sorted(k for k in set(own) - set(state) if not k.startswith(prefixes))
@@ -64,4 +76,22 @@ def load_growing(model: nn.Module, state: dict[str, Tensor], source: str = "stat
     model.load_state_dict(state, strict=False)
     for name in new_blocks:
         nn.init.zeros_(modules[name].conv2.conv_1.weight)
+    if new_feedback:
+        start_feedback(model)
+        new_blocks.append("feedback")
     return new_blocks
+
+
+def start_feedback(model: nn.Module) -> None:
+    """Make ``model.feedback`` a copy of ``model.encoder`` that adds nothing to the latent.
+
+    The feedback network's first conv takes ``[video, reconstruction]``: the video's input weights are
+    the encoder's, the reconstruction's zero; its last conv (to the latent) is zeroed, so the model
+    computes exactly what it did without feedback, and that conv receives gradients at once.
+    """
+    state = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+    key = "conv_in.conv_1.weight"
+    state[key] = torch.cat([state[key], torch.zeros_like(state[key])], dim=1)
+    model.feedback.load_state_dict(state)
+    nn.init.zeros_(model.feedback.conv_out.conv_1.weight)
+    nn.init.zeros_(model.feedback.conv_out.conv_1.bias)

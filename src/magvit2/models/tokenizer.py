@@ -108,6 +108,7 @@ class VideoTokenizer(nn.Module):
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
         self.quantizer = build_quantizer(config.quantizer)
+        self.feedback = Encoder(config.feedback_config()) if config.feedback else None
 
     # ------------------------------------------------------------------ construction and files
     @classmethod
@@ -264,6 +265,24 @@ class VideoTokenizer(nn.Module):
             )
         return bounds
 
+    # ------------------------------------------------------------------ encoding step
+    def latent(self, x: Tensor, cache: CausalCache | None = None) -> Tensor:
+        """Latent before quantization of a 5-D video chunk ``(B, C, T, H, W)`` -> ``(B, Z, n, h, w)``.
+
+        The encoder's output; with ``config.feedback`` that output's tokens are decoded (without
+        gradients) and the feedback network adds a correction computed from the video and that
+        reconstruction. ``cache`` carries every network's causal state to the next chunk (encoder,
+        decoder and feedback network are distinct modules, so one cache serves all three). No input
+        checks: the public methods make them.
+        """
+        u = self.encoder(x, cache)
+        if self.feedback is None:
+            return u
+        with torch.no_grad():
+            ids = self.quantizer.codes_to_indices(u)
+            first = self.decoder(self.quantizer.indices_to_codes(ids, u.dtype), cache)
+        return u + self.feedback(torch.cat([x, first.to(x.dtype)], dim=1), cache)
+
     # ------------------------------------------------------------------ inference
     @torch.inference_mode()
     def encode_latent(self, video: Tensor, max_chunk_frames: int | None = None) -> Tensor:
@@ -273,11 +292,11 @@ class VideoTokenizer(nn.Module):
         n_latent = 1 + (x.shape[2] - 1) // self.temporal_factor
         bounds = self._check_chunking(max_chunk_frames, n_latent, "encode")
         if len(bounds) == 1:
-            return self.encoder(x)
+            return self.latent(x)
         cache, parts = CausalCache(), []
         for a, b in bounds:
             chunk = x[:, :, _frames(a, self.temporal_factor) : _frames(b, self.temporal_factor)]
-            parts.append(self.encoder(chunk, cache))
+            parts.append(self.latent(chunk, cache))
         return torch.cat(parts, dim=2)
 
     @torch.inference_mode()
@@ -311,7 +330,7 @@ class VideoTokenizer(nn.Module):
         for a, b in bounds:
             chunk = x[:, :, _frames(a, self.temporal_factor) : _frames(b, self.temporal_factor)]
             with torch.inference_mode():
-                latent = self.encoder(chunk, enc_cache)
+                latent = self.latent(chunk, enc_cache)
             parts.append(refine_ids(self, latent, chunk, options, dec_cache)[0])
         return torch.cat(parts, dim=1)
 
@@ -369,7 +388,7 @@ class VideoTokenizer(nn.Module):
     def forward(self, video: Tensor) -> TokenizerOutput:
         """Encode, quantize, decode (differentiable): reconstruction (same shape) and quantizer output."""
         x, image = self._check_video(video, "forward")
-        latent = self.encoder(x)
+        latent = self.latent(x)
         q = self.quantizer(latent)
         rec = self.decoder(q.codes)
         return TokenizerOutput(rec[:, :, 0] if image else rec, q, latent)

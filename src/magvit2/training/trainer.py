@@ -234,7 +234,7 @@ class Trainer:
             added = load_growing(model, pretrained.state_dict(), source=f"model.init_from {source}")
             if added and info.is_main:
                 log.info(
-                    "model.init_from: %d residual blocks added as identities: %s",
+                    "model.init_from: %d parts added as identities (residual blocks, feedback): %s",
                     len(added),
                     ", ".join(added),
                 )
