@@ -100,7 +100,8 @@ def test_chunked_encoding_with_feedback_equals_one_pass():
     x = video(frames=17)
     whole = model.encode_latent(x)
     for chunk in (5, 8, 1):
-        torch.testing.assert_close(model.encode_latent(x, max_chunk_frames=chunk), whole, atol=1e-5, rtol=1e-5)
+        chunked = model.encode_latent(x, max_chunk_frames=chunk)
+        torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
     assert torch.equal(model.encode(x, max_chunk_frames=5), model.encode(x))
 
 
