@@ -152,3 +152,19 @@ def test_tiled_feedback_encoding_uses_whole_frame_statistics():
     }
     assert agree["whole"] >= 0.97
     assert agree["own"] < agree["whole"] - 0.2
+
+
+def test_use_feedback_off_gives_the_encoders_own_tokens():
+    """``use_feedback = False`` encodes with the encoder alone; token files record it."""
+    from magvit2.inference.streaming import InferenceOptions, TokenizerRunner
+
+    model = perturbed(VideoTokenizer(config(feedback=True)))
+    x = video()
+    with_feedback = model.encode(x)
+    model.use_feedback = False
+    alone = model.encode(x)
+    assert torch.equal(alone, model.quantizer.codes_to_indices(model.encoder(x)))
+    assert not torch.equal(alone, with_feedback)
+    assert TokenizerRunner(model, InferenceOptions()).encoding == "encoder (feedback off)"
+    model.use_feedback = True
+    assert TokenizerRunner(model, InferenceOptions()).encoding == "encoder"

@@ -60,6 +60,12 @@ def add_model_args(p: argparse.ArgumentParser, inference: bool = True) -> None:
             help="normalisation statistics with tiles: 'whole' frame (exact, equals untiled; one extra "
             "partial pass per norm layer) or each 'tile' its own (one pass; seams)",
         )
+        g.add_argument(
+            "--no-feedback",
+            action="store_true",
+            help="models with a feedback network (the built-in one): encode with the encoder alone, "
+            "several times faster, the tokens the model gave before feedback was added (lower quality)",
+        )
 
 
 def add_refine_args(p: argparse.ArgumentParser) -> None:
@@ -122,6 +128,7 @@ def make_runner(args: argparse.Namespace) -> TokenizerRunner:
     """Model + inference options from the parsed arguments."""
     device = resolve_device(args.device)
     model = load_model(args.model, device)
+    model.use_feedback = not getattr(args, "no_feedback", False)
     mcf = args.max_chunk_frames if args.max_chunk_frames and args.max_chunk_frames > 0 else None
     options = InferenceOptions(
         device=device,

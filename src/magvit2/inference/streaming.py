@@ -205,7 +205,8 @@ class TokenizerRunner:
     @property
     def encoding(self) -> str:
         """How this runner finds tokens, as token files record it (``encoder`` or ``refined ...``)."""
-        return encoding_name(self.options.refine_steps, self.options.refine_lr)
+        feedback_off = self.model.feedback is not None and not self.model.use_feedback
+        return encoding_name(self.options.refine_steps, self.options.refine_lr, feedback_off)
 
     def chunk_frames(self, first: bool) -> int | None:
         """Video frames per chunk (first or later chunk); None = unbounded."""
@@ -325,7 +326,7 @@ class TokenizerRunner:
         model = self.model
         with torch.inference_mode():
             per_tile = self._run_tiles(
-                model.encoder if model.feedback is None else model,
+                model if model.feeds_back else model.encoder,
                 self._tile_crops(video, tiles),
                 tiles,
                 caches,
@@ -355,7 +356,7 @@ class TokenizerRunner:
         s, model, options = self.s, self.model, self.options.refine
         crops = self._tile_crops(video, tiles)
         with torch.inference_mode():
-            net = model.encoder if model.feedback is None else model
+            net = model if model.feeds_back else model.encoder
             latents = self._run_tiles(net, crops, tiles, caches, lambda x, c: model.latent(x, c))
         h, w = size
         per_tile = []

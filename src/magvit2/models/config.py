@@ -50,7 +50,9 @@ class TokenizerConfig:
             decoder reconstructs the encoder's tokens, and a second encoder of the same shape (the
             ``feedback`` network, input: the video and that reconstruction, ``2 * in_channels``
             channels) adds a correction to the latent before it is quantized. One fixed pass, no
-            per-clip search; encoding costs about one decoder pass and one encoder pass more.
+            per-clip search; encoding costs one decoder pass and one encoder pass more (for
+            ``tiny`` about 5x the encoder's FLOPs: its decoder is the larger network). Decoding is
+            unchanged; ``VideoTokenizer.use_feedback = False`` (CLI ``--no-feedback``) skips it.
     """
 
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)

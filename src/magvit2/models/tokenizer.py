@@ -109,6 +109,9 @@ class VideoTokenizer(nn.Module):
         self.decoder = Decoder(config)
         self.quantizer = build_quantizer(config.quantizer)
         self.feedback = Encoder(config.feedback_config()) if config.feedback else None
+        #: False: encode with the encoder alone although the model has a feedback network (faster; the
+        #: tokens the model gave before its feedback network was added, e.g. by ``init_from``).
+        self.use_feedback = True
 
     # ------------------------------------------------------------------ construction and files
     @classmethod
@@ -187,6 +190,11 @@ class VideoTokenizer(nn.Module):
     def codebook_size(self) -> int:
         """Number of distinct token ids."""
         return self.quantizer.codebook_size
+
+    @property
+    def feeds_back(self) -> bool:
+        """Whether encoding runs the feedback network (the model has one and ``use_feedback``)."""
+        return self.feedback is not None and self.use_feedback
 
     @property
     def z_channels(self) -> int:
@@ -276,7 +284,7 @@ class VideoTokenizer(nn.Module):
         checks: the public methods make them.
         """
         u = self.encoder(x, cache)
-        if self.feedback is None:
+        if not self.feeds_back:
             return u
         with torch.no_grad():
             ids = self.quantizer.codes_to_indices(u)

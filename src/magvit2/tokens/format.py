@@ -75,9 +75,11 @@ class TokenFile:
         return max(1, (self.vocabulary - 1).bit_length())
 
 
-def encoding_name(refine_steps: int = 0, refine_lr: float = 0.0) -> str:
-    """The ``encoding`` recorded with tokens: ``encoder`` or ``refined steps=N lr=X``."""
-    return ONE_PASS if refine_steps == 0 else f"refined steps={refine_steps} lr={refine_lr:g}"
+def encoding_name(refine_steps: int = 0, refine_lr: float = 0.0, feedback_off: bool = False) -> str:
+    """The ``encoding`` recorded with tokens: ``encoder`` or ``refined steps=N lr=X``, with
+    `` (feedback off)`` when a feedback model encoded with its encoder alone."""
+    name = ONE_PASS if refine_steps == 0 else f"refined steps={refine_steps} lr={refine_lr:g}"
+    return f"{name} (feedback off)" if feedback_off else name
 
 
 def model_fingerprint(config: dict, state_dict: dict[str, torch.Tensor]) -> str:
