@@ -440,6 +440,31 @@ def test_init_from_a_shallower_model_adds_identity_blocks(tmp_path):
         Trainer(load_train_config(bad))
 
 
+def test_feedback_run_from_a_plain_model_trains_only_the_feedback(tmp_path):
+    """``model.config: {feedback: true}`` + ``init_from`` a model without feedback + ``freeze: [encoder,
+    decoder]``: the run starts from exactly the folder's model, only the feedback network moves, and
+    the final folder is a feedback model whose encoder and decoder are the folder's."""
+    from magvit2.models import TokenizerConfig, VideoTokenizer
+    from magvit2.training.trainer import Trainer
+
+    torch.manual_seed(0)
+    source = VideoTokenizer(TokenizerConfig(**TINY_MODEL["config"]))
+    source.save_pretrained(tmp_path / "source")
+    model = {**TINY_MODEL, "config": {**TINY_MODEL["config"], "feedback": True},
+             "init_from": str(tmp_path / "source"), "freeze": ["encoder", "decoder"]}  # fmt: skip
+    path = write_config(tmp_path / "f.yaml", tiny_config(tmp_path / "f", model=model, max_steps=3))
+    trainer = Trainer(load_train_config(path))
+    video = torch.rand(1, 3, 5, 16, 16) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(trainer.model.eval().encode(video), source.eval().encode(video))
+    trainer.model.train()
+    final = VideoTokenizer.from_pretrained(trainer.fit())
+    assert final.config.feedback
+    state, before = final.state_dict(), source.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in before.items())
+    assert torch.count_nonzero(final.feedback.conv_out.conv_1.weight) > 0
+
+
 def test_refinement_distillation_moves_the_encoder_toward_refined_tokens(tmp_path, clips_dir):
     """With only the distillation loss (decoder frozen), training moves the encoder's one pass toward
     the tokens refinement finds: on a fixed clip its tokens agree more with the refined ones and decode
