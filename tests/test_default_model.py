@@ -77,7 +77,8 @@ def test_default_model_reconstructs_held_out_clip(clips_dir):
 
 def test_token_refinement_lifts_the_default_model_on_held_out_frames(clips_dir):
     """Refinement on the real model: 5 steps on the first 9 frames of carphone_pristine add at least
-    1.2 dB (measured: 20.90 -> 22.53 dB; 30 steps on 33 frames: README) and never change the weights."""
+    0.6 dB on top of the feedback network's one pass (measured: 22.09 -> 23.00 dB; 30 steps on 33
+    frames: README) and never change the weights."""
     src = read_video(clips_dir / "carphone_pristine.mp4", max_frames=9)
     model = VideoTokenizer.from_pretrained("default")
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -88,5 +89,5 @@ def test_token_refinement_lifts_the_default_model_on_held_out_frames(clips_dir):
         return float(np.mean(10 * np.log10(255**2 / ((rec - src) ** 2).mean(axis=(1, 2, 3)))))
 
     plain, refined = psnr(model.encode(video)), psnr(model.encode_refined(video, steps=5))
-    assert refined > plain + 1.2, (plain, refined)
+    assert refined > plain + 0.6, (plain, refined)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
