@@ -83,7 +83,8 @@ def test_identical_is_zero_and_symmetric_and_rank_deficient_ok():
     assert abs(frechet_distance(m, s, m, s)) < 1e-6 * np.trace(s)
     s2 = _random_spd(rng, 30)
     m2 = rng.normal(size=30)
-    assert frechet_distance(m, s, m2, s2) == pytest.approx(frechet_distance(m2, s2, m, s), rel=1e-9)
+    # symmetric up to that same round-off (measured 1.6e-9 relative with numpy 2.4 / scipy 1.17)
+    assert frechet_distance(m, s, m2, s2) == pytest.approx(frechet_distance(m2, s2, m, s), rel=1e-7)
 
 
 def test_sample_estimates_converge_to_true_distance():
