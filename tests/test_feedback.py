@@ -5,28 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from small_models import perturbed
+from small_models import small_config as config
 
-from magvit2.models import TokenizerConfig, VideoTokenizer
+from magvit2.models import VideoTokenizer
 from magvit2.models.grow import load_growing, start_feedback
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def config(**kw) -> TokenizerConfig:
-    """4x temporal, 4x spatial, 6-bit LFQ, 8-16 channels, one block per level."""
-    args = dict(quantizer={"kind": "lfq", "bits": 6}, ch=8, ch_mult=(1, 2, 2), num_res_blocks=1,
-                temporal_downsample=(True, True), norm_groups=4)  # fmt: skip
-    args.update(kw)
-    return TokenizerConfig(**args)
-
-
-def perturbed(model: VideoTokenizer, seed: int = 0, scale: float = 0.1) -> VideoTokenizer:
-    """Every parameter (norm affines included) moved off its initial value."""
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * scale)
-    return model.eval()
 
 
 def video(frames: int = 9, size: int = 16, seed: int = 1) -> torch.Tensor:
@@ -131,9 +116,11 @@ def test_tiled_feedback_encoding_uses_whole_frame_statistics():
     """Tiles with whole-frame statistics (the first decode's adaptive norms included) give nearly the
     untiled tokens of a feedback model; tiles with their own statistics do not. (Not exactly: the
     encoder, decoder and feedback network in a row see farther than the overlap; measured agreement
-    rises with the overlap, 0.90 at 48 px, 0.98 at 64 px.)"""
+    rises with the overlap, 0.90 at 48 px, 0.98 at 64 px; 0.68 when the first decode's adaptive norms
+    use each tile's own latent statistics.)"""
     from magvit2.inference.streaming import InferenceOptions, TokenizerRunner
 
+    torch.manual_seed(0)  # agreement measured 0.96-1.00 over seeds 0-5 (own statistics 0.44-0.65)
     model = perturbed(VideoTokenizer(config(feedback=True)), scale=0.2)
     t = torch.linspace(0, 1, 96)
     frames = [
@@ -150,7 +137,7 @@ def test_tiled_feedback_encoding_uses_whole_frame_statistics():
         name: (ids(InferenceOptions(tile=80, overlap=64, whole_frame_norm=whole)) == full).float().mean()
         for name, whole in {"whole": True, "own": False}.items()
     }
-    assert agree["whole"] >= 0.97
+    assert agree["whole"] >= 0.95
     assert agree["own"] < agree["whole"] - 0.2
 
 

@@ -4,29 +4,19 @@ from __future__ import annotations
 
 import pytest
 import torch
+from small_models import perturbed
+from small_models import small_config as config
 
-from magvit2.models import TokenizerConfig, VideoTokenizer
+from magvit2.models import VideoTokenizer
 from magvit2.models.grow import load_growing
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def config(**kw) -> TokenizerConfig:
-    """4x temporal, 4x spatial, 6-bit LFQ, 8-16 channels, one block per level."""
-    args = dict(quantizer={"kind": "lfq", "bits": 6}, ch=8, ch_mult=(1, 2, 2), num_res_blocks=1,
-                temporal_downsample=(True, True), norm_groups=4)  # fmt: skip
-    args.update(kw)
-    return TokenizerConfig(**args)
-
-
 def source_model() -> VideoTokenizer:
     """A random model with every parameter (norm affines included) away from its initial value."""
     torch.manual_seed(0)
-    model = VideoTokenizer(config())
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    return model.eval()
+    return perturbed(VideoTokenizer(config()))
 
 
 GROWN = dict(num_res_blocks=(1, 2, 3), num_mid_blocks=2, decoder_num_res_blocks=(2, 1, 2))

@@ -56,6 +56,17 @@ def copy_cache(cache: CausalCache, modules: Iterable[nn.Module]) -> CausalCache:
     return new
 
 
+def _add_sums(store: dict, key: nn.Module, s: Tensor, ss: Tensor, n: int) -> None:
+    """Add one batch's sum, sum of squares and count to ``store[key]`` (created on first use)."""
+    acc = store.get(key)
+    if acc is None:
+        store[key] = [s, ss, n]
+    else:
+        acc[0] += s
+        acc[1] += ss
+        acc[2] += n
+
+
 class WholeFrameNorm:
     """Context manager that makes ``root``'s GroupNorms use statistics gathered over all tiles.
 
@@ -152,13 +163,7 @@ class WholeFrameNorm:
             n += part.shape[2] * part.shape[3]
         if a.time_pooled:
             s, ss, n = s.sum(0, keepdim=True), ss.sum(0, keepdim=True), n * q.shape[2]
-        acc = self._latent_acc.get(a)
-        if acc is None:
-            self._latent_acc[a] = [s, ss, n]
-        else:
-            acc[0] += s
-            acc[1] += ss
-            acc[2] += n
+        _add_sums(self._latent_acc, a, s, ss, n)
 
     def _norm_forward(self, m: GroupNorm):
         def forward(x: Tensor) -> Tensor:
@@ -208,10 +213,4 @@ class WholeFrameNorm:
             s = s.sum(1, keepdim=True).expand(g, t).clone()
             ss = ss.sum(1, keepdim=True).expand(g, t).clone()
             n = n * t
-        acc = self._acc.get(m)
-        if acc is None:
-            self._acc[m] = [s, ss, n]
-        else:
-            acc[0] += s
-            acc[1] += ss
-            acc[2] += n
+        _add_sums(self._acc, m, s, ss, n)
