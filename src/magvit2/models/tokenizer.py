@@ -109,8 +109,8 @@ class VideoTokenizer(nn.Module):
         self.decoder = Decoder(config)
         self.quantizer = build_quantizer(config.quantizer)
         self.feedback = Encoder(config.feedback_config()) if config.feedback else None
-        #: False: encode with the encoder alone although the model has a feedback network (faster; the
-        #: tokens the model gave before its feedback network was added, e.g. by ``init_from``).
+        #: False: encode with the encoder alone although the model has a feedback network (faster,
+        #: lower quality; right after ``init_from`` added the network, the source model's tokens).
         self.use_feedback = True
 
     # ------------------------------------------------------------------ construction and files
