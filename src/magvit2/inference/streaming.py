@@ -321,12 +321,17 @@ class TokenizerRunner:
             return per_tile[0]
         return encode_tiled(video, lambda _crop, i: per_tile[i], self.s, self.tile, self.overlap)
 
+    def _encoding_net(self) -> torch.nn.Module:
+        """The modules one encoding step runs (whose norms tiling must give whole-frame statistics):
+        the encoder, or the whole model when its feedback network runs too."""
+        return self.model if self.model.feeds_back else self.model.encoder
+
     def _encode_tiles(self, video: Tensor, tiles: list[Tile], caches: list[CausalCache]) -> Tensor:
         """Padded video ``(1, 3, T, H, W)`` -> ids ``(1, n, h, w)``."""
         model = self.model
         with torch.inference_mode():
             per_tile = self._run_tiles(
-                model if model.feeds_back else model.encoder,
+                self._encoding_net(),
                 self._tile_crops(video, tiles),
                 tiles,
                 caches,
@@ -356,8 +361,7 @@ class TokenizerRunner:
         s, model, options = self.s, self.model, self.options.refine
         crops = self._tile_crops(video, tiles)
         with torch.inference_mode():
-            net = model if model.feeds_back else model.encoder
-            latents = self._run_tiles(net, crops, tiles, caches, lambda x, c: model.latent(x, c))
+            latents = self._run_tiles(self._encoding_net(), crops, tiles, caches, model.latent)
         h, w = size
         per_tile = []
         for t, crop, latent, cache in zip(tiles, crops, latents, refine_caches, strict=True):
