@@ -24,6 +24,10 @@ mismatch grows through the network (measured: ids with 54% of their bits right a
 61% after eight). The cost of tiling is one partial forward pass per norm layer plus the real pass;
 memory stays that of one tile batch.
 
+A module that runs more than once per step (the decoder inside a multi-stage feedback encoding, see
+``TokenizerConfig.feedback_stages``) gets statistics per run: they are keyed by the module and how
+many times it has run since the tile batch began (:meth:`WholeFrameNorm.begin`).
+
 The hooks are installed as instance attributes on the model's norm modules for the duration of a
 ``with`` block and removed afterwards.
 """
@@ -45,15 +49,23 @@ class StopPass(Exception):
 
 
 def copy_cache(cache: CausalCache, modules: Iterable[nn.Module]) -> CausalCache:
-    """A copy of ``cache`` (entries of ``modules``) that a trial pass can advance without touching it.
+    """A copy of ``cache`` (entries of ``modules``, and its scopes likewise) that a trial pass can
+    advance without touching it.
 
     Cached values are replaced, never modified in place, by the modules, so a shallow copy suffices.
     """
     new = CausalCache()
-    for m in modules:
-        if cache.seen(m):
-            new.set(m, cache.get(m))
+    _copy_into(cache, new, list(modules))
     return new
+
+
+def _copy_into(source: CausalCache, target: CausalCache, modules: list[nn.Module]) -> None:
+    """Set ``target``'s entries (and scopes, recursively) of ``modules`` to ``source``'s."""
+    for m in modules:
+        if source.seen(m):
+            target.set(m, source.get(m))
+    for key, child in source.scopes():
+        _copy_into(child, target.scope(key), modules)
 
 
 def _add_sums(store: dict, key: nn.Module, s: Tensor, ss: Tensor, n: int) -> None:
@@ -71,7 +83,7 @@ class WholeFrameNorm:
     """Context manager that makes ``root``'s GroupNorms use statistics gathered over all tiles.
 
     Use: ``with WholeFrameNorm(model.decoder) as norm:`` then for each pass ``norm.start(record=...)``,
-    and before each forward ``norm.tiles = [...]`` (the tiles stacked in that batch, in order).
+    and before each forward ``norm.begin([...])`` (the tiles stacked in that batch, in order).
     ``norm.latent_stats = (std, mean)`` ``(1, n, Z)`` replaces the adaptive norms' latent statistics;
     without it (a decoder run inside encoding, as a feedback model does) each adaptive norm's latent
     statistics are recorded over the whole token grid like a norm layer's.
@@ -83,11 +95,14 @@ class WholeFrameNorm:
         self.adaptive = [m for m in root.modules() if isinstance(m, AdaptiveGroupNorm)]
         self.tiles: list[Tile] = []
         self.record = False
-        self.stats: dict[GroupNorm, tuple[Tensor, Tensor]] = {}
-        self._acc: dict[GroupNorm, list[Tensor]] = {}
+        # keys: (module, its run since the batch began): a module run twice per step gets two entries
+        self.stats: dict[tuple[GroupNorm, int], tuple[Tensor, Tensor]] = {}
+        self._acc: dict[tuple[GroupNorm, int], list[Tensor]] = {}
         self.latent_stats: tuple[Tensor, Tensor] | None = None
-        self.recorded_latent: dict[AdaptiveGroupNorm, tuple[Tensor, Tensor]] = {}
-        self._latent_acc: dict[AdaptiveGroupNorm, list[Tensor]] = {}
+        self.recorded_latent: dict[tuple[AdaptiveGroupNorm, int], tuple[Tensor, Tensor]] = {}
+        self._latent_acc: dict[tuple[AdaptiveGroupNorm, int], list[Tensor]] = {}
+        self._runs: dict[nn.Module, int] = {}
+        self._active: dict[AdaptiveGroupNorm, tuple[AdaptiveGroupNorm, int]] = {}
 
     # ------------------------------------------------------------------ install / remove
     def __enter__(self) -> WholeFrameNorm:
@@ -104,6 +119,17 @@ class WholeFrameNorm:
         for m in [*self.norms, *self.adaptive, *linears]:
             m.__dict__.pop("forward", None)
 
+    def begin(self, tiles: list[Tile]) -> None:
+        """Before each forward: the tiles stacked in its batch, in order; run counts start again."""
+        self.tiles = tiles
+        self._runs = {}
+
+    def _key(self, m: nn.Module) -> tuple[nn.Module, int]:
+        """``(m, how many times m ran before in this batch)``; counts this run."""
+        run = self._runs.get(m, 0)
+        self._runs[m] = run + 1
+        return m, run
+
     def start(self, record: bool) -> None:
         """Begin a pass; in a record pass the first norm without statistics records and stops it."""
         self.record = record
@@ -114,25 +140,21 @@ class WholeFrameNorm:
         """End a record pass: turn its sums into means and (biased) variances (for latent statistics:
         standard deviations from the unbiased variance plus eps, as the adaptive norm computes them);
         False if it recorded nothing (every norm already had statistics)."""
-        for m, (s, ss, n) in self._acc.items():
+        for key, (s, ss, n) in self._acc.items():
             mean = s / n
-            self.stats[m] = (mean, (ss / n - mean * mean).clamp_min(0))
-        for a, (s, ss, n) in self._latent_acc.items():
+            self.stats[key] = (mean, (ss / n - mean * mean).clamp_min(0))
+        for key, (s, ss, n) in self._latent_acc.items():
             mean = s / n
             var = ((ss - n * mean * mean) / (n - 1 if n > 1 else 1)).clamp_min(0)
-            self.recorded_latent[a] = ((var + a.eps).sqrt()[None].float(), mean[None].float())
+            self.recorded_latent[key] = ((var + key[0].eps).sqrt()[None].float(), mean[None].float())
         return bool(self._acc) or bool(self._latent_acc)
-
-    def complete(self) -> bool:
-        """Whether every norm under ``root`` has whole-frame statistics (and every adaptive norm its
-        latent statistics, unless ``latent_stats`` gives them)."""
-        latent_done = self.latent_stats is not None or all(a in self.recorded_latent for a in self.adaptive)
-        return latent_done and all(m in self.stats for m in self.norms)
 
     # ------------------------------------------------------------------ hooks
     def _linear_forward(self, a: AdaptiveGroupNorm, lin: nn.Linear, which: int):
         def forward(x: Tensor) -> Tensor:
-            stats = self.latent_stats if self.latent_stats is not None else self.recorded_latent.get(a)
+            stats = self.latent_stats
+            if stats is None:
+                stats = self.recorded_latent.get(self._active.get(a))
             if stats is None:
                 return nn.Linear.forward(lin, x)
             stat = stats[which].to(x)
@@ -142,14 +164,15 @@ class WholeFrameNorm:
 
     def _adaptive_forward(self, a: AdaptiveGroupNorm):
         def forward(x: Tensor, q: Tensor, rate: int = 1, cache: CausalCache | None = None) -> Tensor:
-            if self.record and self.latent_stats is None and a not in self.recorded_latent:
-                self._accumulate_latent(a, q)
+            key = self._active[a] = self._key(a)  # the gamma/beta hooks look it up
+            if self.record and self.latent_stats is None and key not in self.recorded_latent:
+                self._accumulate_latent(key, q)
                 raise StopPass
             return AdaptiveGroupNorm.forward(a, x, q, rate, cache)
 
         return forward
 
-    def _accumulate_latent(self, a: AdaptiveGroupNorm, q: Tensor) -> None:
+    def _accumulate_latent(self, key: tuple[AdaptiveGroupNorm, int], q: Tensor) -> None:
         """Add the owned token positions of ``q`` ``(B, Z, n, h, w)`` to per-(frame, channel) sums."""
         if len(self.tiles) != q.shape[0]:
             raise ValueError(f"WholeFrameNorm: {len(self.tiles)} tiles given for a batch of {q.shape[0]}")
@@ -161,18 +184,19 @@ class WholeFrameNorm:
             s += part.sum(dim=(2, 3)).T  # (n, Z)
             ss += (part * part).sum(dim=(2, 3)).T
             n += part.shape[2] * part.shape[3]
-        if a.time_pooled:
+        if key[0].time_pooled:
             s, ss, n = s.sum(0, keepdim=True), ss.sum(0, keepdim=True), n * q.shape[2]
-        _add_sums(self._latent_acc, a, s, ss, n)
+        _add_sums(self._latent_acc, key, s, ss, n)
 
     def _norm_forward(self, m: GroupNorm):
         def forward(x: Tensor) -> Tensor:
-            if m not in self.stats:
+            key = self._key(m)
+            if key not in self.stats:
                 if self.record:
-                    self._accumulate(m, x)
+                    self._accumulate(key, x)
                     raise StopPass
                 return GroupNorm.forward(m, x)
-            mean, var = self.stats[m]
+            mean, var = self.stats[key]
             b, c, t, h, w = x.shape
             g = m.num_groups
             xg = x.reshape(b, g, c // g, t, h, w)
@@ -187,7 +211,8 @@ class WholeFrameNorm:
 
         return forward
 
-    def _accumulate(self, m: GroupNorm, x: Tensor) -> None:
+    def _accumulate(self, key: tuple[GroupNorm, int], x: Tensor) -> None:
+        m = key[0]
         b, c, t, h, w = x.shape
         g = m.num_groups
         if len(self.tiles) != b:
@@ -213,4 +238,4 @@ class WholeFrameNorm:
             s = s.sum(1, keepdim=True).expand(g, t).clone()
             ss = ss.sum(1, keepdim=True).expand(g, t).clone()
             n = n * t
-        _add_sums(self._acc, m, s, ss, n)
+        _add_sums(self._acc, key, s, ss, n)

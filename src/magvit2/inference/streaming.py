@@ -283,7 +283,7 @@ class TokenizerRunner:
             outs: list[Tensor] = []
             for group, cache in zip(groups, caches, strict=True):
                 if holder:
-                    holder[0].tiles = [tiles[i] for i in group]
+                    holder[0].begin([tiles[i] for i in group])
                 if real:
                     outs.extend(fn(torch.cat([crops[i] for i in group]), cache).split(1))
                     continue
@@ -302,7 +302,7 @@ class TokenizerRunner:
             while recorded:  # one norm layer per record pass, in call order
                 norm.start(record=True)
                 one_pass(False)
-                recorded = norm.finish() and not norm.complete()
+                recorded = norm.finish()
             norm.start(record=False)
             return one_pass(True)
 

@@ -53,6 +53,9 @@ class TokenizerConfig:
             per-clip search; encoding costs one decoder pass and one encoder pass more (for
             ``tiny`` about 5x the encoder's FLOPs: its decoder is the larger network). Decoding is
             unchanged; ``VideoTokenizer.use_feedback = False`` (CLI ``--no-feedback``) skips it.
+        feedback_stages: with ``feedback``, how many times the loop runs, each time with its own
+            feedback network: stage ``k`` decodes the latent corrected by the stages before it and
+            adds its own correction. Each stage costs one decoder and one encoder pass more.
     """
 
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
@@ -67,8 +70,11 @@ class TokenizerConfig:
     norm_eps: float = 1e-6
     time_pooled_norm: bool = False
     feedback: bool = False
+    feedback_stages: int = 1
 
     def __post_init__(self) -> None:
+        if self.feedback_stages < 1:
+            raise ValueError(f"TokenizerConfig.feedback_stages: expected >= 1, got {self.feedback_stages}")
         if isinstance(self.quantizer, dict):
             self.quantizer = QuantizerConfig(**self.quantizer)
         self.ch_mult = tuple(int(m) for m in self.ch_mult)
@@ -105,7 +111,7 @@ class TokenizerConfig:
 
     def feedback_config(self) -> TokenizerConfig:
         """Config of the feedback network: this encoder's, fed the video and its reconstruction."""
-        return replace(self, in_channels=2 * self.in_channels, feedback=False)
+        return replace(self, in_channels=2 * self.in_channels, feedback=False, feedback_stages=1)
 
     @property
     def spatial_factor(self) -> int:

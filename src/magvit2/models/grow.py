@@ -9,7 +9,9 @@ second convs receive gradients at once, their first convs as soon as those move 
 
 A model with a feedback network (``TokenizerConfig.feedback``) can likewise start from one without:
 the feedback network starts as a copy of the encoder (its extra input channels, the reconstruction,
-with zero weights) whose last conv is zeroed, so it adds nothing until training moves it.
+with zero weights) whose last conv is zeroed, so it adds nothing until training moves it. A further
+feedback stage (``feedback_stages``) that the state dict lacks starts the same way as a copy of the
+stage before it (:func:`start_feedback_stage`).
 """
 
 from __future__ import annotations
@@ -39,8 +41,15 @@ def load_growing(model: nn.Module, state: dict[str, Tensor], source: str = "stat
     own = model.state_dict()
     feedback = getattr(model, "feedback", None)
     new_feedback = feedback is not None and not any(k.startswith("feedback.") for k in state)
-    if new_feedback:
-        own = {k: v for k, v in own.items() if not k.startswith("feedback.")}
+    new_prefixes = ["feedback."] if new_feedback else []
+    new_stages = [
+        i
+        for i in range(len(getattr(model, "more_feedback", ())))
+        if not any(k.startswith(f"more_feedback.{i}.") for k in state)
+    ]
+    new_prefixes += [f"more_feedback.{i}." for i in new_stages]
+    if new_prefixes:
+        own = {k: v for k, v in own.items() if not k.startswith(tuple(new_prefixes))}
     unexpected = sorted(set(state) - set(own))
     if unexpected:
         raise ValueError(
@@ -58,7 +67,7 @@ def load_growing(model: nn.Module, state: dict[str, Tensor], source: str = "stat
         name
         for name, module in modules.items()
         if isinstance(module, ResBlock)
-        and not (new_feedback and name.startswith("feedback."))
+        and not (name + ".").startswith(tuple(new_prefixes))
         and not any(k.startswith(name + ".") for k in state)
     ]
     prefixes = tuple(b + "." for b in new_blocks)
@@ -79,6 +88,9 @@ def load_growing(model: nn.Module, state: dict[str, Tensor], source: str = "stat
     if new_feedback:
         start_feedback(model)
         new_blocks.append("feedback")
+    for i in new_stages:
+        start_feedback_stage(model, i)
+        new_blocks.append(f"more_feedback.{i}")
     return new_blocks
 
 
@@ -95,3 +107,14 @@ def start_feedback(model: nn.Module) -> None:
     model.feedback.load_state_dict(state)
     nn.init.zeros_(model.feedback.conv_out.conv_1.weight)
     nn.init.zeros_(model.feedback.conv_out.conv_1.bias)
+
+
+def start_feedback_stage(model: nn.Module, index: int) -> None:
+    """Make ``model.more_feedback[index]`` (feedback stage ``index + 2``) a copy of the stage before it
+    whose last conv is zeroed: the model computes exactly what it did with one stage fewer, and the
+    new stage starts from features that already serve the same task."""
+    previous = model.feedback if index == 0 else model.more_feedback[index - 1]
+    net = model.more_feedback[index]
+    net.load_state_dict({k: v.clone() for k, v in previous.state_dict().items()})
+    nn.init.zeros_(net.conv_out.conv_1.weight)
+    nn.init.zeros_(net.conv_out.conv_1.bias)

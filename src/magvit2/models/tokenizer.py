@@ -109,6 +109,9 @@ class VideoTokenizer(nn.Module):
         self.decoder = Decoder(config)
         self.quantizer = build_quantizer(config.quantizer)
         self.feedback = Encoder(config.feedback_config()) if config.feedback else None
+        #: the feedback networks of stages 2.. (``config.feedback_stages``); empty for one stage.
+        stages = config.feedback_stages if config.feedback else 1
+        self.more_feedback = nn.ModuleList(Encoder(config.feedback_config()) for _ in range(stages - 1))
         #: False: encode with the encoder alone although the model has a feedback network (faster,
         #: lower quality; right after ``init_from`` added the network, the source model's tokens).
         self.use_feedback = True
@@ -286,10 +289,13 @@ class VideoTokenizer(nn.Module):
         u = self.encoder(x, cache)
         if not self.feeds_back:
             return u
-        with torch.no_grad():
-            ids = self.quantizer.codes_to_indices(u)
-            first = self.decoder(self.quantizer.indices_to_codes(ids, u.dtype), cache)
-        return u + self.feedback(torch.cat([x, first.to(x.dtype)], dim=1), cache)
+        for stage, net in enumerate([self.feedback, *self.more_feedback]):
+            dec_cache = cache if cache is None or stage == 0 else cache.scope(("decoder", stage))
+            with torch.no_grad():
+                ids = self.quantizer.codes_to_indices(u)
+                rec = self.decoder(self.quantizer.indices_to_codes(ids, u.dtype), dec_cache)
+            u = u + net(torch.cat([x, rec.to(x.dtype)], dim=1), cache)
+        return u
 
     # ------------------------------------------------------------------ inference
     @torch.inference_mode()
