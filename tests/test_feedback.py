@@ -207,3 +207,16 @@ def test_chunked_two_stage_encoding_equals_one_pass_and_round_trips(tmp_path):
     loaded = VideoTokenizer.from_pretrained(model.save_pretrained(tmp_path / "m"))
     assert loaded.config.feedback_stages == 2
     assert torch.equal(loaded.encode(x), model.encode(x))
+
+
+def test_info_counts_every_stage(tmp_path):
+    """``magvit2 info`` on a two-stage model: the feedback parameters are both stages', and with the
+    encoder's and decoder's they make up the whole model."""
+    from magvit2.cli.info import model_info
+
+    model = VideoTokenizer(config(feedback=True, feedback_stages=2))
+    info = model_info(str(model.save_pretrained(tmp_path / "m")))
+    one_stage = sum(p.numel() for p in model.feedback.parameters())
+    assert info["feedback_stages"] == 2 and info["feedback_parameters"] == 2 * one_stage
+    parts = ("encoder_parameters", "decoder_parameters", "feedback_parameters")
+    assert sum(info[k] for k in parts) == info["parameters"]
