@@ -16,6 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Examples:\n"
         "  magvit2 train configs/tiny_bigbuckbunny.yaml --set max_steps=100 --set data.batch_size=2\n"
         "  magvit2 train configs/tiny_bigbuckbunny.yaml --resume      # continue the run in output_dir\n"
+        "  magvit2 train my.yaml --set time_limit_minutes=50   # stop cleanly after 50 minutes (exit 75)\n"
         "  torchrun --nproc_per_node 4 -m magvit2.cli.main train my.yaml   # data-parallel",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -33,6 +34,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+#: Exit status of a run stopped early by SIGTERM/SIGINT or its time limit (EX_TEMPFAIL: "try again";
+#: a job script can resubmit itself with --resume on it).
+EXIT_STOPPED_EARLY = 75
+
+
 def run(args: argparse.Namespace) -> int:
     """Load the config, apply the overrides, train (or print the config)."""
     from magvit2.training.config import config_to_yaml
@@ -43,8 +49,12 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(config_to_yaml(cfg), end="")
         return 0
-    from magvit2.training.trainer import train
+    from magvit2.training.trainer import run_training
 
-    final = train(cfg, resume=args.resume)
-    print(f"weights: {final}")
+    trainer = run_training(cfg, resume=args.resume)
+    print(f"weights: {trainer.final}")
+    if trainer.stopped_by is not None:
+        print(f"stopped early by {trainer.stopped_by} at step {trainer.step} of {cfg.max_steps}; "
+              "continue with the same command and --resume")  # fmt: skip
+        return EXIT_STOPPED_EARLY
     return 0

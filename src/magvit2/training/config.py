@@ -135,6 +135,10 @@ class TrainConfig:
         seed: seeds model initialisation and torch/numpy/python RNGs (the data order has its own
             ``data.seed``).
         max_steps: optimiser steps of the whole run (the cosine schedule ends there).
+        time_limit_minutes: stop this invocation after that much wall-clock time (null: no limit):
+            the step under way is finished, a checkpoint and ``final/`` are written, and ``--resume``
+            continues the run (the schedule still ends at ``max_steps``). SIGTERM and SIGINT (a
+            scheduler's pre-emption, Ctrl-C) stop a run the same way.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
         precision: ``bf16`` autocast, ``fp32``, or ``auto`` (bf16 on CUDA, fp32 on CPU, where bf16
             3D convolutions are several times slower). The quantizer always computes in fp32.
@@ -154,6 +158,7 @@ class TrainConfig:
     output_dir: str = "runs/tokenizer"
     seed: int = 0
     max_steps: int = 10000
+    time_limit_minutes: float | None = None
     device: str = "auto"
     precision: str = "auto"
     num_threads: int | None = None
@@ -178,6 +183,10 @@ class TrainConfig:
         for name in ("max_steps", "checkpoint_every", "keep_checkpoints", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.time_limit_minutes is not None and not self.time_limit_minutes > 0:
+            raise ValueError(
+                f"TrainConfig.time_limit_minutes must be > 0 or null, got {self.time_limit_minutes}"
+            )
         if self.optim.grad_accum_steps < 1:
             raise ValueError(f"optim.grad_accum_steps must be >= 1, got {self.optim.grad_accum_steps}")
         if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:

@@ -21,7 +21,9 @@ shard of the data; rank 0 writes checkpoints, TensorBoard and the progress bar.
 Everything that changes during training is in the checkpoint (model, EMA, discriminator and LeCam
 buffers, both optimisers and schedulers, the step, which fixes the data position and the entropy-weight
 schedule, and every rank's torch/numpy/python RNG states), so a run killed at any moment and resumed
-with ``resume=True`` ends with exactly the weights of an uninterrupted run.
+with ``resume=True`` ends with exactly the weights of an uninterrupted run. SIGTERM, SIGINT and
+``time_limit_minutes`` need no kill: the run stops after the step under way and writes a checkpoint
+first (:mod:`magvit2.training.stopping`).
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from magvit2.training.distributed import DistInfo, barrier, init_distributed
 from magvit2.training.ema import EMA
 from magvit2.training.monitor import Monitor
 from magvit2.training.schedule import warmup_cosine
+from magvit2.training.stopping import REASONS, StopRequests
 
 log = logging.getLogger("magvit2.train")
 
@@ -216,6 +219,10 @@ class Trainer:
         self.step = 0
         self.monitor: Monitor | None = None
         self.last_validation: dict[str, float] = {}
+        #: why :meth:`fit` stopped before ``max_steps`` ("SIGTERM", "SIGINT", "time limit"), or None
+        self.stopped_by: str | None = None
+        #: the ``final/`` folder, once :func:`run_training` has run :meth:`fit`
+        self.final: Path | None = None
         self.setup()
 
     # ------------------------------------------------------------------------------------------ setup
@@ -539,37 +546,67 @@ class Trainer:
 
     def fit(self) -> Path:
         """Train up to ``max_steps`` (checkpointing and validating on the way); write ``final/``
-        (EMA weights) and ``final_raw/``; return the ``final/`` path."""
+        (EMA weights) and ``final_raw/``; return the ``final/`` path.
+
+        SIGTERM, SIGINT or ``time_limit_minutes`` stop the run early, after the step under way: a
+        checkpoint and ``final/`` are written (no last validation) and :attr:`stopped_by` says why;
+        ``--resume`` continues from there."""
         cfg = self.cfg
         accum = cfg.optim.grad_accum_steps
+        self.stopped_by = None
         self.monitor = Monitor(self.info.is_main, self.out, self.step, cfg.max_steps, cfg.progress,
                                cfg.tensorboard)  # fmt: skip
+        limit = cfg.time_limit_minutes * 60 if cfg.time_limit_minutes is not None else None
         t0 = time.perf_counter()
         try:
             loader = iter(
                 make_loader(self.dataset, start_step=self.step * accum, stop_step=cfg.max_steps * accum)
             )
-            while self.step < cfg.max_steps:
-                batches = [next(loader) for _ in range(accum)]
-                logs, pairs = self.train_step(batches)
-                logs.update(self.disc_step(pairs))
-                self.step += 1
-                self.monitor.advance()
-                if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
-                    self._log(logs)
-                if not math.isfinite(float(logs["total"])):
-                    raise FloatingPointError(f"training loss is {float(logs['total'])} at step {self.step}")
-                every = cfg.validation.every
-                if every and self.step % every == 0 and self.step < cfg.max_steps:
-                    self.last_validation = self._run_validation()
-                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps:
+            with StopRequests(limit) as requests:
+                while self.step < cfg.max_steps and self.stopped_by is None:
+                    self._fit_step(loader)
+                    self.stopped_by = self._agreed_stop(requests) if self.step < cfg.max_steps else None
+            if self.stopped_by is not None:
+                if self.step % cfg.checkpoint_every:
                     self.save()
-            self.last_validation = self._run_validation()
+                self.monitor.message(
+                    f"stopped by {self.stopped_by} at step {self.step} of {cfg.max_steps}; "
+                    "continue with --resume"
+                )
+            else:
+                self.last_validation = self._run_validation()
             final = self.write_final()
         finally:
             self.monitor.close()
         log.info("trained to step %d in %.1f s; weights in %s", self.step, time.perf_counter() - t0, final)
         return final
+
+    def _fit_step(self, loader) -> None:
+        """One optimiser step of :meth:`fit`, with its logging, validation and checkpoint."""
+        cfg = self.cfg
+        batches = [next(loader) for _ in range(cfg.optim.grad_accum_steps)]
+        logs, pairs = self.train_step(batches)
+        logs.update(self.disc_step(pairs))
+        self.step += 1
+        self.monitor.advance()
+        if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+            self._log(logs)
+        if not math.isfinite(float(logs["total"])):
+            raise FloatingPointError(f"training loss is {float(logs['total'])} at step {self.step}")
+        every = cfg.validation.every
+        if every and self.step % every == 0 and self.step < cfg.max_steps:
+            self.last_validation = self._run_validation()
+        if self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps:
+            self.save()
+
+    def _agreed_stop(self, requests: StopRequests) -> str | None:
+        """Why to stop now, the same answer on every process (the strongest request of any rank)."""
+        code = requests.code()
+        if self.info.distributed:
+            flag = torch.tensor([code], device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            code = int(flag.item())
+        return REASONS[code]
 
     def write_final(self) -> Path:
         """``final/`` = EMA weights, ``final_raw/`` = raw weights, both ``save_pretrained`` folders."""
@@ -584,12 +621,20 @@ class Trainer:
         return final
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> Path:
-    """Run training as ``cfg`` says (under torchrun: one process of the group); returns ``final/``."""
+def run_training(cfg: TrainConfig, resume: bool = False) -> Trainer:
+    """Run training as ``cfg`` says (under torchrun: one process of the group); returns the finished
+    :class:`Trainer` (``final``: the ``final/`` folder; ``stopped_by``: why it stopped early, or None)."""
     from magvit2.training.distributed import shutdown
 
     info = init_distributed(cfg.device)
     try:
-        return Trainer(cfg, resume=resume, info=info).fit()
+        trainer = Trainer(cfg, resume=resume, info=info)
+        trainer.final = trainer.fit()
+        return trainer
     finally:
         shutdown(info)
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> Path:
+    """:func:`run_training`, returning only the ``final/`` folder."""
+    return run_training(cfg, resume).final
