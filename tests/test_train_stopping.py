@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 
 import pytest
 from test_train import assert_same, cli, env, tiny_config, weights, write_config
@@ -88,3 +89,41 @@ def test_time_limit_must_be_positive(tmp_path):
     with pytest.raises(ValueError, match="time_limit_minutes must be > 0"):
         cfg = tiny_config(tmp_path / "r", time_limit_minutes=0)
         load_train_config(write_config(tmp_path / "c.yaml", cfg))
+
+
+_WORKER = """
+import os, signal, sys
+from magvit2.training.config import load_train_config
+from magvit2.training.distributed import init_distributed, shutdown
+from magvit2.training.trainer import Trainer
+
+info = init_distributed("cpu")
+trainer = Trainer(load_train_config(sys.argv[1]), info=info)
+step_once = trainer.train_step
+
+def step(batches):
+    out = step_once(batches)
+    if info.rank == 1 and trainer.step == 1:  # only rank 1 is told to stop, during step 2
+        os.kill(os.getpid(), signal.SIGTERM)
+    return out
+
+trainer.train_step = step
+trainer.fit()
+print(f"rank {info.rank} stopped_by={trainer.stopped_by} step={trainer.step}")
+shutdown(info)
+"""
+
+
+def test_ranks_agree_on_the_step_to_stop_at(tmp_path):
+    """torchrun, 2 CPU processes: SIGTERM reaches rank 1 alone during step 2 of 6; both ranks stop
+    after step 2 (neither waits for the other in a collective), and rank 0 writes checkpoint 2."""
+    script = tmp_path / "worker.py"
+    script.write_text(_WORKER)
+    cfg = write_config(tmp_path / "run.yaml", tiny_config(tmp_path / "run", checkpoint_every=100))
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    res = subprocess.run([*launch, str(script), str(cfg)], env=env(), capture_output=True, text=True,
+                         timeout=180)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-4000:]
+    for rank in (0, 1):
+        assert f"rank {rank} stopped_by=SIGTERM step=2" in res.stdout, res.stdout
+    assert _steps(tmp_path / "run") == [2]
