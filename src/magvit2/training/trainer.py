@@ -221,7 +221,7 @@ class Trainer:
         self.last_validation: dict[str, float] = {}
         #: why :meth:`fit` stopped before ``max_steps`` ("SIGTERM", "SIGINT", "time limit"), or None
         self.stopped_by: str | None = None
-        #: the ``final/`` folder, once :func:`run_training` has run :meth:`fit`
+        #: the ``final/`` folder, once :meth:`fit` has written it
         self.final: Path | None = None
         self.setup()
 
@@ -575,7 +575,7 @@ class Trainer:
                 )
             else:
                 self.last_validation = self._run_validation()
-            final = self.write_final()
+            final = self.final = self.write_final()
         finally:
             self.monitor.close()
         log.info("trained to step %d in %.1f s; weights in %s", self.step, time.perf_counter() - t0, final)
@@ -629,7 +629,7 @@ def run_training(cfg: TrainConfig, resume: bool = False) -> Trainer:
     info = init_distributed(cfg.device)
     try:
         trainer = Trainer(cfg, resume=resume, info=info)
-        trainer.final = trainer.fit()
+        trainer.fit()
         return trainer
     finally:
         shutdown(info)
