@@ -304,7 +304,7 @@ class VideoTokenizer(nn.Module):
             dec_cache = cache if cache is None or stage == 0 else cache.scope(("decoder", stage))
             with torch.no_grad():
                 ids = self.quantizer.codes_to_indices(u)
-                rec = self.decoder(self.quantizer.indices_to_codes(ids, u.dtype), dec_cache)
+                rec = self.decoder(self.quantizer.indices_to_codes(ids).to(u.dtype), dec_cache)
             u = u + net(torch.cat([x, rec.to(x.dtype)], dim=1), cache)
         return u
 
