@@ -219,7 +219,7 @@ def test_lightning_checkpoint_ema_and_safe_loading(fixtures: Path, tmp_path: Pat
     assert not EXECUTED
 
 
-def test_errors_name_the_offending_key(fixtures: Path) -> None:
+def test_errors_name_the_offending_key(fixtures: Path, tmp_path: Path) -> None:
     raw = load_file(str(fixtures / "video_state_dict.safetensors"))
     bad = dict(raw)
     bad["decoder.mid_block.0.norm1.weight"] = torch.ones(65)
@@ -242,6 +242,10 @@ def test_errors_name_the_offending_key(fixtures: Path) -> None:
     ema["model_ema.encoderconv_inconv_1weightx"] = torch.ones(1)
     with pytest.raises(ConversionError, match=re.escape("'model_ema.encoderconv_inconv_1weightx'")):
         convert_state_dict(ema)
+    path = tmp_path / "bad.safetensors"  # read from a file: the message names it
+    save_file(bad, str(path))
+    with pytest.raises(ConversionError, match=re.escape(f"{path}: 'decoder.mid_block.0.norm1.weight' has")):
+        load_open_magvit2(path)
 
 
 def test_cli_convert(fixtures: Path, tmp_path: Path, capsys) -> None:

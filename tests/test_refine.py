@@ -97,9 +97,9 @@ def test_runner_refines_chunk_by_chunk_consistently(frames):
 
 
 def test_bad_refine_options():
-    with pytest.raises(ValueError, match="--refine-steps must be >= 0"):
+    with pytest.raises(ValueError, match=r"\(--refine-steps\) must be >= 0"):
         InferenceOptions(refine_steps=-1)
-    with pytest.raises(ValueError, match="--refine-lr must be > 0"):
+    with pytest.raises(ValueError, match=r"\(--refine-lr\) must be > 0"):
         InferenceOptions(refine_steps=3, refine_lr=0.0)
 
 

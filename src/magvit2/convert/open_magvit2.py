@@ -425,8 +425,18 @@ def convert_state_dict(
 
     Returns ``(tensors, report)``: our model's full state dict (every key consumed or reported as
     skipped) and the :class:`ConversionReport`. Raises :class:`ConversionError` (a ValueError) naming the
-    first offending key for an unknown key, a missing key or a wrong shape.
+    first offending key for an unknown key, a missing key or a wrong shape, prefixed with ``source``.
     """
+    try:
+        return _convert(state, ema, time_pooled_norm, source)
+    except ConversionError as e:  # name the file, not just "checkpoint"
+        raise ConversionError(f"{source}: {str(e).removeprefix('checkpoint: ')}") from None
+
+
+def _convert(
+    state: Mapping[str, Tensor], ema: bool | None, time_pooled_norm: bool, source: str
+) -> tuple[dict[str, Tensor], ConversionReport]:
+    """:func:`convert_state_dict` without the file name in its errors."""
     state = _strip_prefix(state)
     selected, weights, skipped = _select(state, ema)
     config, kind = infer_config({k: tuple(v.shape) for k, v in selected.items()}, time_pooled_norm)

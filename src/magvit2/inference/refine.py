@@ -39,9 +39,9 @@ class RefineOptions:
 
     def __post_init__(self) -> None:
         if self.steps < 0:
-            raise ValueError(f"--refine-steps must be >= 0, got {self.steps}")
+            raise ValueError(f"refinement steps (--refine-steps) must be >= 0, got {self.steps}")
         if self.steps > 0 and not self.lr > 0:
-            raise ValueError(f"--refine-lr must be > 0, got {self.lr}")
+            raise ValueError(f"refinement learning rate (--refine-lr) must be > 0, got {self.lr}")
 
 
 def _masked_mse(rec: Tensor, target: Tensor, frames: int, height: int, width: int) -> Tensor:

@@ -35,7 +35,7 @@ from magvit2.inference.tiling import (
     pad_to_multiple,
     plan_tiles,
 )
-from magvit2.models import VideoTokenizer
+from magvit2.models import VideoTokenizer, chunk_latent_frames, latent_chunks, video_frames
 from magvit2.modules.causal import CausalCache
 from magvit2.modules.norm import _latent_stats
 from magvit2.tokens import encoding_name, model_fingerprint
@@ -73,13 +73,15 @@ class InferenceOptions:
     def __post_init__(self) -> None:
         self.refine  # noqa: B018 - validates the refinement options
         if self.batch_size < 1:
-            raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
+            raise ValueError(f"batch_size (--batch-size) must be >= 1, got {self.batch_size}")
         if self.max_chunk_frames is not None and self.max_chunk_frames < 1:
-            raise ValueError(f"--max-chunk-frames must be >= 1, got {self.max_chunk_frames}")
+            raise ValueError(
+                f"max_chunk_frames (--max-chunk-frames) must be >= 1, got {self.max_chunk_frames}"
+            )
         if self.tile is not None and self.tile < 1:
-            raise ValueError(f"--tile must be >= 1 pixel, got {self.tile}")
+            raise ValueError(f"tile (--tile) must be >= 1 pixel, got {self.tile}")
         if self.overlap is not None and self.overlap < 0:
-            raise ValueError(f"--tile-overlap must be >= 0 pixels, got {self.overlap}")
+            raise ValueError(f"overlap (--tile-overlap) must be >= 0 pixels, got {self.overlap}")
 
     @property
     def refine(self) -> RefineOptions:
@@ -175,12 +177,8 @@ class TokenizerRunner:
         self.t = model.temporal_factor
         self.s = model.spatial_factor
         mcf = self.options.max_chunk_frames
-        # latent frames per chunk: first chunk 1 + m_first, later chunks m_later
-        if mcf is None:
-            self._first, self._later = None, None
-        else:
-            self._first = 1 + (mcf - 1) // self.t
-            self._later = max(1, mcf // self.t)
+        # latent frames of the first chunk and of each later one (None: whole clips)
+        self._first, self._later = (None, None) if mcf is None else chunk_latent_frames(mcf, self.t)
         tile = self.options.tile
         self.tile = None if tile is None else max(self.s, tile // self.s * self.s)
         if self.tile is not None:
@@ -426,14 +424,8 @@ class TokenizerRunner:
             release_free_memory()
 
     def latent_chunks(self, n_latent: int) -> list[tuple[int, int]]:
-        """``[a, b)`` latent ranges of the decode chunks."""
-        if self._first is None:
-            return [(0, n_latent)]
-        bounds, a, b = [], 0, min(self._first, n_latent)
-        while a < n_latent:
-            bounds.append((a, b))
-            a, b = b, min(b + self._later, n_latent)
-        return bounds
+        """``[a, b)`` latent ranges of the decode chunks (the model's own :func:`latent_chunks`)."""
+        return latent_chunks(n_latent, self.t, self.options.max_chunk_frames)
 
     def decode_clip(self, clip: EncodedClip) -> Iterator[np.ndarray]:
         """Yield the clip's frames as uint8 chunks ``(T, height, width, 3)``, ``clip.frames`` in all."""
@@ -454,7 +446,7 @@ class TokenizerRunner:
         def chunks():
             done = 0
             for a, b in self.latent_chunks(n_latent):
-                n_frames = (1 + self.t * (b - 1)) - (0 if a == 0 else 1 + self.t * (a - 1))
+                n_frames = video_frames(b, self.t) - video_frames(a, self.t)
                 keep = min(n_frames, clip.frames - done)
                 done += keep
                 yield clip.ids[a:b], keep

@@ -3,7 +3,13 @@
 from magvit2.models.config import TokenizerConfig
 from magvit2.models.networks import Decoder, Encoder
 from magvit2.models.presets import PRESETS, get_preset, preset_names
-from magvit2.models.tokenizer import TokenizerOutput, VideoTokenizer, latent_chunks
+from magvit2.models.tokenizer import (
+    TokenizerOutput,
+    VideoTokenizer,
+    chunk_latent_frames,
+    latent_chunks,
+    video_frames,
+)
 
 __all__ = [
     "PRESETS",
@@ -12,7 +18,9 @@ __all__ = [
     "TokenizerConfig",
     "TokenizerOutput",
     "VideoTokenizer",
+    "chunk_latent_frames",
     "get_preset",
     "latent_chunks",
     "preset_names",
+    "video_frames",
 ]

@@ -48,10 +48,7 @@ def latent_chunks(n_latent: int, temporal_factor: int, max_chunk_frames: int | N
     """
     if max_chunk_frames is None:
         return [(0, n_latent)]
-    if not isinstance(max_chunk_frames, int) or isinstance(max_chunk_frames, bool) or max_chunk_frames < 1:
-        raise ValueError(f"max_chunk_frames: expected None or an int >= 1, got {max_chunk_frames!r}")
-    first = 1 + (max_chunk_frames - 1) // temporal_factor
-    later = max(1, max_chunk_frames // temporal_factor)
+    first, later = chunk_latent_frames(max_chunk_frames, temporal_factor)
     bounds, start, stop = [], 0, min(first, n_latent)
     while start < n_latent:
         bounds.append((start, stop))
@@ -59,7 +56,15 @@ def latent_chunks(n_latent: int, temporal_factor: int, max_chunk_frames: int | N
     return bounds
 
 
-def _frames(latent_index: int, temporal_factor: int) -> int:
+def chunk_latent_frames(max_chunk_frames: int, temporal_factor: int) -> tuple[int, int]:
+    """Latent frames ``(first, later)`` of the first and of every later time chunk that holds at most
+    ``max_chunk_frames`` video frames (see :func:`latent_chunks`)."""
+    if not isinstance(max_chunk_frames, int) or isinstance(max_chunk_frames, bool) or max_chunk_frames < 1:
+        raise ValueError(f"max_chunk_frames: expected None or an int >= 1, got {max_chunk_frames!r}")
+    return 1 + (max_chunk_frames - 1) // temporal_factor, max(1, max_chunk_frames // temporal_factor)
+
+
+def video_frames(latent_index: int, temporal_factor: int) -> int:
     """Number of video frames that latent frames ``[0, latent_index)`` decode to."""
     return 0 if latent_index == 0 else 1 + temporal_factor * (latent_index - 1)
 
@@ -320,7 +325,7 @@ class VideoTokenizer(nn.Module):
             return self.latent(x)
         cache, parts = CausalCache(), []
         for a, b in bounds:
-            chunk = x[:, :, _frames(a, self.temporal_factor) : _frames(b, self.temporal_factor)]
+            chunk = x[:, :, video_frames(a, self.temporal_factor) : video_frames(b, self.temporal_factor)]
             parts.append(self.latent(chunk, cache))
         return torch.cat(parts, dim=2)
 
@@ -353,7 +358,7 @@ class VideoTokenizer(nn.Module):
         enc_cache, dec_cache = (CausalCache(), CausalCache()) if chunked else (None, None)
         parts = []
         for a, b in bounds:
-            chunk = x[:, :, _frames(a, self.temporal_factor) : _frames(b, self.temporal_factor)]
+            chunk = x[:, :, video_frames(a, self.temporal_factor) : video_frames(b, self.temporal_factor)]
             with torch.inference_mode():
                 latent = self.latent(chunk, enc_cache)
             parts.append(refine_ids(self, latent, chunk, options, dec_cache)[0])
@@ -398,7 +403,7 @@ class VideoTokenizer(nn.Module):
         out = torch.empty(
             batch,
             self.config.in_channels,
-            _frames(n_latent, t),
+            video_frames(n_latent, t),
             hw[0] * s,
             hw[1] * s,
             device=device,
@@ -406,7 +411,7 @@ class VideoTokenizer(nn.Module):
         )
         cache = CausalCache()
         for a, b in bounds:
-            out[:, :, _frames(a, t) : _frames(b, t)] = self.decoder(get_codes(a, b), cache)
+            out[:, :, video_frames(a, t) : video_frames(b, t)] = self.decoder(get_codes(a, b), cache)
         return out
 
     # ------------------------------------------------------------------ training

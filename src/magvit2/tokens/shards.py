@@ -52,7 +52,7 @@ class ShardPlan:
 def plan_shards(files: list[Path], out_dir: Path, shard_size: int, rank: int = 0, world_size: int = 1):
     """Split sorted ``files`` into shards of ``shard_size``; return this rank's :class:`ShardPlan` list."""
     if shard_size < 1:
-        raise ValueError(f"--shard-size must be >= 1, got {shard_size}")
+        raise ValueError(f"shard_size (--shard-size) must be >= 1, got {shard_size}")
     ordered = sorted(files, key=str)
     plans = []
     for index, start in enumerate(range(0, len(ordered), shard_size)):
