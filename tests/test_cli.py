@@ -465,3 +465,19 @@ def test_datasets_reads_shards(tmp_path, capsys, model_dir):
     assert run_main(capsys, "tokenize", str(tmp_path / "clips"), "-o", str(tmp_path / "s"), *m)[0] == 0
     ds = datasets.load_dataset("parquet", data_files=str(tmp_path / "s" / "*.parquet"), split="train")
     assert len(ds) == 2 and set(ds.column_names) >= {"source", "ids", "shape", "fps"}
+
+
+def test_no_model_means_the_builtin_even_beside_a_folder_called_default(tmp_path, monkeypatch):
+    """Without --model the CLI loads the package's built-in model by path: a ./default folder (here a
+    different model) does not shadow it, and a missing built-in model is a clear error."""
+    from magvit2.cli import common
+    from magvit2.models.tokenizer import PRETRAINED_DIR
+
+    monkeypatch.chdir(tmp_path)
+    VideoTokenizer(TokenizerConfig(**TINY)).save_pretrained(tmp_path / "default")
+    got = common.load_model(None)
+    assert got.config == VideoTokenizer.from_pretrained(PRETRAINED_DIR / "default").config
+    assert got.config != VideoTokenizer.from_pretrained("default").config  # "default" is the local folder
+    monkeypatch.setattr(common, "BUILTIN_DIR", tmp_path / "missing")
+    with pytest.raises(ValueError, match="built-in model is missing.*pass --model DIR"):
+        common.load_model(None)

@@ -15,14 +15,15 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-import magvit2
 from magvit2.config_io import resolve_path
 from magvit2.data.video_io import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from magvit2.inference.streaming import InferenceOptions, TokenizerRunner
 from magvit2.models import VideoTokenizer
+from magvit2.models.tokenizer import PRETRAINED_DIR
 
-#: Where the built-in model is looked for (shipped as package data by a later release).
-BUILTIN_DIR = Path(magvit2.__file__).resolve().parent / "pretrained" / "default"
+#: The built-in model (package data), used when no --model is given; named by path, so that a folder
+#: called ``default`` in the working directory never shadows it.
+BUILTIN_DIR = PRETRAINED_DIR / "default"
 MEDIA_EXTENSIONS = IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
 
 
@@ -120,16 +121,12 @@ def load_model(model: str | None, device: str = "cpu") -> VideoTokenizer:
                 "VideoTokenizer.save_pretrained)"
             )
         return VideoTokenizer.from_pretrained(path, device=device)
-    if (BUILTIN_DIR / "config.json").is_file():
-        return VideoTokenizer.from_pretrained(BUILTIN_DIR, device=device)
-    try:
-        return VideoTokenizer.from_pretrained("default", device=device)
-    except (ValueError, OSError) as err:
+    if not (BUILTIN_DIR / "config.json").is_file():
         raise ValueError(
-            "the built-in model is missing from this installation (magvit2/pretrained/default): "
-            "pass --model DIR "
+            f"the built-in model is missing from this installation ({BUILTIN_DIR}): pass --model DIR "
             "(a folder written by VideoTokenizer.save_pretrained)"
-        ) from err
+        )
+    return VideoTokenizer.from_pretrained(BUILTIN_DIR, device=device)
 
 
 def make_runner(args: argparse.Namespace) -> TokenizerRunner:

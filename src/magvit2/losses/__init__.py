@@ -21,14 +21,11 @@ from magvit2.losses.perceptual import LPIPS, PerceptualLoss, VGG16Features
 from magvit2.losses.schedule import EntropyWeightSchedule
 from magvit2.losses.tokenizer_loss import LossConfig, TokenizerLoss
 
-GeneratorLoss = TokenizerLoss
-
 __all__ = [
     "BlurPool3d",
     "Discriminator3D",
     "DiscriminatorConfig",
     "EntropyWeightSchedule",
-    "GeneratorLoss",
     "LPIPS",
     "LeCam",
     "LossConfig",

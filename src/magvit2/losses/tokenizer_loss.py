@@ -4,11 +4,11 @@ Use (one training step)::
 
     loss_fn = TokenizerLoss(LossConfig(...))
     schedule = loss_fn.config.entropy_schedule()       # the trainer sets the quantizer's entropy weight
-    recon, q = model(x)                                 # q: QuantizerOutput
-    g_loss, logs = loss_fn(x, recon, q, step, last_layer=model.decoder_last_layer_weight)
+    out = model(x)                                      # TokenizerOutput
+    g_loss, logs = loss_fn(x, out.reconstruction, out.quantizer, step, last_layer=model.last_layer_weight())
     g_loss.backward(); opt_g.step()                     # opt_g holds only the tokenizer's parameters
     if loss_fn.disc_active(step):
-        d_loss, d_logs = loss_fn.discriminator_loss(x, recon.detach(), step)
+        d_loss, d_logs = loss_fn.discriminator_loss(x, out.reconstruction.detach(), step)
         opt_d.zero_grad(); d_loss.backward(); opt_d.step()
 
 The generator pass runs the discriminator on the reconstruction, so discriminator parameters receive
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 class LossConfig:
     """Weights and options of :class:`TokenizerLoss` (flat, so it maps onto a YAML section).
 
-    Defaults follow MAGVIT-v1/v2 (``magvit2.md``) unless noted:
+    Defaults follow MAGVIT-v1/v2 (Yu et al. 2023, 2024) unless noted:
 
     Attributes:
         l1_weight: weight of ``mean|x - x_hat|`` (1.0; Open-MAGVIT2 trains with L1).

@@ -52,15 +52,6 @@ class CausalCache:
         """The ``(key, cache)`` pairs made by :meth:`scope`."""
         return list(self._scopes.items())
 
-    def clear(self) -> None:
-        """Forget everything (start a new video)."""
-        self._state.clear()
-        self._owners.clear()
-        self._scopes.clear()
-
-    def __len__(self) -> int:
-        return len(self._state)
-
 
 class CausalConv3d(nn.Module):
     """3D convolution that pads only the past in time (``kernel_t - 1`` zero frames in front).

@@ -65,15 +65,6 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
-def all_reduce_mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    """Mean of a tensor over processes (a copy; no-op for a single process)."""
-    out = value.detach().clone()
-    if info.distributed:
-        dist.all_reduce(out)
-        out /= info.world_size
-    return out
-
-
 def shutdown(info: DistInfo) -> None:
     """Leave the process group."""
     if info.distributed and dist.is_initialized():

@@ -465,7 +465,10 @@ class Trainer:
         """A copy of the tokenizer holding the EMA weights (raw weights when EMA is off), in eval mode,
         with quantizer statistics local to this process."""
         model = VideoTokenizer(self.model.config).to(self.device)
-        model.load_state_dict(self.ema.state_dict() if self.ema is not None else self.model.state_dict())
+        if self.ema is not None:
+            self.ema.copy_to(model)
+        else:
+            model.load_state_dict(self.model.state_dict())
         for m in model.modules():
             if hasattr(m, "distributed"):
                 m.distributed = False
