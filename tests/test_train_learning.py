@@ -22,7 +22,6 @@ from __future__ import annotations
 import time
 
 import pytest
-import torch
 
 from magvit2.data import read_video, write_png_frames
 from magvit2.evaluation import psnr
@@ -84,4 +83,4 @@ def test_tiny_preset_learns_bigbuckbunny(tmp_path, clips_dir):
     assert untrained["psnr"] < PSNR_FLOOR - 1.0 and baseline < PSNR_FLOOR - 0.5
     assert result["psnr"] > PSNR_FLOOR
     assert result["used_codes"] >= CODES_FLOOR
-    assert torch.isfinite(torch.tensor(result["ssim"]))
+    assert result["ssim"] > untrained["ssim"] + 0.1
