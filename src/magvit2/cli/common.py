@@ -7,7 +7,6 @@ import argparse
 import contextlib
 import glob
 import os
-import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ from tqdm import tqdm
 
 from magvit2.config_io import resolve_path
 from magvit2.data.video_io import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+from magvit2.fileio import atomic_path
 from magvit2.inference.streaming import InferenceOptions, TokenizerRunner
 from magvit2.models import VideoTokenizer
 from magvit2.models.tokenizer import PRETRAINED_DIR
@@ -201,17 +201,8 @@ def atomic_output(path: Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (same suffix); on success it is renamed to ``path``, on
     any failure it is deleted, so no partial output is ever left. Works for files and folders."""
     check_output(path, overwrite)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    try:
+    with atomic_path(path, replace_dir=overwrite) as tmp:
         yield tmp
-        if path.is_dir() and overwrite:
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    finally:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif tmp.exists():
-            tmp.unlink()
 
 
 def one_line(path: Path | str, err: BaseException) -> str:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -30,7 +29,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from magvit2.fileio import set_default_permissions
+from magvit2.fileio import atomic_path, set_default_permissions
 
 FORMAT_NAME = "magvit2-tokens"
 FORMAT_VERSION = 1
@@ -144,14 +143,9 @@ def save_tokens(path: str | Path, tf: TokenFile, *, packed: bool = False) -> Non
         "packed": "1" if packed else "0",
         "encoding": tf.encoding,
     }
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
         set_default_permissions(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from magvit2.fileio import atomic_path
 from magvit2.tokens.format import ONE_PASS
 
 SHARD_FORMAT = "magvit2-token-shard"
@@ -91,13 +91,8 @@ def write_shard(
     if spatial_factor is not None:
         meta["magvit2.spatial_factor"] = str(spatial_factor)
     table = pa.Table.from_pylist(rows, schema=SCHEMA).replace_schema_metadata(meta)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def read_shard(path: str | Path) -> pa.Table:
@@ -154,6 +149,5 @@ def check_manifest(out_dir: Path, expected: dict, overwrite: bool) -> None:
             )
         return
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(expected, indent=2) + "\n")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(expected, indent=2) + "\n")
