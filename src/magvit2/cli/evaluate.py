@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from magvit2.cli.common import (
     one_line,
 )
 from magvit2.data.video_io import VideoReadError, iter_frames
-from magvit2.evaluation import CodebookStats
+from magvit2.evaluation import CodebookStats, bits_per_pixel
 from magvit2.inference.metrics import ReconstructionMetrics
 
 EXAMPLES = """examples:
@@ -162,7 +161,7 @@ def evaluate_file(
         "frames": metrics.frames,
         "psnr": metrics.psnr,
         "ssim": metrics.ssim,
-        "bpp": tokens * math.log2(runner.vocabulary) / (metrics.frames * h * w),
+        "bpp": bits_per_pixel(tokens, runner.vocabulary, metrics.frames, h, w),
         "tokens": tokens,
     }
     if lpips is not None:

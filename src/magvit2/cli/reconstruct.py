@@ -22,6 +22,7 @@ from magvit2.cli.common import (
 from magvit2.cli.detokenize import output_kind
 from magvit2.config_io import resolve_path
 from magvit2.data.video_io import VideoWriter, iter_frames, probe, write_png
+from magvit2.evaluation import bits_per_pixel
 from magvit2.inference.metrics import ReconstructionMetrics
 
 EXAMPLE = """examples:
@@ -126,12 +127,11 @@ def run(args: argparse.Namespace) -> int:
                 write_png(tmps[out], compare_png[out])
         for writer in writers.values():
             writer.close()
-    tokens = sum(int(t.numel()) for t in ids)
-    bits = math.log2(runner.vocabulary)
+    tokens, bits = sum(int(t.numel()) for t in ids), math.log2(runner.vocabulary)
     result = {
         "psnr": round(metrics.psnr, 4),
         "ssim": round(metrics.ssim, 6),
-        "bpp": tokens * bits / (metrics.frames * h * w),
+        "bpp": bits_per_pixel(tokens, runner.vocabulary, metrics.frames, h, w),
         "tokens": tokens,
         "frames": metrics.frames,
         "height": h,
