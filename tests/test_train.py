@@ -251,6 +251,7 @@ def _fresh_model_state():
 
 def test_activation_checkpointing_gives_the_same_gradients():
     from magvit2.models import VideoTokenizer
+    from magvit2.modules.blocks import ResBlock
     from magvit2.training.config import tokenizer_config
     from magvit2.training.trainer import enable_activation_checkpointing
 
@@ -261,9 +262,13 @@ def test_activation_checkpointing_gives_the_same_gradients():
     ckpt.load_state_dict(plain.state_dict())
     assert enable_activation_checkpointing(ckpt) >= 3
     x = torch.rand(2, 3, 5, 16, 16) * 2 - 1
-    for m in (plain, ckpt):
+    calls = {}
+    for name, m in (("plain", plain), ("ckpt", ckpt)):
+        conv = next(b for b in m.modules() if isinstance(b, ResBlock)).conv1
+        conv.register_forward_hook(lambda *_, name=name: calls.update({name: calls.get(name, 0) + 1}))
         out = m(x)
         ((out.reconstruction - x).abs().mean() + out.quantizer.loss).backward()
+    assert calls == {"plain": 1, "ckpt": 2}  # checkpointed: run again in the backward pass
     for (name, p), q in zip(plain.named_parameters(), ckpt.parameters(), strict=True):
         torch.testing.assert_close(q.grad, p.grad, msg=name)
     assert plain.state_dict().keys() == ckpt.state_dict().keys()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from einops import rearrange
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from magvit2.modules.causal import CausalCache, CausalConv3d, swish
 from magvit2.modules.norm import GroupNorm
@@ -35,7 +36,16 @@ class ResBlock(nn.Module):
         else:
             self.nin_shortcut = None
 
+        self.gradient_checkpointing = False
+
     def forward(self, x: Tensor, cache: CausalCache | None = None) -> Tensor:
+        """``(B, C_in, T, H, W)`` -> ``(B, C_out, T, H, W)``. With ``gradient_checkpointing`` a training
+        pass (gradients on, no causal cache) recomputes the activations in the backward pass."""
+        if self.gradient_checkpointing and cache is None and torch.is_grad_enabled():
+            return checkpoint(self._forward, x, None, use_reentrant=False)
+        return self._forward(x, cache)
+
+    def _forward(self, x: Tensor, cache: CausalCache | None) -> Tensor:
         h = self.conv1(swish(self.norm1(x)), cache)
         h = self.conv2(swish(self.norm2(h)), cache)
         residual = x if self.nin_shortcut is None else self.nin_shortcut(x, cache)

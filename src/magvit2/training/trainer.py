@@ -43,7 +43,6 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.checkpoint import checkpoint
 
 from magvit2.config_io import resolve_path
 from magvit2.data import JointBatchDataset, find_files, make_loader, read_video, to_tensor
@@ -91,19 +90,10 @@ def enable_activation_checkpointing(model: nn.Module) -> int:
     Only training passes (gradients on, no causal cache) are checkpointed; weights and state dict keys
     are unchanged.
     """
-    count = 0
-    for module in model.modules():
-        if isinstance(module, ResBlock):
-            inner = module.forward
-
-            def forward(x: Tensor, cache: Any = None, _inner: Any = inner) -> Tensor:
-                if cache is None and torch.is_grad_enabled():
-                    return checkpoint(_inner, x, use_reentrant=False)
-                return _inner(x, cache)
-
-            module.forward = forward  # type: ignore[method-assign]
-            count += 1
-    return count
+    blocks = [m for m in model.modules() if isinstance(m, ResBlock)]
+    for block in blocks:
+        block.gradient_checkpointing = True
+    return len(blocks)
 
 
 def rng_state() -> dict[str, Any]:
