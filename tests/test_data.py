@@ -75,6 +75,22 @@ def test_find_files_folders_globs_exclude(media):
     assert names == ["img0.png", "img1.png", "img2.png", "a.mp4"]  # sorted by full path
 
 
+def test_find_files_skips_hidden_files_in_folders(media, tmp_path):
+    """A hidden file in a data folder (e.g. a half-written ``.x.tmp-123.mp4`` of another process) is
+    not training data; the same folder walk serves the CLI."""
+    import shutil
+
+    from magvit2.cli.common import discover_inputs
+
+    folder = tmp_path / "data"
+    shutil.copytree(media / "videos", folder)
+    shutil.copy(folder / "a.mp4", folder / ".a.tmp-123.mp4")
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == [".a.tmp-123.mp4", "a.mp4", "b.mp4"]
+    assert [f.rsplit("/", 1)[1] for f in find_files([str(folder)])] == ["a.mp4", "b.mp4"]
+    assert [f.name for f, _ in discover_inputs([str(folder)])] == ["a.mp4", "b.mp4"]
+
+
 @pytest.mark.parametrize("cache", [False, True])
 def test_clip_frames_follow_stride(media, cache):
     cfg = DataConfig(

@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from magvit2.config_io import resolve_path
-from magvit2.data.video_io import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+from magvit2.data.dataset import media_in_folder
 from magvit2.fileio import atomic_path
 from magvit2.inference.streaming import InferenceOptions, TokenizerRunner
 from magvit2.models import VideoTokenizer
@@ -24,7 +24,6 @@ from magvit2.models.tokenizer import PRETRAINED_DIR
 #: The built-in model (package data), used when no --model is given; named by path, so that a folder
 #: called ``default`` in the working directory never shadows it.
 BUILTIN_DIR = PRETRAINED_DIR / "default"
-MEDIA_EXTENSIONS = IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
 
 
 def add_model_args(p: argparse.ArgumentParser, inference: bool = True) -> None:
@@ -167,9 +166,8 @@ def discover_inputs(inputs: list[str]) -> list[tuple[Path, Path]]:
             raise FileNotFoundError(f"{item}: no such file, folder or matching glob")
         for path in matches:
             if path.is_dir():
-                for f in sorted(path.rglob("*")):
-                    if f.is_file() and f.suffix.lower() in MEDIA_EXTENSIONS and not f.name.startswith("."):
-                        found.setdefault(f, path)
+                for f in media_in_folder(path):
+                    found.setdefault(f, path)
             else:
                 found.setdefault(path, path.parent)
     if not found:

@@ -186,14 +186,21 @@ class DataConfig:
 # --------------------------------------------------------------------------------------- file discovery
 
 
+def media_in_folder(folder: Path) -> list[Path]:
+    """Image and video files (known extensions) anywhere under ``folder``, sorted; hidden files (names
+    starting with ``.``, e.g. another process's temporary output) are skipped."""
+    known = IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
+    hits = (f for f in folder.rglob("*") if f.suffix.lower() in known and not f.name.startswith("."))
+    return sorted(f for f in hits if f.is_file())
+
+
 def find_files(paths: Sequence[str], exclude: Sequence[str] = ()) -> list[str]:
     """Expand files, folders (recursively, known image/video extensions) and globs; sorted, unique."""
-    known = IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
     found: set[str] = set()
     for entry in paths:
         p = Path(entry).expanduser()
         if p.is_dir():
-            found.update(str(f) for f in p.rglob("*") if f.is_file() and f.suffix.lower() in known)
+            found.update(str(f) for f in media_in_folder(p))
         elif p.exists():
             found.add(str(p))
         else:
@@ -203,7 +210,7 @@ def find_files(paths: Sequence[str], exclude: Sequence[str] = ()) -> list[str]:
             for m in matches:
                 mp = Path(m)
                 if mp.is_dir():
-                    found.update(str(f) for f in mp.rglob("*") if f.is_file() and f.suffix.lower() in known)
+                    found.update(str(f) for f in media_in_folder(mp))
                 elif mp.is_file():
                     found.add(str(mp))
 
