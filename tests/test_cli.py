@@ -481,3 +481,24 @@ def test_no_model_means_the_builtin_even_beside_a_folder_called_default(tmp_path
     monkeypatch.setattr(common, "BUILTIN_DIR", tmp_path / "missing")
     with pytest.raises(ValueError, match="built-in model is missing.*pass --model DIR"):
         common.load_model(None)
+
+
+def test_heap_bound_only_for_streaming_without_gradients(monkeypatch, tmp_path, capsys):
+    """bound_heap_growth (flat memory over long videos) makes every backward pass slow (training 1.7x):
+    magvit2 applies it to streaming commands only, and not when they refine tokens."""
+    import magvit2.cli.main as cli_main
+
+    calls = []
+    monkeypatch.setattr(cli_main, "bound_heap_growth", lambda: calls.append(True))
+    missing = str(tmp_path / "missing.mp4")
+    for argv, bounded in (
+        (["train", "--print-config"], False),
+        (["reconstruct", missing], True),
+        (["reconstruct", missing, "--refine-steps", "2"], False),
+        (["tokenize", missing, "-o", str(tmp_path / "t")], True),
+        (["info", missing], False),
+    ):
+        calls.clear()
+        main(argv)
+        assert calls == ([True] if bounded else []), argv
+    capsys.readouterr()
