@@ -423,6 +423,10 @@ def test_folder_shards_resume_and_bad_files(tmp_path, capsys, model_dir, model):
         capsys, "tokenize", str(tmp_path / "clips"), "-o", str(shards), "--shard-size", "3", *m
     )
     assert code == 1 and "shard_size" in err
+    fewer = ("--shard-size", "2", "--max-frames", "2")
+    code, _, err = run_main(capsys, "tokenize", str(tmp_path / "clips"), "-o", str(shards), *fewer, *m)
+    assert code == 1 and "max_frames" in err
+    assert all(f.stat().st_mtime_ns == stamps[f] for f in (files[0], files[2]))
     code, out, _ = run_main(capsys, "info", str(shards), "--json")
     info = json.loads(out)
     assert info["clips"] == 5 and info["shards"] == 3 and any("broken.mp4" in f for f in info["failed"])
@@ -436,6 +440,54 @@ def test_folder_shards_resume_and_bad_files(tmp_path, capsys, model_dir, model):
     expected = to_uint8(model.decode(ids[None]))[0, : row["frames"], : row["height"], : row["width"]]
     got = np.stack([read_image(p) for p in sorted((tmp_path / "row").glob("*.png"))])
     assert got.shape == expected.shape and np.abs(got.astype(int) - expected).max() <= 1
+
+
+def test_token_folder_rerun_skips_only_outputs_made_the_same_way(tmp_path, capsys, model_dir, model):
+    """A rerun into a folder of token files skips the files already there and says so; with other
+    settings (here fewer frames, or packed ids) it is refused instead of keeping stale tokens."""
+    _make_folder(tmp_path / "clips", 3)
+    out, m = tmp_path / "toks", ("--model", str(model_dir))
+    code, _, err = run_main(capsys, "tokenize", str(tmp_path / "clips"), "-o", str(out), *m, "-q")
+    assert code == 0, err
+    first = load_tokens(out / "clip0.mkv.safetensors")
+    code, _, err = run_main(capsys, "tokenize", str(tmp_path / "clips"), "-o", str(out), *m)
+    assert code == 0 and "3 of 3 inputs already tokenized" in err
+    for other in (("--max-frames", "2"), ("--packed",)):
+        code, _, err = run_main(capsys, "tokenize", str(tmp_path / "clips"), "-o", str(out), *m, *other)
+        _one_line_error(code, err, str(out))
+        assert "other settings" in err and "--overwrite" in err, other
+    assert torch.equal(load_tokens(out / "clip0.mkv.safetensors").ids, first.ids)
+    code, _, err = run_main(
+        capsys, "tokenize", str(tmp_path / "clips"), "-o", str(out), *m, "--max-frames", "2", "--overwrite"
+    )
+    assert code == 0 and load_tokens(out / "clip0.mkv.safetensors").frames == 2
+
+
+def test_out_of_range_options_are_usage_errors(tmp_path, capsys, model_dir):
+    """Numbers that cannot work are refused when the arguments are read (exit 2, the option named),
+    not turned into a traceback or silently into something else."""
+    clip = tmp_path / "c.mkv"
+    write_video(clip, _clip(0, frames=3, h=16, w=24), fps=10, lossless=True)
+    m = ("--model", str(model_dir))
+    for argv in (
+        ("reconstruct", str(clip), "--max-frames", "0"),
+        ("eval", str(clip), "--max-frames", "-1"),
+        ("tokenize", str(clip), "-o", str(tmp_path / "t"), "--shard-size", "0"),
+        ("reconstruct", str(clip), "--max-chunk-frames", "-5"),
+        ("reconstruct", str(clip), "--batch-size", "0"),
+        ("reconstruct", str(clip), "--refine-steps", "x"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*argv, *m])
+        assert exit_info.value.code == 2, argv
+        assert f"argument {argv[-2]}: expected an integer" in capsys.readouterr().err, argv
+    # values the model cannot use: one-line errors naming the option (spatial factor 4 here)
+    for extra, what in (
+        (("--tile", "3"), "--tile"),
+        (("--tile", "8", "--tile-overlap", "8"), "--tile-overlap"),
+    ):
+        code, _, err = run_main(capsys, "reconstruct", str(clip), *m, *extra)
+        _one_line_error(code, err, what)
 
 
 def test_torchrun_two_ranks_split_the_work(tmp_path, model_dir):

@@ -26,6 +26,22 @@ from magvit2.models.tokenizer import PRETRAINED_DIR
 BUILTIN_DIR = PRETRAINED_DIR / "default"
 
 
+def at_least(low: int):
+    """An argparse ``type``: an int ``>= low`` (a clear usage error otherwise)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+        return value
+
+    parse.__name__ = f"int >= {low}"
+    return parse
+
+
 def add_model_args(p: argparse.ArgumentParser, inference: bool = True) -> None:
     """``--model``, ``--device`` and (``inference``) ``--batch-size``, ``--max-chunk-frames``, ``--tile``."""
     g = p.add_argument_group("model and inference")
@@ -36,22 +52,23 @@ def add_model_args(p: argparse.ArgumentParser, inference: bool = True) -> None:
     )
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda if available)")
     if inference:
-        g.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass (default 4)")
+        g.add_argument("--batch-size", type=at_least(1), default=4, help="tiles per forward pass (default 4)")
         g.add_argument(
             "--max-chunk-frames",
-            type=int,
+            type=at_least(0),
             default=17,
-            help="frames per causal time chunk; memory depends on this, not on the video length (17)",
+            help="frames per causal time chunk; memory depends on this, not on the video length "
+            "(default 17; 0: whole clips at once)",
         )
         g.add_argument(
             "--tile",
-            type=int,
+            type=at_least(1),
             default=None,
             metavar="PX",
             help="encode/decode frames larger than PX pixels in overlapping tiles (default: no tiling)",
         )
         g.add_argument(
-            "--tile-overlap", type=int, default=None, metavar="PX", help="tile overlap (default tile/4)"
+            "--tile-overlap", type=at_least(0), default=None, metavar="PX", help="tile overlap (tile/4)"
         )
         g.add_argument(
             "--tile-norm",
@@ -68,7 +85,7 @@ def add_model_args(p: argparse.ArgumentParser, inference: bool = True) -> None:
         )
         g.add_argument(
             "--feedback-stages",
-            type=int,
+            type=at_least(0),
             default=None,
             metavar="K",
             help="models with several feedback stages: run only the first K (0: as --no-feedback); "
@@ -81,7 +98,7 @@ def add_refine_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("token refinement (slower encoding, closer reconstructions)")
     g.add_argument(
         "--refine-steps",
-        type=int,
+        type=at_least(0),
         default=0,
         metavar="N",
         help="search for better tokens with N decoder passes per chunk (e.g. 30; default 0: the "
@@ -141,7 +158,7 @@ def make_runner(args: argparse.Namespace) -> TokenizerRunner:
                 f"--feedback-stages: expected 0..{have} (this model's feedback stages), got {stages}"
             )
         model.feedback_stages_used = stages
-    mcf = args.max_chunk_frames if args.max_chunk_frames and args.max_chunk_frames > 0 else None
+    mcf = args.max_chunk_frames or None  # 0: whole clips
     options = InferenceOptions(
         device=device,
         batch_size=args.batch_size,

@@ -14,6 +14,7 @@ from magvit2.cli.common import (
     add_model_args,
     add_output_args,
     add_refine_args,
+    at_least,
     atomic_output,
     discover_inputs,
     make_runner,
@@ -40,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("inputs", nargs="+", metavar="VIDEO_OR_FOLDER", help="files, folders or globs")
-    p.add_argument("--max-frames", type=int, default=None, help="use at most N frames of each clip")
+    p.add_argument("--max-frames", type=at_least(1), default=None, help="use at most N frames of each clip")
     p.add_argument("--json-out", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--lpips", metavar="FILE", help="LPIPS/VGG16 weights (torchvision or lpips format)")
     p.add_argument("--fvd", metavar="FILE", help="I3D TorchScript file (i3d_torchscript.pt): report FVD")

@@ -15,6 +15,7 @@ from magvit2.cli.common import (
     add_model_args,
     add_output_args,
     add_refine_args,
+    at_least,
     atomic_output,
     make_runner,
     progress,
@@ -44,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("input", metavar="INPUT", help="a video or image file")
     p.add_argument("-o", "--output", default=None, metavar="VIDEO", help="write the reconstruction here")
-    p.add_argument("--max-frames", type=int, default=None, metavar="N", help="use at most N frames")
+    p.add_argument("--max-frames", type=at_least(1), default=None, metavar="N", help="use at most N frames")
     p.add_argument("--json", action="store_true", help="print JSON (keys psnr, ssim, bpp, tokens, ...)")
     p.add_argument(
         "--compare",

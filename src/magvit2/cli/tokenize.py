@@ -23,6 +23,7 @@ from magvit2.cli.common import (
     add_model_args,
     add_output_args,
     add_refine_args,
+    at_least,
     check_output,
     discover_inputs,
     dist_rank_world,
@@ -33,7 +34,14 @@ from magvit2.cli.common import (
 from magvit2.data.video_io import iter_frames, probe
 from magvit2.inference.streaming import EncodedClip, TokenizerRunner
 from magvit2.tokens import TokenFile, save_tokens
-from magvit2.tokens.shards import check_manifest, manifest, plan_shards, write_shard
+from magvit2.tokens.shards import (
+    TOKEN_FOLDER_MANIFEST,
+    check_manifest,
+    manifest,
+    plan_shards,
+    token_folder_manifest,
+    write_shard,
+)
 
 EXAMPLE = """examples:
   magvit2 tokenize clip.mp4 -o clip.safetensors --model my_tokenizer/
@@ -59,13 +67,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="a .safetensors file (one input) or a folder (one token file per input, or shards)",
     )
     p.add_argument(
-        "--shard-size", type=int, default=None, metavar="N", help="write Parquet shards of N clips"
+        "--shard-size", type=at_least(1), default=None, metavar="N", help="write Parquet shards of N clips"
     )
     p.add_argument(
         "--packed", action="store_true", help="bit-pack ids in token files (log2(vocab) bits each)"
     )
     p.add_argument(
-        "--max-frames", type=int, default=None, metavar="N", help="tokenize at most N frames a clip"
+        "--max-frames", type=at_least(1), default=None, metavar="N", help="tokenize at most N frames a clip"
     )
     add_model_args(p)
     add_refine_args(p)
@@ -102,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output)
     runner = make_runner(args)
     if args.shard_size is not None:
+        if args.packed:
+            raise ValueError("--packed bit-packs token files; shards (--shard-size) always hold int32 ids")
         return _run_shards(args, runner, files, out)
     single = len(files) == 1 and out.suffix == ".safetensors"
     if single:
@@ -118,12 +128,14 @@ def run(args: argparse.Namespace) -> int:
 def _run_files(args, runner: TokenizerRunner, files: list[tuple[Path, Path]], out: Path) -> int:
     rank, world = dist_rank_world()
     mine = [pair for i, pair in enumerate(files) if i % world == rank]
-    failed = 0
-    out.mkdir(parents=True, exist_ok=True)
+    failed = skipped = 0
+    settings = token_folder_manifest(runner.fingerprint, runner.encoding, args.max_frames, args.packed)
+    check_manifest(out, settings, args.overwrite, TOKEN_FOLDER_MANIFEST, "token files")
     with progress(len(mine), "clip", "tokenize", args.quiet) as bar:
         for path, root in mine:
             dest = out / (str(path.relative_to(root)) + ".safetensors")
             if dest.exists() and not args.overwrite:
+                skipped += 1
                 bar.update(1)
                 continue
             try:
@@ -134,6 +146,9 @@ def _run_files(args, runner: TokenizerRunner, files: list[tuple[Path, Path]], ou
                 failed += 1
                 bar.write(f"magvit2 tokenize: error: {one_line(path, err)}", file=sys.stderr)
             bar.update(1)
+    if skipped and not args.quiet:
+        print(f"magvit2 tokenize: {skipped} of {len(mine)} inputs already tokenized in {out} with these "
+              "settings, skipped (--overwrite redoes them)", file=sys.stderr)  # fmt: skip
     return 1 if failed else 0
 
 
@@ -152,7 +167,8 @@ def _row(clip: EncodedClip, fps, source: str) -> dict:
 def _run_shards(args, runner: TokenizerRunner, files: list[tuple[Path, Path]], out: Path) -> int:
     rank, world = dist_rank_world()
     paths = [p for p, _ in files]
-    check_manifest(out, manifest(paths, args.shard_size, runner.fingerprint, runner.encoding), args.overwrite)
+    expected = manifest(paths, args.shard_size, runner.fingerprint, runner.encoding, args.max_frames)
+    check_manifest(out, expected, args.overwrite)
     plans = plan_shards(paths, out, args.shard_size, rank=rank, world_size=world)
     todo = [plan for plan in plans if args.overwrite or not plan.path.exists()]
     failed = 0

@@ -179,8 +179,12 @@ class TokenizerRunner:
         mcf = self.options.max_chunk_frames
         # latent frames of the first chunk and of each later one (None: whole clips)
         self._first, self._later = (None, None) if mcf is None else chunk_latent_frames(mcf, self.t)
-        tile = self.options.tile
-        self.tile = None if tile is None else max(self.s, tile // self.s * self.s)
+        tile, overlap = self.options.tile, self.options.overlap
+        if tile is not None and tile < self.s:
+            raise ValueError(f"tile (--tile) must be at least the spatial factor, {self.s} px; got {tile}")
+        if tile is not None and overlap is not None and overlap >= tile:
+            raise ValueError(f"overlap (--tile-overlap) must be below the tile, {tile} px; got {overlap}")
+        self.tile = None if tile is None else tile // self.s * self.s
         if self.tile is not None:
             ov = self.options.overlap if self.options.overlap is not None else self.tile // 4
             self.overlap = min(ov // self.s * self.s, self.tile - self.s)

@@ -26,6 +26,9 @@ from magvit2.tokens.format import ONE_PASS
 SHARD_FORMAT = "magvit2-token-shard"
 SHARD_VERSION = 1
 MANIFEST_NAME = "magvit2-shards.json"
+#: Settings of a folder of token files (``magvit2 tokenize INPUTS -o FOLDER``): a rerun that skips the
+#: files already there must have made them the same way.
+TOKEN_FOLDER_MANIFEST = "magvit2-tokens.json"
 
 SCHEMA = pa.schema(
     [
@@ -111,11 +114,13 @@ def shard_metadata(path: str | Path) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in meta.items() if k.startswith(b"magvit2.")}
 
 
-def manifest(files: list[Path], shard_size: int, model: str, encoding: str = ONE_PASS) -> dict:
+def manifest(
+    files: list[Path], shard_size: int, model: str, encoding: str = ONE_PASS, max_frames: int | None = None
+) -> dict:
     """What a shard folder was made from: a rerun must match it to resume.
 
-    ``encoding`` is recorded only for refined tokens, so that folders made before it existed (all by
-    the encoder) still match a plain rerun.
+    ``encoding`` is recorded only for refined tokens and ``max_frames`` only when set, so that folders
+    made before they were recorded (by the encoder, whole clips) still match a plain rerun.
     """
     digest = hashlib.sha256("\n".join(sorted(str(f) for f in files)).encode()).hexdigest()[:16]
     return {
@@ -125,16 +130,26 @@ def manifest(files: list[Path], shard_size: int, model: str, encoding: str = ONE
         "shard_size": shard_size,
         "files": len(files),
         "files_digest": digest,
-    } | ({} if encoding == ONE_PASS else {"encoding": encoding})
+    } | ({} if encoding == ONE_PASS else {"encoding": encoding}) | (
+        {} if max_frames is None else {"max_frames": max_frames}
+    )
 
 
-def check_manifest(out_dir: Path, expected: dict, overwrite: bool) -> None:
-    """Write ``out_dir/magvit2-shards.json``, or check that the one there matches ``expected``.
+def token_folder_manifest(model: str, encoding: str, max_frames: int | None, packed: bool) -> dict:
+    """The settings a folder of token files was made with (see :data:`TOKEN_FOLDER_MANIFEST`)."""
+    return {"model": model, "encoding": encoding, "max_frames": max_frames, "packed": packed}
 
-    A folder made with another model, shard size or file list is refused (its shards would not
-    line up) unless ``overwrite``.
+def check_manifest(
+    out_dir: Path, expected: dict, overwrite: bool, name: str = MANIFEST_NAME, what: str = "shards"
+) -> None:
+    """Write ``out_dir/name`` (default ``magvit2-shards.json``), or check that the one there matches
+    ``expected``.
+
+    A folder made with other settings (model, encoding, frames; for shards also shard size and file
+    list, or its shards would not line up) is refused unless ``overwrite``: a rerun skips the outputs
+    already there, which must then be what this run would have written.
     """
-    path = out_dir / MANIFEST_NAME
+    path = out_dir / name
     if path.is_file() and not overwrite:
         try:
             found = json.loads(path.read_text())
@@ -144,7 +159,7 @@ def check_manifest(out_dir: Path, expected: dict, overwrite: bool) -> None:
             keys = set(expected) | (set(found) if isinstance(found, dict) else set())
             diff = sorted(k for k in keys if not isinstance(found, dict) or found.get(k) != expected.get(k))
             raise ValueError(
-                f"{out_dir}: holds shards made with other settings ({', '.join(diff)} differ); "
+                f"{out_dir}: holds {what} made with other settings ({', '.join(diff)} differ); "
                 "pass --overwrite to redo them or choose another folder"
             )
         return
