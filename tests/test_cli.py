@@ -554,3 +554,38 @@ def test_heap_bound_only_for_streaming_without_gradients(monkeypatch, tmp_path, 
         main(argv)
         assert calls == ([True] if bounded else []), argv
     capsys.readouterr()
+
+
+def test_broken_models_devices_and_checkpoints_are_one_line_errors(tmp_path, capsys, model_dir):
+    """Damaged model folders, a config that does not fit the weights, unusable devices and files that
+    are not checkpoints: one line naming the file or option, no traceback."""
+    import shutil
+
+    clip = tmp_path / "c.mkv"
+    write_video(clip, _clip(0, frames=3, h=16, w=24), fps=10, lossless=True)
+    truncated = tmp_path / "truncated"
+    shutil.copytree(model_dir, truncated)
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:300])
+    other = tmp_path / "other_config"
+    shutil.copytree(model_dir, other)
+    cfg = json.loads((other / "config.json").read_text())
+    cfg["quantizer"]["bits"] = 8  # the weights are for 10 bits
+    (other / "config.json").write_text(json.dumps(cfg))
+    not_json = tmp_path / "not_json"
+    shutil.copytree(model_dir, not_json)
+    (not_json / "config.json").write_text("{'bits': 10}")
+    cases = [
+        (("--model", str(truncated)), "model.safetensors: not a readable safetensors file"),
+        (("--model", str(other)), "model.safetensors: weights do not match config.json"),
+        (("--model", str(not_json)), "config.json: not valid JSON"),
+        (("--model", str(model_dir), "--device", "cpu:1"), "--device cpu:1"),
+    ]
+    for extra, what in cases:
+        code, _, err = run_main(capsys, "reconstruct", str(clip), *extra)
+        _one_line_error(code, err, what)
+    for name, content in (("fake.ckpt", b"not a checkpoint\n"), ("empty.ckpt", b"")):
+        (tmp_path / name).write_bytes(content)
+        argv = ("convert", "open-magvit2", str(tmp_path / name), str(tmp_path / "out"))
+        code, _, err = run_main(capsys, *argv)
+        _one_line_error(code, err, f"{name}: not a checkpoint")

@@ -124,6 +124,14 @@ def resolve_device(name: str) -> str:
         torch.device(name)
     except RuntimeError as err:
         raise ValueError(f"--device: expected cpu, cuda, cuda:N or auto, got {name!r}") from err
+    device = torch.device(name)
+    if device.type == "cpu" and device.index not in (None, 0):
+        raise ValueError(f"--device {name}: there is one CPU device; use --device cpu")
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as err:  # e.g. mps without Metal, cuda:7 on a 2-GPU machine
+        reason = " ".join(str(err).split())
+        raise ValueError(f"--device {name}: not usable on this machine ({reason[:150]})") from err
     return name
 
 

@@ -56,13 +56,18 @@ def _torch_load_weights_only(path: Path) -> tuple[object, list[str]]:
             match = _UNSUPPORTED.search(str(err))
             if match is None or match.group(1) in stubbed or len(stubbed) >= MAX_STUBBED_GLOBALS:
                 raise ValueError(
-                    f"{path}: torch.load(weights_only=True) refused this checkpoint ({err}). We never "
+                    f"{path}: torch.load(weights_only=True) refused this file ({err}). We never "
                     "unpickle arbitrary objects; in an environment you trust, save its state dict as "
                     "safetensors (safetensors.torch.save_file(torch.load(p)['state_dict'], 'sd.safetensors'))"
                     " "
                     "and convert that file"
                 ) from err
             stubbed.append(match.group(1))
+        except (EOFError, KeyError, RuntimeError, ValueError, IndexError) as err:  # not a torch file
+            raise ValueError(
+                f"{path}: not a readable checkpoint (a torch.save / Lightning .ckpt or safetensors file; "
+                f"truncated or another kind of file?): {type(err).__name__}: {err}"
+            ) from err
 
 
 def _is_zip(path: Path) -> bool:
@@ -106,5 +111,10 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, Tensor], list[str]]:
             return load_file(str(path), device="cpu"), []
         except Exception as err:  # safetensors raises its own error types
             raise ValueError(f"{path}: not a readable safetensors file ({err})") from err
+    if head[:4] != b"PK\x03\x04" and head[:1] != b"\x80":  # torch.save: a zip, or (legacy) a pickle
+        raise ValueError(
+            f"{path}: not a checkpoint (expected a torch.save / Lightning .ckpt or a safetensors file; "
+            f"it starts with {head[:4]!r})"
+        )
     obj, stubbed = _torch_load_weights_only(path)
     return _find_state_dict(obj, path), stubbed

@@ -171,19 +171,30 @@ class VideoTokenizer(nn.Module):
         for p in (config_path, weights_path):
             if not p.is_file():
                 raise ValueError(f"VideoTokenizer.from_pretrained: expected {p} to exist, it does not")
-        meta = json.loads(config_path.read_text())
+        try:
+            meta = json.loads(config_path.read_text())
+        except ValueError as err:
+            raise ValueError(f"{config_path}: not valid JSON ({err})") from err
         version = meta.pop("format_version", FORMAT_VERSION)
         meta.pop("model", None)
         if version != FORMAT_VERSION:
             raise ValueError(f"{config_path}: expected format_version {FORMAT_VERSION}, got {version}")
         model = cls(TokenizerConfig.from_dict(meta))
-        state = load_file(str(weights_path), device=str(device))
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
+        try:
+            state = load_file(str(weights_path), device=str(device))
+        except Exception as err:  # safetensors raises its own error type (not an OSError)
+            raise ValueError(f"{weights_path}: not a readable safetensors file (truncated?): {err}") from err
+        expected = model.state_dict()
+        missing = [k for k in expected if k not in state]
+        unexpected = [k for k in state if k not in expected]
+        wrong = [f"{k} {list(v.shape)} (config: {list(expected[k].shape)})"
+                 for k, v in state.items() if k in expected and v.shape != expected[k].shape]  # fmt: skip
+        if missing or unexpected or wrong:
             raise ValueError(
-                f"{weights_path}: weights do not match the config; missing {missing[:5]}, "
-                f"unexpected {unexpected[:5]}"
+                f"{weights_path}: weights do not match {config_path.name}; missing {missing[:3]}, "
+                f"unexpected {unexpected[:3]}, other shapes {wrong[:3]}"
             )
+        model.load_state_dict(state)
         return model.to(device).eval()
 
     # ------------------------------------------------------------------ properties

@@ -144,7 +144,10 @@ def save_tokens(path: str | Path, tf: TokenFile, *, packed: bool = False) -> Non
         "encoding": tf.encoding,
     }
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+        try:
+            save_file(tensors, str(tmp), metadata=meta)
+        except Exception as err:  # safetensors raises its own error type, not an OSError
+            raise OSError(f"{path}: cannot write the token file ({err})") from err
         set_default_permissions(tmp)
 
 
