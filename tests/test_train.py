@@ -7,6 +7,7 @@ bigbuckbunny.mp4) and a tiny discriminator with LeCam and R1 on, so one step tak
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -139,8 +140,15 @@ def test_config_yaml_overrides_and_paths(tmp_path):
     with pytest.raises(ValueError, match="expected float"):
         load_train_config(path, ["optim.lr=fast"])
     bad = write_config(tmp_path / "bad.yaml", tiny_config(tmp_path / "run", optim__lr="fast"))
-    with pytest.raises(ValueError, match="optim.lr: expected a number"):
+    with pytest.raises(ValueError, match=r"bad\.yaml: optim\.lr: expected float, got str 'fast'"):
         load_train_config(bad)
+    for field, value, expected in (("max_steps", "ten", "int"), ("data", {"batch_size": 2.5}, "int"),
+                                   ("data", {"hflip": "yes"}, "bool"), ("data", {"paths": "a.mp4"}, "list")):
+        bad = tiny_config(tmp_path / "run")
+        bad[field] = {**bad[field], **value} if isinstance(value, dict) else value
+        where = field if not isinstance(value, dict) else f"{field}.{next(iter(value))}"
+        with pytest.raises(ValueError, match=rf"b2\.yaml: {re.escape(where)}: expected {expected}"):
+            load_train_config(write_config(tmp_path / "b2.yaml", bad))  # before any check runs on it
     with pytest.raises(ValueError, match="no_such_package"):
         resolve_path("pkg://no_such_package/x.mp4")
     # the defaults round-trip through the YAML the trainer writes

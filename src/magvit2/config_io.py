@@ -41,20 +41,52 @@ def _unwrap_optional(tp: Any) -> Any:
     return tp
 
 
-def from_dict(cls: type[T], data: dict[str, Any], *, where: str = "config") -> T:
-    """Build dataclass ``cls`` from a (nested) dict; unknown keys raise a ValueError naming them."""
+def _scalar(value: Any, tp: Any, where: str) -> Any:
+    """``value`` checked against a field type ``tp`` (int, float, bool, str, lists; optional or not):
+    ints where floats are expected and YAML 1.1 strings such as ``"1e-3"`` become floats; a value of
+    the wrong kind is a ValueError naming the field. Other types (dicts, Any, unions) pass unchecked."""
+    if value is None:
+        return None
+    base = _unwrap_optional(tp)
+    kind = typing.get_origin(base) or base
+    if base is float and isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    ok = {
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        bool: isinstance(value, bool),
+        str: isinstance(value, str),
+        list: isinstance(value, (list, tuple)),
+        tuple: isinstance(value, (list, tuple)),
+    }.get(kind, True)
+    if not ok:
+        name = {list: "list", tuple: "list"}.get(kind, getattr(kind, "__name__", str(kind)))
+        raise ValueError(f"{where}: expected {name}, got {type(value).__name__} {value!r}")
+    return float(value) if base is float else value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], *, where: str = "config", field: str = "") -> T:
+    """Build dataclass ``cls`` from a (nested) dict; unknown keys and values of the wrong type (e.g. a
+    string where a number belongs) raise a ValueError naming them (``where``: the file or source,
+    ``field``: the dotted path of ``data`` inside it, for the messages)."""
+    at = f"{where}: {field}" if field else where
     if not isinstance(data, dict):
-        raise ValueError(f"{where}: expected a mapping for {cls.__name__}, got {type(data).__name__}")
+        raise ValueError(f"{at}: expected a mapping for {cls.__name__}, got {type(data).__name__}")
     types_ = _field_types(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ValueError(f"{where}: unknown field(s) {unknown} for {cls.__name__}; known: {sorted(names)}")
+        raise ValueError(f"{at}: unknown field(s) {unknown} for {cls.__name__}; known: {sorted(names)}")
     kwargs = {}
     for name, value in data.items():
         tp = _unwrap_optional(types_[name])
         if _is_dataclass_type(tp) and isinstance(value, dict):
-            value = from_dict(tp, value, where=f"{where}.{name}")
+            value = from_dict(tp, value, where=where, field=f"{field}.{name}" if field else name)
+        elif not _is_dataclass_type(tp):
+            value = _scalar(value, types_[name], f"{where}: {field}.{name}" if field else f"{where}: {name}")
         kwargs[name] = value
     return cls(**kwargs)
 

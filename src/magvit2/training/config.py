@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -209,29 +207,6 @@ def tokenizer_config(cfg: TrainConfig) -> TokenizerConfig:
     return TokenizerConfig.from_dict(base)
 
 
-def _fix_numbers(obj: Any, where: str) -> Any:
-    """Return ``obj`` (a dataclass instance) with float fields given as ints or as YAML 1.1 strings like
-    ``1e-3`` turned into floats; a string that is not a number in a numeric field is a ValueError."""
-    changes = {}
-    hints = typing.get_type_hints(type(obj))
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        tp = hints[f.name]
-        args = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
-        if dataclasses.is_dataclass(value):
-            new = _fix_numbers(value, f"{where}.{f.name}")
-            if new is not value:
-                changes[f.name] = new
-        elif float in args and isinstance(value, (str, int)) and not isinstance(value, bool):
-            try:
-                changes[f.name] = float(value)
-            except ValueError:
-                raise ValueError(f"{where}.{f.name}: expected a number, got {value!r}") from None
-        elif int in args and float not in args and isinstance(value, str):
-            raise ValueError(f"{where}.{f.name}: expected an integer, got {value!r}")
-    return dataclasses.replace(obj, **changes) if changes else obj
-
-
 def _plain(obj: Any) -> Any:
     """Tuples -> lists, recursively (YAML safe_dump writes no tuples)."""
     if isinstance(obj, dict):
@@ -262,7 +237,7 @@ def load_train_config(
     cfg = apply_overrides(cfg, list(overrides or []))
     if fields:
         cfg = dataclasses.replace(cfg, **fields)
-    return with_model_frames(_fix_numbers(cfg, "config"))
+    return with_model_frames(cfg)
 
 
 def with_model_frames(cfg: TrainConfig) -> TrainConfig:
