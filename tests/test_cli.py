@@ -476,6 +476,8 @@ def test_out_of_range_options_are_usage_errors(tmp_path, capsys, model_dir):
         ("reconstruct", str(clip), "--max-chunk-frames", "-5"),
         ("reconstruct", str(clip), "--batch-size", "0"),
         ("reconstruct", str(clip), "--refine-steps", "x"),
+        ("reconstruct", str(clip), "--crf", "99"),
+        ("reconstruct", str(clip), "--compare-frame", "-1"),
     ):
         with pytest.raises(SystemExit) as exit_info:
             main([*argv, *m])
@@ -485,6 +487,7 @@ def test_out_of_range_options_are_usage_errors(tmp_path, capsys, model_dir):
     for extra, what in (
         (("--tile", "3"), "--tile"),
         (("--tile", "8", "--tile-overlap", "8"), "--tile-overlap"),
+        (("--compare", str(tmp_path / "c.png"), "--compare-frame", "3"), "--compare-frame 3"),  # 3 frames
     ):
         code, _, err = run_main(capsys, "reconstruct", str(clip), *m, *extra)
         _one_line_error(code, err, what)

@@ -71,6 +71,11 @@ def test_eval_reports_library_values_and_continues_past_bad_files(tmp_path):
     stats.update(ids)
     assert abs(res["codebook_usage"] - stats.usage()) < 1e-12
     assert abs(res["perplexity"] - stats.perplexity()) < 1e-6
+    assert "1 of 2 inputs failed" in out.stderr
+    # an existing --json-out is refused before any work (no table printed), not after it
+    again = _cli("eval", str(tmp_path / "clip.mp4"), "--model", str(tmp_path / "model"),
+                 "--json-out", str(tmp_path / "e.json"), "-q")  # fmt: skip
+    assert again.returncode == 1 and "--overwrite" in again.stderr and "clip.mp4" not in again.stdout
 
 
 def test_eval_lpips_equals_the_library_value(tmp_path):

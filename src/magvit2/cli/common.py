@@ -26,19 +26,20 @@ from magvit2.models.tokenizer import PRETRAINED_DIR
 BUILTIN_DIR = PRETRAINED_DIR / "default"
 
 
-def at_least(low: int):
-    """An argparse ``type``: an int ``>= low`` (a clear usage error otherwise)."""
+def at_least(low: int, high: int | None = None):
+    """An argparse ``type``: an int ``>= low`` (and ``<= high``); a clear usage error otherwise."""
+    want = f"an integer >= {low}" if high is None else f"an integer in {low}..{high}"
 
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"expected {want}, got {value}")
         return value
 
-    parse.__name__ = f"int >= {low}"
+    parse.__name__ = want
     return parse
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from magvit2.cli.common import add_model_args, add_output_args, atomic_output, make_runner, progress
+from magvit2.cli.common import add_model_args, add_output_args, at_least, atomic_output, make_runner, progress
 from magvit2.data.video_io import VIDEO_EXTENSIONS, VideoWriter, write_png
 from magvit2.inference.streaming import EncodedClip, TokenizerRunner
 from magvit2.tokens import TokenFileError, load_tokens
@@ -36,7 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("tokens", metavar="TOKENS", help="a .safetensors token file or a .parquet shard")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="video file, .png or a folder")
     p.add_argument("--row", type=int, default=None, help="row of a Parquet shard to decode")
-    p.add_argument("--crf", type=int, default=18, help="H.264 quality of video outputs (0 = best, 18)")
+    p.add_argument(
+        "--crf", type=at_least(0, 51), default=18, help="H.264 quality of video outputs (0 = best .. 51, 18)"
+    )
     add_model_args(p)
     add_output_args(p)
     p.set_defaults(func=run)
@@ -65,7 +67,10 @@ def _load_shard_row(path: Path, runner: TokenizerRunner, row: int | None) -> tup
         table = read_shard(path)
     except (OSError, pa.ArrowException) as err:
         raise TokenFileError(f"{path}: not a readable Parquet token shard: {err}") from err
-    if row is None or not 0 <= row < table.num_rows:
+    n = table.num_rows
+    if row is None:
+        raise ValueError(f"{path}: a shard holds {n} clips; choose one with --row K (0..{n - 1})")
+    if not 0 <= row < table.num_rows:
         raise ValueError(f"{path}: --row must be in [0, {table.num_rows}), got {row}")
     r = table.slice(row, 1).to_pylist()[0]
     ids = torch.as_tensor(np.asarray(r["ids"], dtype=np.int64)).reshape(r["shape"])

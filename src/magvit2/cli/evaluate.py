@@ -16,11 +16,13 @@ from magvit2.cli.common import (
     add_refine_args,
     at_least,
     atomic_output,
+    check_output,
     discover_inputs,
     make_runner,
     one_line,
+    progress,
 )
-from magvit2.data.video_io import VideoReadError, iter_frames
+from magvit2.data.video_io import VideoReadError, iter_frames, probe
 from magvit2.evaluation import CodebookStats, bits_per_pixel
 from magvit2.inference.metrics import ReconstructionMetrics
 
@@ -140,12 +142,15 @@ class DetectorScores:
 
 
 def evaluate_file(
-    runner, path: Path, max_frames: int | None, stats: CodebookStats, lpips=None, detectors=None
+    runner, path: Path, max_frames: int | None, stats: CodebookStats, lpips=None, detectors=None, bar=None
 ) -> dict:
-    """Reconstruct one file; its metrics (mean per-frame PSNR/SSIM/LPIPS, token bpp, token count)."""
+    """Reconstruct one file; its metrics (mean per-frame PSNR/SSIM/LPIPS, token bpp, token count).
+    ``bar``: a progress bar advanced by the frames done."""
     metrics, ids, lpips_sum = ReconstructionMetrics(), [], 0.0
     h = w = 0
     for src, rec in runner.reconstruct(iter_frames(path, max_frames=max_frames), sink=ids):
+        if bar is not None:
+            bar.update(len(src))
         h, w = src.shape[1:3]
         metrics.update(src, rec)
         if lpips is not None:
@@ -170,9 +175,25 @@ def evaluate_file(
     return row
 
 
+def _total_frames(files: list[Path], max_frames: int | None) -> int | None:
+    """Frames the progress bar expects (from the containers' headers; None when one is unknown)."""
+    total = 0
+    for path in files:
+        try:
+            n = probe(path).num_frames
+        except (VideoReadError, ValueError, OSError):
+            n = 0
+        if n <= 0:
+            return None
+        total += min(n, max_frames or n)
+    return total
+
+
 def run(args: argparse.Namespace) -> int:
     """Evaluate every input; print a table (and write JSON); exit 1 if any file failed."""
     files = [f for f, _ in discover_inputs(args.inputs)]
+    if args.json_out:
+        check_output(Path(args.json_out), args.overwrite)  # before the work, not after it
     runner = make_runner(args)
     lpips = _lpips_model(args.lpips)
     detectors = None
@@ -180,14 +201,18 @@ def run(args: argparse.Namespace) -> int:
         detectors = DetectorScores(args.fvd, args.rfid, args.fvd_frames, runner.device)
     stats = CodebookStats(runner.vocabulary)
     rows, failed = [], []
-    for path in files:
-        try:
-            rows.append(evaluate_file(runner, path, args.max_frames, stats, lpips, detectors))
-        except (VideoReadError, ValueError) as err:
-            failed.append(str(path))
-            print(one_line(path, err), file=sys.stderr)
+    with progress(_total_frames(files, args.max_frames), "frame", "eval", args.quiet) as bar:
+        for path in files:
+            bar.set_postfix_str(path.name, refresh=False)
+            try:
+                rows.append(evaluate_file(runner, path, args.max_frames, stats, lpips, detectors, bar))
+            except (VideoReadError, ValueError) as err:
+                failed.append(str(path))
+                bar.write(f"magvit2 eval: error: {one_line(path, err)}", file=sys.stderr)
     if not rows:
         raise ValueError("no input could be evaluated")
+    if failed:
+        print(f"magvit2 eval: {len(failed)} of {len(files)} inputs failed (listed above)", file=sys.stderr)
     keys = [k for k in ("psnr", "ssim", "lpips", "bpp") if k in rows[0]]
     frames = sum(r["frames"] for r in rows)
     mean = {k: sum(r[k] * r["frames"] for r in rows) / frames for k in keys}

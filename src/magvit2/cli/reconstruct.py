@@ -54,9 +54,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="write source | reconstruction | error x4 side by side (.png: one frame, video: all)",
     )
     p.add_argument(
-        "--compare-frame", type=int, default=0, metavar="K", help="frame shown by a .png --compare (0)"
+        "--compare-frame", type=at_least(0), default=0, metavar="K", help="frame of a .png --compare (0)"
     )
-    p.add_argument("--crf", type=int, default=18, help="H.264 quality of video outputs (0 = best, 18)")
+    p.add_argument(
+        "--crf", type=at_least(0, 51), default=18, help="H.264 quality of video outputs (0 = best .. 51, 18)"
+    )
     add_model_args(p)
     add_refine_args(p)
     add_output_args(p)
@@ -90,6 +92,9 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"{out}: reconstruct writes a video file or a .png, not a folder")
     if args.output and output_kind(Path(args.output)) == "png" and n_frames != 1:
         raise ValueError(f"{args.output}: a .png holds one frame, this clip has {n_frames}; use .mp4")
+    if args.compare and output_kind(Path(args.compare)) == "png" and 0 < n_frames <= args.compare_frame:
+        k = args.compare_frame
+        raise ValueError(f"--compare-frame {k}: {path} has {n_frames} frames (0..{n_frames - 1})")
     runner = make_runner(args)
     metrics, ids = ReconstructionMetrics(), []
     h = w = None

@@ -81,10 +81,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def encode_file(runner: TokenizerRunner, path: Path, max_frames: int | None) -> tuple[EncodedClip, object]:
-    """Stream ``path``'s frames through the tokenizer -> (clip tokens, fps)."""
+def encode_file(
+    runner: TokenizerRunner, path: Path, max_frames: int | None, quiet: bool = True
+) -> tuple[EncodedClip, object]:
+    """Stream ``path``'s frames through the tokenizer -> (clip tokens, fps); unless ``quiet``, with a
+    progress bar over its frames."""
     info = probe(path)
-    clip = runner.encode_frames(iter_frames(path, max_frames=max_frames))
+    total = min(info.num_frames, max_frames or info.num_frames) if info.num_frames > 0 else max_frames
+    with progress(total, "frame", path.name, quiet) as bar:
+
+        def frames():
+            for frame in iter_frames(path, max_frames=max_frames):
+                yield frame
+                bar.update(1)
+
+        clip = runner.encode_frames(frames())
     return clip, info.fps
 
 
@@ -117,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     if single:
         path = files[0][0]
         check_output(out, args.overwrite)
-        clip, fps = encode_file(runner, path, args.max_frames)
+        clip, fps = encode_file(runner, path, args.max_frames, quiet=args.quiet)
         save_tokens(out, _token_file(runner, clip, fps, path.name), packed=args.packed)
         return 0
     if out.suffix == ".safetensors":
