@@ -592,3 +592,29 @@ def test_broken_models_devices_and_checkpoints_are_one_line_errors(tmp_path, cap
         argv = ("convert", "open-magvit2", str(tmp_path / name), str(tmp_path / "out"))
         code, _, err = run_main(capsys, *argv)
         _one_line_error(code, err, f"{name}: not a checkpoint")
+
+
+def test_frames_smaller_than_the_ssim_window_report_psnr_and_no_ssim(tmp_path, capsys, model_dir, model):
+    """A 7x9 image: reconstruct writes its output and reports PSNR with SSIM null (the 11-px window
+    does not fit), eval averages SSIM over the files that have it; a one-input -o with another
+    extension than .safetensors is refused instead of becoming a folder."""
+    small, big = tmp_path / "small.png", tmp_path / "big.png"
+    rng = np.random.default_rng(0)
+    write_png(small, rng.integers(0, 256, (7, 9, 3)).astype(np.uint8))
+    write_png(big, rng.integers(0, 256, (16, 24, 3)).astype(np.uint8))
+    m = ("--model", str(model_dir))
+    code, out, err = run_main(capsys, "reconstruct", str(small), "-o", str(tmp_path / "r.png"), "--json", *m)
+    assert code == 0, err
+    result = json.loads(out)
+    src, rec = read_image(small), read_image(tmp_path / "r.png")
+    mse = ((src.astype(np.float64) - rec) ** 2).mean()
+    assert result["ssim"] is None and abs(result["psnr"] - 10 * np.log10(255**2 / mse)) < 1e-3
+    json_out = ("--json-out", str(tmp_path / "e.json"))
+    code, out, err = run_main(capsys, "eval", str(small), str(big), *m, *json_out)
+    assert code == 0, err
+    res = json.loads((tmp_path / "e.json").read_text())
+    assert [r["ssim"] is None for r in res["files"]] == [False, True]  # big.png sorts first
+    assert res["mean"]["ssim"] == res["files"][0]["ssim"] and "n/a" in out
+    code, _, err = run_main(capsys, "tokenize", str(small), "-o", str(tmp_path / "t.safetensor"), *m)
+    _one_line_error(code, err, "t.safetensor")
+    assert not (tmp_path / "t.safetensor").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -166,13 +167,19 @@ def evaluate_file(
         "file": str(path),
         "frames": metrics.frames,
         "psnr": metrics.psnr,
-        "ssim": metrics.ssim,
+        "ssim": None if math.isnan(metrics.ssim) else metrics.ssim,  # None: frames under 11 px
         "bpp": bits_per_pixel(tokens, runner.vocabulary, metrics.frames, h, w),
         "tokens": tokens,
     }
     if lpips is not None:
         row["lpips"] = lpips_sum / metrics.frames
     return row
+
+
+def _frame_mean(rows: list[dict], key: str) -> float | None:
+    """Mean of ``key`` over all frames of the rows that have it (None: no row has it)."""
+    have = [r for r in rows if r[key] is not None]
+    return sum(r[key] * r["frames"] for r in have) / sum(r["frames"] for r in have) if have else None
 
 
 def _total_frames(files: list[Path], max_frames: int | None) -> int | None:
@@ -215,7 +222,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"magvit2 eval: {len(failed)} of {len(files)} inputs failed (listed above)", file=sys.stderr)
     keys = [k for k in ("psnr", "ssim", "lpips", "bpp") if k in rows[0]]
     frames = sum(r["frames"] for r in rows)
-    mean = {k: sum(r[k] * r["frames"] for r in rows) / frames for k in keys}
+    mean = {k: _frame_mean(rows, k) for k in keys}
     summary = {
         "files": rows,
         "mean": mean,
@@ -230,7 +237,7 @@ def run(args: argparse.Namespace) -> int:
     width = max(len(Path(r["file"]).name) for r in rows)
     print(f"{'file':<{width}}  frames  " + "  ".join(f"{k:>8}" for k in keys))
     for r in rows + [{"file": "mean (per frame)", "frames": frames, **mean}]:
-        values = "  ".join(f"{r[k]:>8.4f}" for k in keys)
+        values = "  ".join("     n/a" if r[k] is None else f"{r[k]:>8.4f}" for k in keys)
         print(f"{Path(r['file']).name:<{width}}  {r['frames']:>6}  {values}")
     usage, ppl = summary["codebook_usage"], summary["perplexity"]
     print(f"codebook usage {usage:.4%} of {runner.vocabulary}, perplexity {ppl:.1f}")

@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
     tokens, bits = sum(int(t.numel()) for t in ids), math.log2(runner.vocabulary)
     result = {
         "psnr": round(metrics.psnr, 4),
-        "ssim": round(metrics.ssim, 6),
+        "ssim": None if math.isnan(metrics.ssim) else round(metrics.ssim, 6),  # None: frames under 11 px
         "bpp": bits_per_pixel(tokens, runner.vocabulary, metrics.frames, h, w),
         "tokens": tokens,
         "frames": metrics.frames,
@@ -150,7 +150,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(
             f"{path.name}: {metrics.frames} frames {w}x{h}  PSNR {result['psnr']:.2f} dB  "
-            f"SSIM {result['ssim']:.4f}  {result['bpp']:.4f} bits/pixel  {tokens} tokens "
+            f"SSIM {'n/a' if result['ssim'] is None else format(result['ssim'], '.4f')}  "
+            f"{result['bpp']:.4f} bits/pixel  {tokens} tokens "
             f"({'x'.join(map(str, result['token_grid']))}, {bits:g} bits each)"
         )
     return 0

@@ -133,6 +133,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if out.suffix == ".safetensors":
         raise ValueError(f"{out}: {len(files)} inputs need an output folder, not a .safetensors file")
+    if len(files) == 1 and out.suffix and not out.is_dir():
+        raise ValueError(
+            f"{out}: one input is written to a token file named *.safetensors; for an output folder, "
+            "give a name without an extension or an existing folder"
+        )
     return _run_files(args, runner, files, out)
 
 

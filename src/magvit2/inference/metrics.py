@@ -33,18 +33,26 @@ def psnr_frames(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return psnr(_frames(a), _frames(b), 255.0, reduction="none").numpy()
 
 
+#: SSIM's Gaussian window is 11 pixels wide: smaller frames have no SSIM.
+SSIM_MIN_SIZE = 11
+
+
 class ReconstructionMetrics:
-    """Accumulates per-frame PSNR and SSIM over chunks of uint8 frames; memory is constant."""
+    """Accumulates per-frame PSNR and SSIM over chunks of uint8 frames; memory is constant. Frames
+    smaller than SSIM's window (:data:`SSIM_MIN_SIZE`) count for PSNR only (SSIM is then NaN)."""
 
     def __init__(self) -> None:
         self.psnr_sum = 0.0
         self.ssim_sum = 0.0
         self.frames = 0
+        self.ssim_count = 0
 
     def update(self, source: np.ndarray, recon: np.ndarray) -> None:
         """Add a chunk: source and reconstruction uint8 ``(T, H, W, 3)``."""
         self.psnr_sum += float(psnr_frames(source, recon).sum())
-        self.ssim_sum += float(ssim_frames(source, recon).sum())
+        if min(source.shape[1:3]) >= SSIM_MIN_SIZE:
+            self.ssim_sum += float(ssim_frames(source, recon).sum())
+            self.ssim_count += len(source)
         self.frames += len(source)
 
     @property
@@ -54,5 +62,5 @@ class ReconstructionMetrics:
 
     @property
     def ssim(self) -> float:
-        """Mean per-frame SSIM."""
-        return self.ssim_sum / max(self.frames, 1)
+        """Mean per-frame SSIM (NaN when the frames are smaller than its window)."""
+        return self.ssim_sum / self.ssim_count if self.ssim_count else float("nan")
