@@ -461,6 +461,13 @@ def test_token_folder_rerun_skips_only_outputs_made_the_same_way(tmp_path, capsy
         capsys, "tokenize", str(tmp_path / "clips"), "-o", str(out), *m, "--max-frames", "2", "--overwrite"
     )
     assert code == 0 and load_tokens(out / "clip0.mkv.safetensors").frames == 2
+    code, text, _ = run_main(capsys, "info", str(out), "--json")
+    info = json.loads(text)
+    tfs = [load_tokens(p) for p in sorted(out.rglob("*.safetensors"))]
+    assert info["kind"] == "token files" and info["files"] == 3 and info["frames"] == 6
+    assert info["tokens"] == sum(int(t.ids.numel()) for t in tfs) and info["manifest"]["max_frames"] == 2
+    code, _, err = run_main(capsys, "info", str(tmp_path / "clips" / "clip0.mkv"))
+    _one_line_error(code, err, "an image or video")
 
 
 def test_out_of_range_options_are_usage_errors(tmp_path, capsys, model_dir):

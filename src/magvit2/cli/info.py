@@ -9,9 +9,10 @@ from pathlib import Path
 from safetensors import safe_open
 
 from magvit2.cli.common import add_model_args, load_model
+from magvit2.data.video_io import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from magvit2.tokens import load_tokens, model_fingerprint
 from magvit2.tokens.format import ONE_PASS
-from magvit2.tokens.shards import MANIFEST_NAME, read_shard, shard_metadata
+from magvit2.tokens.shards import MANIFEST_NAME, TOKEN_FOLDER_MANIFEST, read_shard, shard_metadata
 
 EXAMPLE = """examples:
   magvit2 info my_tokenizer/            (config, parameters, factors, vocabulary, fingerprint)
@@ -119,6 +120,25 @@ def shards_info(paths: list[Path], where: Path) -> dict:
     return out
 
 
+def token_folder_info(paths: list[Path], where: Path) -> dict:
+    """Files, frames, tokens, models and encodings of a folder of token files (``tokenize -o DIR``)."""
+    files = [load_tokens(p) for p in paths]
+    out = {
+        "kind": "token files",
+        "path": str(where),
+        "files": len(files),
+        "frames": sum(tf.frames for tf in files),
+        "tokens": sum(int(tf.ids.numel()) for tf in files),
+        "models": sorted({tf.model for tf in files}),
+        "encodings": sorted({tf.encoding for tf in files}),
+        "bytes": sum(p.stat().st_size for p in paths),
+    }
+    manifest = where / TOKEN_FOLDER_MANIFEST
+    if manifest.is_file():
+        out["manifest"] = json.loads(manifest.read_text())
+    return out
+
+
 def describe(target: str | None) -> dict:
     """Dispatch on what ``target`` is."""
     if target is None:
@@ -132,7 +152,17 @@ def describe(target: str | None) -> dict:
         shards = sorted(path.glob("shard-*.parquet"))
         if shards:
             return shards_info(shards, path)
-        raise ValueError(f"{target}: neither a tokenizer folder (config.json) nor a folder of token shards")
+        token_files = sorted(p for p in path.rglob("*.safetensors") if not p.name.startswith("."))
+        if token_files:
+            return token_folder_info(token_files, path)
+        raise ValueError(
+            f"{target}: neither a tokenizer folder (config.json) nor a folder of token files or shards"
+        )
+    if path.suffix.lower() in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS:
+        raise ValueError(
+            f"{target}: an image or video; info describes model folders, token files and shards "
+            "(magvit2 reconstruct shows what a model makes of it)"
+        )
     if path.suffix == ".parquet":
         return shards_info([path], path)
     return token_file_info(path)
