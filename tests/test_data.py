@@ -320,6 +320,9 @@ def test_all_files_unreadable_raises(tmp_path):
         VideoClipDataset(DataConfig(paths=[str(tmp_path)], num_frames=5))
     with pytest.raises(ValueError, match="match no file"):
         MediaIndex(DataConfig(paths=[str(tmp_path / "nothing*.mp4")]))
+    write_png(tmp_path / "photo.png", np.zeros((8, 8, 3), np.uint8))  # images only: say how to use them
+    with pytest.raises(ValueError, match=r"1 image\(s\) found: images train on image steps"):
+        VideoClipDataset(DataConfig(paths=[str(tmp_path)], num_frames=5))
 
 
 def test_too_short_video_is_not_a_clip_source(media):

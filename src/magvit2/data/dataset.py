@@ -527,9 +527,16 @@ class VideoClipDataset(_StreamDataset):
         return self.index.sample(item, self.num_frames, rng)
 
     def _empty_message(self) -> str:
+        images = len(self.index.image_items)
+        hint = (
+            f"; {images} image(s) found: images train on image steps (data.image_ratio > 0, or "
+            "data.pan_images for video steps made of pans over them)"
+            if images
+            else ""
+        )
         return (
             f"no usable video with at least {self.config.span} frames in {self.config.paths!r} "
-            f"({self.index.num_skipped} file(s) skipped as unreadable or too short)"
+            f"({self.index.num_skipped} file(s) skipped as unreadable or too short{hint})"
         )
 
 
