@@ -358,9 +358,9 @@ def test_real_clip_and_photos(clips_dir, photos_dir):
 
 
 def test_short_side_scales_before_cropping():
-    from magvit2.data.dataset import _resized_size
+    from magvit2.data.dataset import resized_size
 
-    assert _resized_size(720, 1280, (64, 64), "random_crop") == (64, 114)
-    assert _resized_size(720, 1280, (64, 64), "random_crop", short_side=144) == (144, 256)
-    assert _resized_size(720, 1280, (64, 64), "resize", short_side=144) == (64, 64)
-    assert _resized_size(100, 50, (64, 64), "center_crop", short_side=32) == (128, 64)  # must cover the crop
+    assert resized_size(720, 1280, (64, 64), "random_crop") == (64, 114)
+    assert resized_size(720, 1280, (64, 64), "random_crop", short_side=144) == (144, 256)
+    assert resized_size(720, 1280, (64, 64), "resize", short_side=144) == (64, 64)
+    assert resized_size(100, 50, (64, 64), "center_crop", short_side=32) == (128, 64)  # must cover the crop

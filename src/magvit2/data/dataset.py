@@ -223,7 +223,7 @@ def find_files(paths: Sequence[str], exclude: Sequence[str] = ()) -> list[str]:
 # ------------------------------------------------------------------------------------------ media index
 
 
-def _resized_size(
+def resized_size(
     height: int, width: int, size: tuple[int, int], mode: str, short_side: int | None = None
 ) -> tuple[int, int]:
     """Size a (height, width) frame is resized to before cropping to ``size`` (h, w).
@@ -325,7 +325,7 @@ class MediaIndex:
     def _fill_cache(self) -> None:
         cfg, total = self.config, 0
         for i, (path, info) in enumerate(zip(self.files, self.infos, strict=True)):
-            size = _resized_size(info.height, info.width, cfg.size, cfg.resize_mode, cfg.decode_short_side)
+            size = resized_size(info.height, info.width, cfg.size, cfg.resize_mode, cfg.decode_short_side)
             total += info.num_frames * size[0] * size[1] * 3
             if total > cfg.cache_max_mb * 2**20:
                 raise ValueError(
@@ -350,7 +350,7 @@ class MediaIndex:
         if file in self._cache:
             clip = self._cache[file][start : start + (count - 1) * stride + 1 : stride]
         else:
-            size = _resized_size(info.height, info.width, cfg.size, cfg.resize_mode, cfg.decode_short_side)
+            size = resized_size(info.height, info.width, cfg.size, cfg.resize_mode, cfg.decode_short_side)
             clip = list(
                 iter_frames(self.files[file], start=start, stride=stride, max_frames=count, size=size)
             )

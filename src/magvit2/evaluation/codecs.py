@@ -30,6 +30,7 @@ import av
 import numpy as np
 import torch
 
+from magvit2.data.video_io import probe, read_video
 from magvit2.evaluation.metrics import psnr, ssim
 
 __all__ = [
@@ -112,20 +113,10 @@ def available_codecs() -> dict[str, str]:
 
 
 def read_clip(path: str | Path, num_frames: int | None = None, start: int = 0) -> tuple[np.ndarray, float]:
-    """Decode frames ``start .. start+num_frames`` of a video file -> (uint8 (T, H, W, 3) RGB, fps)."""
-    frames: list[np.ndarray] = []
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        fps = float(stream.average_rate) if stream.average_rate else 25.0
-        for i, frame in enumerate(container.decode(stream)):
-            if i < start:
-                continue
-            if num_frames is not None and len(frames) >= num_frames:
-                break
-            frames.append(frame.to_ndarray(format="rgb24"))
-    if not frames:
-        raise ValueError(f"read_clip: no frames decoded from {str(path)!r} (start={start})")
-    return np.stack(frames), fps
+    """Decode frames ``start .. start+num_frames`` of a video file -> (uint8 (T, H, W, 3) RGB, fps):
+    the library's reader (any pixel format converted, errors naming the file) plus the stream's rate."""
+    frames = read_video(path, start=start, max_frames=num_frames)
+    return frames, float(probe(path).fps)
 
 
 def _check_clip(frames: np.ndarray) -> None:

@@ -46,6 +46,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from magvit2.config_io import resolve_path
 from magvit2.data import JointBatchDataset, find_files, make_loader, read_video, to_tensor
+from magvit2.data.dataset import resized_size
 from magvit2.data.video_io import probe
 from magvit2.losses import TokenizerLoss
 from magvit2.losses.distillation import distillation_loss, refined_target_codes
@@ -176,10 +177,7 @@ def load_clip(
     to ``short_side`` (default ``resolution``) then centre-cropped square ->
     ``(3, T, resolution, resolution)`` in [-1, 1]."""
     info = probe(path)
-    h, w = info.height, info.width
-    short = max(resolution, short_side or resolution)
-    scale = short / min(h, w)
-    size = (max(short, round(h * scale)), max(short, round(w * scale)))
+    size = resized_size(info.height, info.width, (resolution, resolution), "center_crop", short_side)
     frames = read_video(path, start=start, stride=stride, max_frames=num_frames, size=size)
     if frames.shape[0] < num_frames:
         raise ValueError(
