@@ -104,3 +104,18 @@ class Quantizer(nn.Module):
     def codes_to_indices(self, codes: Tensor) -> Tensor:  # pragma: no cover - abstract
         """Codes (or any latent) ``(B, dim, *spatial)`` -> token ids ``(B, *spatial)``."""
         raise NotImplementedError
+
+
+def world_size() -> int:
+    """Number of processes in the default torch.distributed group (1 when not initialised)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size()
+    return 1
+
+
+def all_reduce_sum(t: Tensor) -> Tensor:
+    """Sum ``t`` in place over all ranks when torch.distributed runs with more than one process
+    (quantizer statistics: code counts, EMA sums, usage)."""
+    if world_size() > 1:
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
+    return t

@@ -23,7 +23,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from magvit2.quantizers.vq import VQ, _world_size, all_reduce_sum, squared_distances
+from magvit2.quantizers.base import all_reduce_sum, world_size
+from magvit2.quantizers.vq import VQ, squared_distances
 
 ANCHORS = ("random", "closest", "probrandom")
 
@@ -111,6 +112,6 @@ class CVQ(VQ):
         alpha = self.revive_alpha().unsqueeze(1)
         anchors = self.anchors(x, search_codebook).to(self.codebook.dtype)
         new = self.codebook.detach() * (1 - alpha) + anchors * alpha
-        if _world_size() > 1:
+        if world_size() > 1:
             torch.distributed.broadcast(new, src=0)
         self.codebook.copy_(new)

@@ -12,21 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from magvit2.quantizers.base import Quantizer, QuantizerOutput
-
-
-def _world_size() -> int:
-    """Number of processes in the default torch.distributed group (1 when not initialised)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_world_size()
-    return 1
-
-
-def all_reduce_sum(t: Tensor) -> Tensor:
-    """Sum ``t`` in place over all ranks when torch.distributed runs with more than one process."""
-    if _world_size() > 1:
-        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
-    return t
+from magvit2.quantizers.base import Quantizer, QuantizerOutput, all_reduce_sum
 
 
 def squared_distances(x: Tensor, codebook: Tensor, codebook_sq: Tensor | None = None) -> Tensor:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,40 @@ def init_distributed(device: str = "auto") -> DistInfo:
             torch.cuda.set_device(dev)
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
+
+
+def average_gradients(params: list[nn.Parameter], info: DistInfo) -> None:
+    """Average the ``.grad`` of ``params`` over ranks with one coalesced all_reduce."""
+    if not info.distributed:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= info.world_size
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def average_buffers(module: nn.Module, info: DistInfo) -> None:
+    """Average a module's floating buffers over ranks (keeps LeCam's logit averages identical)."""
+    if not info.distributed:
+        return
+    for buf in module.buffers():
+        if buf.is_floating_point():
+            dist.all_reduce(buf)
+            buf /= info.world_size
+
+
+def broadcast_module(module: nn.Module, info: DistInfo) -> None:
+    """Copy rank 0's parameters and buffers to every rank."""
+    if not info.distributed:
+        return
+    for t in list(module.parameters()) + list(module.buffers()):
+        dist.broadcast(t.data, src=0)
 
 
 def barrier(info: DistInfo) -> None:

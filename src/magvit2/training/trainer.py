@@ -56,7 +56,14 @@ from magvit2.modules.blocks import ResBlock
 from magvit2.quantizers import LFQ
 from magvit2.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from magvit2.training.config import TrainConfig, config_to_yaml, tokenizer_config, with_model_frames
-from magvit2.training.distributed import DistInfo, barrier, init_distributed
+from magvit2.training.distributed import (
+    DistInfo,
+    average_buffers,
+    average_gradients,
+    barrier,
+    broadcast_module,
+    init_distributed,
+)
 from magvit2.training.ema import EMA
 from magvit2.training.monitor import Monitor
 from magvit2.training.schedule import warmup_cosine
@@ -134,40 +141,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
-
-
-def average_gradients(params: list[nn.Parameter], info: DistInfo) -> None:
-    """Average the ``.grad`` of ``params`` over ranks with one coalesced all_reduce."""
-    if not info.distributed:
-        return
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= info.world_size
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset : offset + g.numel()].view_as(g))
-        offset += g.numel()
-
-
-def average_buffers(module: nn.Module, info: DistInfo) -> None:
-    """Average a module's floating buffers over ranks (keeps LeCam's logit averages identical)."""
-    if not info.distributed:
-        return
-    for buf in module.buffers():
-        if buf.is_floating_point():
-            dist.all_reduce(buf)
-            buf /= info.world_size
-
-
-def broadcast_module(module: nn.Module, info: DistInfo) -> None:
-    """Copy rank 0's parameters and buffers to every rank."""
-    if not info.distributed:
-        return
-    for t in list(module.parameters()) + list(module.buffers()):
-        dist.broadcast(t.data, src=0)
 
 
 def load_clip(
