@@ -120,3 +120,34 @@ def test_written_files_follow_the_umask(tmp_path):
     finally:
         os.umask(mask)
     assert (tmp_path / "t.safetensors").stat().st_mode & 0o777 == 0o644
+
+
+def test_shard_row_round_trip(tmp_path):
+    """A TokenFile written as a shard row (token_row + write_shard) reads back equal (read_row),
+    padding recovered from the recorded spatial factor; another model and bad rows are refused."""
+    from magvit2.tokens.shards import read_row, token_row, write_shard
+
+    g = torch.Generator().manual_seed(0)
+    clips = [
+        TokenFile(ids=torch.randint(0, 1024, (3, 5, 6), generator=g), model="m1", vocabulary=1024, frames=9,
+                  height=37, width=45, pad_bottom=3, pad_right=3, fps=Fraction(30000, 1001), source="a.mp4",
+                  encoding="refined steps=2 lr=0.2"),
+        TokenFile(ids=torch.randint(0, 1024, (1, 2, 2), generator=g), model="m1", vocabulary=1024, frames=1,
+                  height=16, width=16, fps=Fraction(1), source="b.png", encoding="refined steps=2 lr=0.2"),
+    ]  # fmt: skip
+    path = tmp_path / "shard.parquet"
+    write_shard(path, [token_row(tf) for tf in clips], model="m1", vocabulary=1024, spatial_factor=8,
+                encoding="refined steps=2 lr=0.2")  # fmt: skip
+    for i, tf in enumerate(clips):
+        got = read_row(path, i, expect_model="m1")
+        assert torch.equal(got.ids, tf.ids)
+        assert {**got.__dict__, "ids": None} == {**tf.__dict__, "ids": None}
+    with pytest.raises(TokenFileError, match="another model"):
+        read_row(path, 0, expect_model="m2")
+    with pytest.raises(ValueError, match="--row K"):
+        read_row(path, None)
+    bad = token_row(clips[1])
+    bad["ids"][0] = 5000
+    write_shard(tmp_path / "bad.parquet", [bad], model="m1", vocabulary=1024, spatial_factor=8)
+    with pytest.raises(TokenFileError, match="out of range"):
+        read_row(tmp_path / "bad.parquet", 0)

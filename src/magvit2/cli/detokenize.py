@@ -6,15 +6,11 @@ import argparse
 from fractions import Fraction
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
-import torch
-
 from magvit2.cli.common import add_model_args, add_output_args, at_least, atomic_output, make_runner, progress
 from magvit2.data.video_io import VIDEO_EXTENSIONS, VideoWriter, write_png
 from magvit2.inference.streaming import EncodedClip, TokenizerRunner
-from magvit2.tokens import TokenFileError, load_tokens
-from magvit2.tokens.shards import read_shard, shard_metadata
+from magvit2.tokens import load_tokens
+from magvit2.tokens.shards import read_row
 
 EXAMPLE = """examples:
   magvit2 detokenize clip.safetensors -o clip.mp4 --model my_tokenizer/
@@ -47,48 +43,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def load_clip(path: Path, runner: TokenizerRunner, row: int | None) -> tuple[EncodedClip, Fraction]:
     """Read a token file or a shard row made by ``runner``'s model -> (clip tokens, fps)."""
     if path.suffix == ".parquet":
-        return _load_shard_row(path, runner, row)
-    if row is not None:
+        tf = read_row(path, row, expect_model=runner.fingerprint, spatial_factor=runner.s)
+    elif row is not None:
         raise ValueError(f"{path}: --row is for Parquet shards, this is a token file")
-    tf = load_tokens(path, expect_model=runner.fingerprint)
+    else:
+        tf = load_tokens(path, expect_model=runner.fingerprint)
     return EncodedClip(tf.ids, tf.frames, tf.height, tf.width, tf.pad_bottom, tf.pad_right), tf.fps
-
-
-def _load_shard_row(path: Path, runner: TokenizerRunner, row: int | None) -> tuple[EncodedClip, Fraction]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such shard")
-    meta = shard_metadata(path)
-    if meta.get("magvit2.model") != runner.fingerprint:
-        raise TokenFileError(
-            f"{path}: made by another model (fingerprint {meta.get('magvit2.model')}, this model is "
-            f"{runner.fingerprint}); decode it with the model that tokenized it (--model)"
-        )
-    try:
-        table = read_shard(path)
-    except (OSError, pa.ArrowException) as err:
-        raise TokenFileError(f"{path}: not a readable Parquet token shard: {err}") from err
-    n = table.num_rows
-    if row is None:
-        raise ValueError(f"{path}: a shard holds {n} clips; choose one with --row K (0..{n - 1})")
-    if not 0 <= row < table.num_rows:
-        raise ValueError(f"{path}: --row must be in [0, {table.num_rows}), got {row}")
-    r = table.slice(row, 1).to_pylist()[0]
-    ids = torch.as_tensor(np.asarray(r["ids"], dtype=np.int64)).reshape(r["shape"])
-    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= runner.vocabulary):
-        raise TokenFileError(
-            f"{path} row {row}: token ids out of range [0, {runner.vocabulary}): "
-            f"found [{int(ids.min())}, {int(ids.max())}]"
-        )
-    s = runner.s
-    clip = EncodedClip(
-        ids,
-        r["frames"],
-        r["height"],
-        r["width"],
-        r["shape"][1] * s - r["height"],
-        r["shape"][2] * s - r["width"],
-    )
-    return clip, Fraction(r["fps"]).limit_denominator(1001000)
 
 
 def output_kind(out: Path) -> str:

@@ -17,8 +17,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from magvit2.cli.common import (
     add_model_args,
     add_output_args,
@@ -40,6 +38,7 @@ from magvit2.tokens.shards import (
     manifest,
     plan_shards,
     token_folder_manifest,
+    token_row,
     write_shard,
 )
 
@@ -168,18 +167,6 @@ def _run_files(args, runner: TokenizerRunner, files: list[tuple[Path, Path]], ou
     return 1 if failed else 0
 
 
-def _row(clip: EncodedClip, fps, source: str) -> dict:
-    return {
-        "source": source,
-        "frames": clip.frames,
-        "height": clip.height,
-        "width": clip.width,
-        "fps": float(fps),
-        "shape": list(clip.ids.shape),
-        "ids": clip.ids.reshape(-1).numpy().astype(np.int32),
-    }
-
-
 def _run_shards(args, runner: TokenizerRunner, files: list[tuple[Path, Path]], out: Path) -> int:
     rank, world = dist_rank_world()
     paths = [p for p, _ in files]
@@ -194,7 +181,7 @@ def _run_shards(args, runner: TokenizerRunner, files: list[tuple[Path, Path]], o
             for path in plan.files:
                 try:
                     clip, fps = encode_file(runner, path, args.max_frames)
-                    rows.append(_row(clip, fps, str(path)))
+                    rows.append(token_row(_token_file(runner, clip, fps, str(path))))
                 except (ValueError, OSError) as err:
                     bad.append(str(path))
                     bar.write(f"magvit2 tokenize: error: {one_line(path, err)}", file=sys.stderr)

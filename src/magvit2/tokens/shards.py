@@ -15,13 +15,16 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 
 from magvit2.fileio import atomic_path
-from magvit2.tokens.format import ONE_PASS
+from magvit2.tokens.format import ONE_PASS, TokenFile, TokenFileError
 
 SHARD_FORMAT = "magvit2-token-shard"
 SHARD_VERSION = 1
@@ -101,6 +104,74 @@ def write_shard(
 def read_shard(path: str | Path) -> pa.Table:
     """Read one shard (a pyarrow Table; ``.to_pandas()`` for a DataFrame)."""
     return pq.read_table(path)
+
+
+def token_row(tf: TokenFile) -> dict:
+    """One clip's tokens as a shard row (the :data:`SCHEMA`'s keys); the model, vocabulary and
+    encoding are the shard's, recorded once in its metadata by :func:`write_shard`."""
+    return {
+        "source": tf.source,
+        "frames": tf.frames,
+        "height": tf.height,
+        "width": tf.width,
+        "fps": float(tf.fps),
+        "shape": list(tf.ids.shape),
+        "ids": tf.ids.reshape(-1).numpy().astype(np.int32),
+    }
+
+
+def read_row(
+    path: str | Path, row: int | None, expect_model: str | None = None, spatial_factor: int | None = None
+) -> TokenFile:
+    """Row ``row`` of a shard as a :class:`TokenFile` (the inverse of :func:`token_row`).
+
+    ``expect_model``: the fingerprint the shard must carry (a :class:`TokenFileError` otherwise, as
+    :func:`~magvit2.tokens.load_tokens`); ``spatial_factor``: for shards whose metadata lacks it (it
+    gives the padding). Ids outside the recorded vocabulary are refused.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such shard")
+    meta = shard_metadata(path)
+    model = meta.get("magvit2.model", "")
+    if expect_model is not None and model != expect_model:
+        raise TokenFileError(
+            f"{path}: made by another model (fingerprint {model}, this model is {expect_model}); "
+            "decode it with the model that tokenized it (--model)"
+        )
+    try:
+        table = read_shard(path)
+    except (OSError, pa.ArrowException) as err:
+        raise TokenFileError(f"{path}: not a readable Parquet token shard: {err}") from err
+    n = table.num_rows
+    if row is None:
+        raise ValueError(f"{path}: a shard holds {n} clips; choose one with --row K (0..{n - 1})")
+    if not 0 <= row < n:
+        raise ValueError(f"{path}: --row must be in [0, {n}), got {row}")
+    r = table.slice(row, 1).to_pylist()[0]
+    ids = torch.as_tensor(np.asarray(r["ids"], dtype=np.int64)).reshape(r["shape"])
+    vocabulary = int(meta.get("magvit2.vocabulary", 0))
+    if ids.numel() and vocabulary and (int(ids.min()) < 0 or int(ids.max()) >= vocabulary):
+        raise TokenFileError(
+            f"{path} row {row}: token ids out of range [0, {vocabulary}): "
+            f"found [{int(ids.min())}, {int(ids.max())}]"
+        )
+    s = int(meta.get("magvit2.spatial_factor", spatial_factor or 0))
+    if not s:
+        raise ValueError(f"{path}: the shard does not record its spatial factor; pass spatial_factor")
+    return TokenFile(
+        ids=ids,
+        model=model,
+        vocabulary=vocabulary,
+        frames=r["frames"],
+        height=r["height"],
+        width=r["width"],
+        pad_bottom=r["shape"][1] * s - r["height"],
+        pad_right=r["shape"][2] * s - r["width"],
+        fps=Fraction(r["fps"]).limit_denominator(1001000),
+        source=r["source"],
+        encoding=meta.get("magvit2.encoding", ONE_PASS),
+    )
 
 
 def shard_metadata(path: str | Path) -> dict[str, str]:
