@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -325,6 +326,12 @@ class VideoTokenizer(nn.Module):
         return u
 
     # ------------------------------------------------------------------ inference
+    def _video_chunks(self, x: Tensor, bounds: list[tuple[int, int]]) -> Iterator[Tensor]:
+        """The video frames ``(B, C, t_i, H, W)`` of each latent range ``[a, b)`` in ``bounds``."""
+        t = self.temporal_factor
+        for a, b in bounds:
+            yield x[:, :, video_frames(a, t) : video_frames(b, t)]
+
     @torch.inference_mode()
     def encode_latent(self, video: Tensor, max_chunk_frames: int | None = None) -> Tensor:
         """Continuous encoder output before quantization: ``(B, Z, 1+k, h, w)`` (``(B, Z, 1, h, w)``
@@ -334,11 +341,8 @@ class VideoTokenizer(nn.Module):
         bounds = self._check_chunking(max_chunk_frames, n_latent, "encode")
         if len(bounds) == 1:
             return self.latent(x)
-        cache, parts = CausalCache(), []
-        for a, b in bounds:
-            chunk = x[:, :, video_frames(a, self.temporal_factor) : video_frames(b, self.temporal_factor)]
-            parts.append(self.latent(chunk, cache))
-        return torch.cat(parts, dim=2)
+        cache = CausalCache()
+        return torch.cat([self.latent(chunk, cache) for chunk in self._video_chunks(x, bounds)], dim=2)
 
     @torch.inference_mode()
     def encode(self, video: Tensor, max_chunk_frames: int | None = None) -> Tensor:
@@ -368,8 +372,7 @@ class VideoTokenizer(nn.Module):
         chunked = len(bounds) > 1  # one chunk needs no caches (and no decode to advance one)
         enc_cache, dec_cache = (CausalCache(), CausalCache()) if chunked else (None, None)
         parts = []
-        for a, b in bounds:
-            chunk = x[:, :, video_frames(a, self.temporal_factor) : video_frames(b, self.temporal_factor)]
+        for chunk in self._video_chunks(x, bounds):
             with torch.inference_mode():
                 latent = self.latent(chunk, enc_cache)
             parts.append(refine_ids(self, latent, chunk, options, dec_cache)[0])
