@@ -208,10 +208,10 @@ def test_errors_name_the_file_and_keys(tmp_path, weights):
     with pytest.raises(ValueError, match=r"heads4\.pth.*missing \['lin4\.model\.1\.weight'\]"):
         LPIPS.from_file(tmp_path / "vgg16.pth", lin_path=tmp_path / "heads4.pth")
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match=r"could not read.*junk\.pth"):
+    with pytest.raises(ValueError, match=r"could not read perceptual weights: .*junk\.pth: not a checkpoint"):
         LPIPS.from_file(tmp_path / "junk.pth")
     torch.save({"a": 1}, tmp_path / "notensors.pth")
-    with pytest.raises(ValueError, match=r"notensors\.pth.*dict of tensors"):
+    with pytest.raises(ValueError, match=r"notensors\.pth: expected a state dict of str -> tensor"):
         LPIPS.from_file(tmp_path / "notensors.pth")
     with pytest.raises(ValueError, match=r"missing\.pth.*does not exist"):
         PerceptualLoss(tmp_path / "missing.pth")

@@ -93,30 +93,19 @@ def normalize_channels(x: Tensor, eps: float = 1e-10) -> Tensor:
 
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """Read a tensor dict from ``.safetensors`` or a ``torch.save`` file (``weights_only=True``, CPU).
+    """Read a tensor dict from ``.safetensors`` or a ``torch.save`` file (``weights_only=True``, CPU;
+    :func:`magvit2.convert.checkpoint.read_state_dict`, which also unwraps Lightning's ``state_dict``);
+    errors name the file as perceptual weights."""
+    from magvit2.convert.checkpoint import read_state_dict as read_checkpoint
 
-    A ``{"state_dict": {...}}`` wrapper (Lightning checkpoints) is unwrapped.
-    """
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"perceptual weights file {str(path)!r} does not exist")
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            obj = load_file(str(path), device="cpu")
-        else:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as err:  # corrupt or non-tensor files: report which file
-        raise ValueError(f"could not read perceptual weights file {str(path)!r}: {err}") from err
-    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
-        obj = obj["state_dict"]
-    if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise ValueError(
-            f"perceptual weights file {str(path)!r} must hold a dict of tensors (a state dict), "
-            f"got {type(obj).__name__}"
-        )
-    return {str(k): v for k, v in obj.items()}
+        state, _ = read_checkpoint(path)
+    except ValueError as err:  # the message names the file
+        raise ValueError(f"could not read perceptual weights: {err}") from err
+    return {str(k): v for k, v in state.items()}
 
 
 _LPIPS_SLICE_KEY = re.compile(r"^net\.slice([1-5])\.(\d+)\.(weight|bias)$")
