@@ -65,6 +65,13 @@ def output_kind(out: Path) -> str:
     return "frames"
 
 
+def exact_size_writer(path: Path, fps, height: int, width: int, crf: int) -> VideoWriter:
+    """An H.264 writer that keeps the frame size exactly: 4:2:0 needs even sizes, so odd sizes are
+    written in 4:4:4 (plays in fewer players, but no padding row or column)."""
+    pix_fmt = "yuv444p" if height % 2 or width % 2 else "yuv420p"
+    return VideoWriter(path, fps, width=width, height=height, crf=crf, pix_fmt=pix_fmt)
+
+
 def write_frames(out: Path, chunks, fps: Fraction, height: int, width: int, frames: int, args) -> None:
     """Write uint8 chunks ``(T, H, W, 3)`` to ``out`` atomically (video, one PNG or PNG frames)."""
     kind = output_kind(out)
@@ -72,9 +79,7 @@ def write_frames(out: Path, chunks, fps: Fraction, height: int, width: int, fram
         raise ValueError(f"{out}: a .png holds one frame, this clip has {frames}; use .mp4 or a folder")
     with atomic_output(out, args.overwrite) as tmp, progress(frames, "frame", out.name, args.quiet) as bar:
         if kind == "video":
-            # 4:2:0 needs even sizes: odd sizes are written in 4:4:4 so the file keeps the exact size
-            pix_fmt = "yuv444p" if height % 2 or width % 2 else "yuv420p"
-            with VideoWriter(tmp, fps, width=width, height=height, crf=args.crf, pix_fmt=pix_fmt) as writer:
+            with exact_size_writer(tmp, fps, height, width, args.crf) as writer:
                 for chunk in chunks:
                     writer.write_frames(chunk)
                     bar.update(len(chunk))

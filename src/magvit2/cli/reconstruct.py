@@ -20,7 +20,7 @@ from magvit2.cli.common import (
     make_runner,
     progress,
 )
-from magvit2.cli.detokenize import output_kind
+from magvit2.cli.detokenize import exact_size_writer, output_kind
 from magvit2.config_io import resolve_path
 from magvit2.data.video_io import VideoWriter, iter_frames, probe, write_png
 from magvit2.evaluation import bits_per_pixel
@@ -72,67 +72,68 @@ def side_by_side(src: np.ndarray, rec: np.ndarray) -> np.ndarray:
     return np.concatenate([src, rec, err], axis=-2)
 
 
-def _video_writer(path: Path, fps, height: int, width: int, crf: int) -> VideoWriter:
-    pix_fmt = "yuv444p" if height % 2 or width % 2 else "yuv420p"
-    return VideoWriter(path, fps, width=width, height=height, crf=crf, pix_fmt=pix_fmt)
+def _check_outputs(args: argparse.Namespace, path: Path, n_frames: int) -> list[Path]:
+    """The output paths (``-o``, ``--compare``), refused before any work when they cannot be written as
+    asked: existing without --overwrite, a folder, a .png for several frames, a frame past the end."""
+    outs = [Path(p) for p in (args.output, args.compare) if p is not None]
+    for out in outs:
+        if output_kind(out) == "frames":
+            raise ValueError(f"{out}: reconstruct writes a video file or a .png, not a folder")
+        if out.exists() and not args.overwrite:
+            raise FileExistsError(f"{out}: output exists (pass --overwrite to replace it)")
+    if args.output and output_kind(Path(args.output)) == "png" and n_frames != 1:
+        raise ValueError(f"{args.output}: a .png holds one frame, this clip has {n_frames}; use .mp4")
+    if args.compare and output_kind(Path(args.compare)) == "png" and 0 < n_frames <= args.compare_frame:
+        k = args.compare_frame
+        raise ValueError(f"--compare-frame {k}: {path} has {n_frames} frames (0..{n_frames - 1})")
+    return outs
+
+
+def _stream(args, runner, path: Path, fps, outs: list[Path], n_frames: int, metrics, ids: list) -> tuple:
+    """Reconstruct ``path`` chunk by chunk into ``outs`` (videos written as they come, a .png from its
+    frame), updating ``metrics`` and collecting the token chunks in ``ids`` -> the frame (height, width)."""
+    h = w = None
+    pngs: dict[Path, np.ndarray] = {}
+    with contextlib.ExitStack() as stack:
+        tmps = {out: stack.enter_context(atomic_output(out, args.overwrite)) for out in outs}
+        writers: dict[Path, VideoWriter] = {}
+        bar = stack.enter_context(progress(n_frames, "frame", path.name, args.quiet))
+        for src, rec in runner.reconstruct(iter_frames(path, max_frames=args.max_frames), sink=ids):
+            h, w = src.shape[1:3]
+            first = metrics.frames
+            metrics.update(src, rec)
+            for out in outs:
+                frames = rec if out == Path(args.output or "") else side_by_side(src, rec)
+                if output_kind(out) == "png":
+                    k = args.compare_frame if out == Path(args.compare or "") else 0
+                    if first <= k < metrics.frames:
+                        pngs[out] = frames[k - first]
+                    continue
+                if out not in writers:
+                    writer = exact_size_writer(tmps[out], fps, frames.shape[1], frames.shape[2], args.crf)
+                    writers[out] = stack.enter_context(writer)
+                writers[out].write_frames(frames)
+            bar.update(len(src))
+        for out in outs:
+            if output_kind(out) == "png":
+                if out not in pngs:
+                    k = args.compare_frame
+                    raise ValueError(f"{out}: --compare-frame {k} is past the clip's last frame")
+                write_png(tmps[out], pngs[out])
+        for writer in writers.values():
+            writer.close()
+    return h, w
 
 
 def run(args: argparse.Namespace) -> int:
     """Stream the clip through encoder and decoder, writing outputs and accumulating metrics."""
     path = Path(resolve_path(args.input))
     info = probe(path)
-    outs = [Path(p) for p in (args.output, args.compare) if p is not None]
-    for out in outs:
-        output_kind(out)
-        if out.exists() and not args.overwrite:
-            raise FileExistsError(f"{out}: output exists (pass --overwrite to replace it)")
     n_frames = min(info.num_frames, args.max_frames or info.num_frames)
-    for out in outs:
-        if output_kind(out) == "frames":
-            raise ValueError(f"{out}: reconstruct writes a video file or a .png, not a folder")
-    if args.output and output_kind(Path(args.output)) == "png" and n_frames != 1:
-        raise ValueError(f"{args.output}: a .png holds one frame, this clip has {n_frames}; use .mp4")
-    if args.compare and output_kind(Path(args.compare)) == "png" and 0 < n_frames <= args.compare_frame:
-        k = args.compare_frame
-        raise ValueError(f"--compare-frame {k}: {path} has {n_frames} frames (0..{n_frames - 1})")
+    outs = _check_outputs(args, path, n_frames)
     runner = make_runner(args)
     metrics, ids = ReconstructionMetrics(), []
-    h = w = None
-    with contextlib.ExitStack() as stack:
-        writers = {}
-        tmps = {out: stack.enter_context(atomic_output(out, args.overwrite)) for out in outs}
-        bar = stack.enter_context(progress(n_frames, "frame", path.name, args.quiet))
-        compare_png = None
-        for src, rec in runner.reconstruct(iter_frames(path, max_frames=args.max_frames), sink=ids):
-            h, w = src.shape[1:3]
-            metrics.update(src, rec)
-            for out, frames in ((args.output, rec), (args.compare, None)):
-                if out is None:
-                    continue
-                out = Path(out)
-                frames = side_by_side(src, rec) if frames is None else frames
-                if output_kind(out) == "png":
-                    k = args.compare_frame if out == Path(args.compare or "") else 0
-                    first = metrics.frames - len(src)
-                    if first <= k < metrics.frames:
-                        compare_png = compare_png or {}
-                        compare_png[out] = frames[k - first]
-                    continue
-                if out not in writers:
-                    writers[out] = stack.enter_context(
-                        _video_writer(tmps[out], info.fps, frames.shape[1], frames.shape[2], args.crf)
-                    )
-                writers[out].write_frames(frames)
-            bar.update(len(src))
-        for out in outs:
-            if output_kind(out) == "png":
-                if not compare_png or out not in compare_png:
-                    raise ValueError(
-                        f"{out}: --compare-frame {args.compare_frame} is past the clip's last frame"
-                    )
-                write_png(tmps[out], compare_png[out])
-        for writer in writers.values():
-            writer.close()
+    h, w = _stream(args, runner, path, info.fps, outs, n_frames, metrics, ids)
     tokens, bits = sum(int(t.numel()) for t in ids), math.log2(runner.vocabulary)
     result = {
         "psnr": round(metrics.psnr, 4),
@@ -148,9 +149,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
     else:
+        ssim = "n/a" if result["ssim"] is None else format(result["ssim"], ".4f")
         print(
-            f"{path.name}: {metrics.frames} frames {w}x{h}  PSNR {result['psnr']:.2f} dB  "
-            f"SSIM {'n/a' if result['ssim'] is None else format(result['ssim'], '.4f')}  "
+            f"{path.name}: {metrics.frames} frames {w}x{h}  PSNR {result['psnr']:.2f} dB  SSIM {ssim}  "
             f"{result['bpp']:.4f} bits/pixel  {tokens} tokens "
             f"({'x'.join(map(str, result['token_grid']))}, {bits:g} bits each)"
         )
