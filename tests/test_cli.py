@@ -318,6 +318,7 @@ def test_bad_inputs_clear_errors_no_partial_output(tmp_path, capsys, model_dir, 
     fake = TokenFile(**{**tf.__dict__, "ids": tf.ids.clone()})
     fake.ids[0, 0, 0] = 5000  # vocabulary 1024
     save_tokens(tmp_path / "range.safetensors", fake)
+    save_tokens(tmp_path / "frames.safetensors", TokenFile(**{**tf.__dict__, "frames": tf.frames + 40}))
     other = tmp_path / "other_model"
     torch.manual_seed(1)
     VideoTokenizer(TokenizerConfig.from_dict(TINY)).save_pretrained(other)
@@ -330,6 +331,7 @@ def test_bad_inputs_clear_errors_no_partial_output(tmp_path, capsys, model_dir, 
     (tmp_path / "trunc.safetensors").write_bytes(out.read_bytes()[:-40])
     cases = {
         "range.safetensors": ("out of range", m),
+        "frames.safetensors": ("latent frames", m),
         "version.safetensors": ("version", m),
         "trunc.safetensors": ("truncated", m),
         "g.safetensors": ("another model", ("--model", str(other), "-q")),

@@ -6,7 +6,15 @@ import argparse
 from fractions import Fraction
 from pathlib import Path
 
-from magvit2.cli.common import add_model_args, add_output_args, at_least, atomic_output, make_runner, progress
+from magvit2.cli.common import (
+    add_model_args,
+    add_output_args,
+    at_least,
+    atomic_output,
+    make_runner,
+    one_line,
+    progress,
+)
 from magvit2.data.video_io import VIDEO_EXTENSIONS, VideoWriter, write_png
 from magvit2.inference.streaming import EncodedClip, TokenizerRunner
 from magvit2.tokens import load_tokens
@@ -103,5 +111,8 @@ def run(args: argparse.Namespace) -> int:
         raise FileExistsError(f"{out}: output exists (pass --overwrite to replace it)")
     runner = make_runner(args)
     clip, fps = load_clip(path, runner, args.row)
-    write_frames(out, runner.decode_clip(clip), fps, clip.height, clip.width, clip.frames, args)
+    try:
+        write_frames(out, runner.decode_clip(clip), fps, clip.height, clip.width, clip.frames, args)
+    except ValueError as err:  # the grid does not fit the recorded size: name the token file
+        raise ValueError(one_line(path, err)) from err
     return 0
