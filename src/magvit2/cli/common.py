@@ -17,6 +17,7 @@ from tqdm import tqdm
 from magvit2.config_io import resolve_path
 from magvit2.data.dataset import media_in_folder
 from magvit2.fileio import atomic_path
+from magvit2.inference.refine import DEFAULT_LR
 from magvit2.inference.streaming import InferenceOptions, TokenizerRunner
 from magvit2.models import VideoTokenizer
 from magvit2.models.tokenizer import PRETRAINED_DIR
@@ -106,7 +107,9 @@ def add_refine_args(p: argparse.ArgumentParser) -> None:
         "encoder's tokens). The tokens stay ordinary tokens of the same model; never worse than the "
         "encoder's. With --tile, each tile is refined on its own",
     )
-    g.add_argument("--refine-lr", type=float, default=0.2, help="step size of the search (default 0.2)")
+    g.add_argument(
+        "--refine-lr", type=float, default=DEFAULT_LR, help=f"step size of the search (default {DEFAULT_LR})"
+    )
 
 
 def add_output_args(p: argparse.ArgumentParser) -> None:
@@ -176,7 +179,7 @@ def make_runner(args: argparse.Namespace) -> TokenizerRunner:
         overlap=args.tile_overlap,
         whole_frame_norm=args.tile_norm == "whole",
         refine_steps=getattr(args, "refine_steps", 0),
-        refine_lr=getattr(args, "refine_lr", 0.2),
+        refine_lr=getattr(args, "refine_lr", DEFAULT_LR),
     )
     return TokenizerRunner(model, options)
 

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from magvit2.data.video_io import to_tensor, to_uint8
 from magvit2.inference.global_norm import StopPass, WholeFrameNorm, copy_cache
-from magvit2.inference.refine import RefineOptions, refine_ids
+from magvit2.inference.refine import DEFAULT_LR, RefineOptions, refine_ids
 from magvit2.inference.tiling import (
     Tile,
     crop_padding,
@@ -68,7 +68,7 @@ class InferenceOptions:
     overlap: int | None = None
     whole_frame_norm: bool = True
     refine_steps: int = 0
-    refine_lr: float = 0.2
+    refine_lr: float = DEFAULT_LR
 
     def __post_init__(self) -> None:
         self.refine  # noqa: B018 - validates the refinement options

@@ -356,19 +356,19 @@ class VideoTokenizer(nn.Module):
         return self.quantizer.codes_to_indices(self.encode_latent(video, max_chunk_frames))
 
     def encode_refined(
-        self, video: Tensor, steps: int = 30, lr: float = 0.2, max_chunk_frames: int | None = None
+        self, video: Tensor, steps: int = 30, lr: float | None = None, max_chunk_frames: int | None = None
     ) -> Tensor:
         """Token ids like :meth:`encode`, then searched for ``steps`` Adam steps for tokens that decode
         closer to ``video`` (:mod:`magvit2.inference.refine`; never worse than :meth:`encode`'s, same
         vocabulary). Costs ``steps`` decoder forward + backward passes per chunk; the weights are not
         changed. ``max_chunk_frames`` as in :meth:`encode` (each chunk is refined given the chosen
         tokens of the chunks before it)."""
-        from magvit2.inference.refine import RefineOptions, refine_ids  # inference builds on models
+        from magvit2.inference.refine import DEFAULT_LR, RefineOptions, refine_ids  # builds on models
 
         x, _ = self._check_video(video, "encode_refined")
         n_latent = 1 + (x.shape[2] - 1) // self.temporal_factor
         bounds = self._check_chunking(max_chunk_frames, n_latent, "encode")
-        options = RefineOptions(steps, lr)
+        options = RefineOptions(steps, DEFAULT_LR if lr is None else lr)
         chunked = len(bounds) > 1  # one chunk needs no caches (and no decode to advance one)
         enc_cache, dec_cache = (CausalCache(), CausalCache()) if chunked else (None, None)
         parts = []
