@@ -497,6 +497,7 @@ def test_out_of_range_options_are_usage_errors(tmp_path, capsys, model_dir):
         (("--tile", "3"), "--tile"),
         (("--tile", "8", "--tile-overlap", "8"), "--tile-overlap"),
         (("--compare", str(tmp_path / "c.png"), "--compare-frame", "3"), "--compare-frame 3"),  # 3 frames
+        (("--no-feedback", "--feedback-stages", "1"), "give one"),
     ):
         code, _, err = run_main(capsys, "reconstruct", str(clip), *m, *extra)
         _one_line_error(code, err, what)

@@ -159,10 +159,12 @@ def load_model(model: str | None, device: str = "cpu") -> VideoTokenizer:
 
 def make_runner(args: argparse.Namespace) -> TokenizerRunner:
     """Model + inference options from the parsed arguments."""
+    stages = getattr(args, "feedback_stages", None)
+    if getattr(args, "no_feedback", False) and stages is not None:
+        raise ValueError("--no-feedback and --feedback-stages: give one (--feedback-stages 0 is the former)")
     device = resolve_device(args.device)
     model = load_model(args.model, device)
     model.use_feedback = not getattr(args, "no_feedback", False)
-    stages = getattr(args, "feedback_stages", None)
     if stages is not None:
         have = model.config.feedback_stages if model.feedback is not None else 0
         if not 0 <= stages <= have:
