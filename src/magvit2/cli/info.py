@@ -17,7 +17,8 @@ from magvit2.tokens.shards import MANIFEST_NAME, TOKEN_FOLDER_MANIFEST, read_sha
 EXAMPLE = """examples:
   magvit2 info my_tokenizer/            (config, parameters, factors, vocabulary, fingerprint)
   magvit2 info clip.safetensors         (token file metadata)
-  magvit2 info shards/ --json           (shard folder: clips, tokens, model)"""
+  magvit2 info shards/ --json           (shard folder: clips, tokens, model)
+  magvit2 info tokens/                  (folder of token files: files, frames, tokens, settings)"""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
