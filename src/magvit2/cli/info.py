@@ -1,4 +1,4 @@
-"""``magvit2 info``: describe a tokenizer folder, a token file, a Parquet shard or a shard folder."""
+"""``magvit2 info``: describe a tokenizer folder, token files (one or a folder) or token shards."""
 
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "info",
         help="describe a model folder, token file or shards",
-        description="Print what a tokenizer folder, a token file, a Parquet shard or a folder of shards "
-        "holds.\n\n" + EXAMPLE,
+        description="Print what a tokenizer folder, a token file or a folder of them, a Parquet shard or a "
+        "folder of shards holds.\n\n" + EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
