@@ -38,18 +38,35 @@ def load_growing(model: nn.Module, state: dict[str, Tensor], source: str = "stat
         ValueError: if ``state`` has tensors the model lacks, a tensor of another shape, or the model
             lacks keys outside whole new residual blocks (a change other than adding blocks).
     """
-    own = model.state_dict()
-    feedback = getattr(model, "feedback", None)
-    new_feedback = feedback is not None and not any(k.startswith("feedback.") for k in state)
-    new_prefixes = ["feedback."] if new_feedback else []
-    new_stages = [
-        i
-        for i in range(len(getattr(model, "more_feedback", ())))
-        if not any(k.startswith(f"more_feedback.{i}.") for k in state)
-    ]
-    new_prefixes += [f"more_feedback.{i}." for i in new_stages]
-    if new_prefixes:
-        own = {k: v for k, v in own.items() if not k.startswith(tuple(new_prefixes))}
+    new_feedback, new_stages = _new_feedback(model, state)
+    new_prefixes = (["feedback."] if new_feedback else []) + [f"more_feedback.{i}." for i in new_stages]
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith(tuple(new_prefixes))}
+    _check_source_fits(own, state, source)
+    new_blocks = _new_blocks(model, own, state, tuple(new_prefixes), source)
+    model.load_state_dict(state, strict=False)
+    modules = dict(model.named_modules())
+    for name in new_blocks:
+        nn.init.zeros_(modules[name].conv2.conv_1.weight)
+    if new_feedback:
+        start_feedback(model)
+        new_blocks.append("feedback")
+    for i in new_stages:
+        start_feedback_stage(model, i)
+        new_blocks.append(f"more_feedback.{i}")
+    return new_blocks
+
+
+def _new_feedback(model: nn.Module, state: dict[str, Tensor]) -> tuple[bool, list[int]]:
+    """Whether the model's first feedback network is new (absent from ``state``), and which of its
+    further feedback stages (``more_feedback.i``) are."""
+    has_feedback = getattr(model, "feedback", None) is not None
+    new_feedback = has_feedback and not any(k.startswith("feedback.") for k in state)
+    stages = range(len(getattr(model, "more_feedback", ())))
+    return new_feedback, [i for i in stages if not any(k.startswith(f"more_feedback.{i}.") for k in state)]
+
+
+def _check_source_fits(own: dict[str, Tensor], state: dict[str, Tensor], source: str) -> None:
+    """Every tensor of ``state`` must exist in the model (``own``) with the same shape."""
     unexpected = sorted(set(state) - set(own))
     if unexpected:
         raise ValueError(
@@ -62,12 +79,19 @@ def load_growing(model: nn.Module, state: dict[str, Tensor], source: str = "stat
                 f"{source}: {key} has shape {tuple(value.shape)}, the model's has {tuple(own[key].shape)}; "
                 f"growing can only add residual blocks (same channels, same quantizer)"
             )
+
+
+def _new_blocks(
+    model: nn.Module, own: dict[str, Tensor], state: dict[str, Tensor], skip: tuple[str, ...], source: str
+) -> list[str]:
+    """Names of the residual blocks ``state`` lacks (outside the new feedback networks ``skip``);
+    every other missing key is an error, as is a new block that changes the channel count."""
     modules = dict(model.named_modules())
     new_blocks = [
         name
         for name, module in modules.items()
         if isinstance(module, ResBlock)
-        and not (name + ".").startswith(tuple(new_prefixes))
+        and not (name + ".").startswith(skip)
         and not any(k.startswith(name + ".") for k in state)
     ]
     prefixes = tuple(b + "." for b in new_blocks)
@@ -82,15 +106,6 @@ def load_growing(model: nn.Module, state: dict[str, Tensor], source: str = "stat
             raise ValueError(
                 f"{source}: new block {name} changes the channel count, so it cannot start as the identity"
             )
-    model.load_state_dict(state, strict=False)
-    for name in new_blocks:
-        nn.init.zeros_(modules[name].conv2.conv_1.weight)
-    if new_feedback:
-        start_feedback(model)
-        new_blocks.append("feedback")
-    for i in new_stages:
-        start_feedback_stage(model, i)
-        new_blocks.append(f"more_feedback.{i}")
     return new_blocks
 
 
