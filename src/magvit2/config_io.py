@@ -118,21 +118,9 @@ def save_yaml(cfg: Any, path: str | Path) -> None:
 def _coerce(text: str, tp: Any, key: str) -> Any:
     """Parse the text of an override as YAML, then check it fits the field's type."""
     value = yaml.safe_load(text)
-    base = _unwrap_optional(tp)
-    if value is None:
-        return None
-    if base is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if base is float and isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if base is str and not isinstance(value, str):
-        return text
-    if base in (int, float, bool, str) and not isinstance(value, base):
-        raise ValueError(f"--set {key}={text}: expected {base.__name__}, got {type(value).__name__}")
-    return value
+    if _unwrap_optional(tp) is str and value is not None and not isinstance(value, str):
+        return text  # a string field given "123" or "true": the text as written
+    return _scalar(value, tp, f"--set {key}={text}")
 
 
 def apply_overrides(cfg: T, overrides: list[str]) -> T:

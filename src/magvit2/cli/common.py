@@ -125,10 +125,9 @@ def resolve_device(name: str) -> str:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
     try:
-        torch.device(name)
+        device = torch.device(name)
     except RuntimeError as err:
         raise ValueError(f"--device: expected cpu, cuda, cuda:N or auto, got {name!r}") from err
-    device = torch.device(name)
     if device.type == "cpu" and device.index not in (None, 0):
         raise ValueError(f"--device {name}: there is one CPU device; use --device cpu")
     try:

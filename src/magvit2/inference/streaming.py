@@ -186,7 +186,7 @@ class TokenizerRunner:
             raise ValueError(f"overlap (--tile-overlap) must be below the tile, {tile} px; got {overlap}")
         self.tile = None if tile is None else tile // self.s * self.s
         if self.tile is not None:
-            ov = self.options.overlap if self.options.overlap is not None else self.tile // 4
+            ov = overlap if overlap is not None else self.tile // 4
             self.overlap = min(ov // self.s * self.s, self.tile - self.s)
         else:
             self.overlap = 0

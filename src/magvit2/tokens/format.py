@@ -202,8 +202,13 @@ def load_tokens(path: str | Path, *, expect_model: str | None = None) -> TokenFi
         )
     except (KeyError, ValueError, RuntimeError) as err:
         raise TokenFileError(f"{path}: damaged token file metadata or data: {err}") from err
-    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= tf.vocabulary):
-        raise TokenFileError(
-            f"{path}: token ids out of range [0, {tf.vocabulary}): found [{int(ids.min())}, {int(ids.max())}]"
-        )
+    check_ids(ids, tf.vocabulary, str(path))
     return tf
+
+
+def check_ids(ids: torch.Tensor, vocabulary: int, where: str) -> None:
+    """A :class:`TokenFileError` naming ``where`` if any id lies outside ``[0, vocabulary)``."""
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocabulary):
+        raise TokenFileError(
+            f"{where}: token ids out of range [0, {vocabulary}): found [{int(ids.min())}, {int(ids.max())}]"
+        )

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import torch
 
 from magvit2.fileio import atomic_path
-from magvit2.tokens.format import ONE_PASS, TokenFile, TokenFileError
+from magvit2.tokens.format import ONE_PASS, TokenFile, TokenFileError, check_ids
 
 SHARD_FORMAT = "magvit2-token-shard"
 SHARD_VERSION = 1
@@ -151,11 +151,8 @@ def read_row(
     r = table.slice(row, 1).to_pylist()[0]
     ids = torch.as_tensor(np.asarray(r["ids"], dtype=np.int64)).reshape(r["shape"])
     vocabulary = int(meta.get("magvit2.vocabulary", 0))
-    if ids.numel() and vocabulary and (int(ids.min()) < 0 or int(ids.max()) >= vocabulary):
-        raise TokenFileError(
-            f"{path} row {row}: token ids out of range [0, {vocabulary}): "
-            f"found [{int(ids.min())}, {int(ids.max())}]"
-        )
+    if vocabulary:
+        check_ids(ids, vocabulary, f"{path} row {row}")
     s = int(meta.get("magvit2.spatial_factor", spatial_factor or 0))
     if not s:
         raise ValueError(f"{path}: the shard does not record its spatial factor; pass spatial_factor")
