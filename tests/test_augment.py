@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from magvit2.data import DataConfig, MediaIndex
 from magvit2.data.augment import ColorChange, apply_color_change, hue_rotation, sample_color_change
-from magvit2.data.dataset import DataConfig, MediaIndex
 from magvit2.data.video_io import write_video
 
 
@@ -113,7 +113,7 @@ def _locate(image: np.ndarray, crop: np.ndarray) -> tuple[int, int]:
 def test_pans_move_the_crop_a_whole_number_of_pixels_per_frame(tmp_path):
     """Each pan frame is a crop of the (resized) image; the crop moves by a constant integer velocity
     of at most pan_speed per axis; different clips pan differently, and static ones occur too."""
-    from magvit2.data.dataset import VideoClipDataset
+    from magvit2.data import VideoClipDataset
     from magvit2.data.video_io import write_png
 
     rng = np.random.default_rng(1)
@@ -139,7 +139,7 @@ def test_pans_move_the_crop_a_whole_number_of_pixels_per_frame(tmp_path):
 
 def test_pan_fraction(tmp_path):
     """pan_images = 0.5: about half the video clips are pans (flat index-video clips are the others)."""
-    from magvit2.data.dataset import VideoClipDataset
+    from magvit2.data import VideoClipDataset
     from magvit2.data.video_io import write_png
 
     write_png(tmp_path / "photo.png", np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8))
@@ -156,7 +156,7 @@ def test_short_side_max_draws_the_zoom_of_each_clip(tmp_path):
     """On a horizontal ramp (value = x) a crop's value range is the width of the window it was resized
     from: 19 without short_side_max; with short_side 30..60 on a 60-pixel-high image the windows are
     20..40 pixels wide and both ends of that range occur."""
-    from magvit2.data.dataset import ImageDataset
+    from magvit2.data import ImageDataset
     from magvit2.data.video_io import write_png
 
     ramp = np.broadcast_to(np.arange(200, dtype=np.uint8)[None, :, None], (60, 200, 3)).copy()

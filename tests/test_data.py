@@ -1,4 +1,4 @@
-"""Tests of the training data pipeline magvit2.data.dataset (determinism, resume, sharding, joint batches)."""
+"""Tests of the training data pipeline magvit2.data (determinism, resume, sharding, joint batches)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from magvit2.data.dataset import (
+from magvit2.data import (
     BatchStream,
     DataConfig,
     ImageDataset,
@@ -302,7 +302,7 @@ def test_bad_files_skipped_counted_warned_once(media, tmp_path, caplog):
         batch_size=2,
         seed=0,
     )
-    with caplog.at_level(logging.WARNING, logger="magvit2.data.dataset"):
+    with caplog.at_level(logging.WARNING, logger="magvit2.data"):
         ds = JointBatchDataset(cfg)
         assert set(ds.skipped) == {str(bad / n) for n in ("random.mp4", "empty.mov", "notes.png")}
         for step in range(25):  # enough to hit the missing half of truncated.mp4 many times
@@ -358,7 +358,7 @@ def test_real_clip_and_photos(clips_dir, photos_dir):
 
 
 def test_short_side_scales_before_cropping():
-    from magvit2.data.dataset import resized_size
+    from magvit2.data.media import resized_size
 
     assert resized_size(720, 1280, (64, 64), "random_crop") == (64, 114)
     assert resized_size(720, 1280, (64, 64), "random_crop", short_side=144) == (144, 256)

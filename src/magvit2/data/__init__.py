@@ -1,15 +1,12 @@
-"""magvit2.data: video/image I/O (PyAV) and the training data pipeline."""
+"""magvit2.data: video/image I/O (PyAV) and the training data pipeline.
 
-from .dataset import (
-    BatchStream,
-    DataConfig,
-    ImageDataset,
-    JointBatchDataset,
-    MediaIndex,
-    VideoClipDataset,
-    find_files,
-    make_loader,
-)
+``config`` (:class:`DataConfig`), ``media`` (which files, their items, decoding one sample), ``augment``
+(colour changes), ``dataset`` (the resumable streams and the batches of each step), ``video_io``.
+"""
+
+from .config import DataConfig
+from .dataset import BatchStream, ImageDataset, JointBatchDataset, VideoClipDataset, make_loader
+from .media import MediaIndex, find_files
 from .video_io import (
     VideoInfo,
     VideoReadError,

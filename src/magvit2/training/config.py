@@ -150,7 +150,7 @@ class TrainConfig:
         strategy: multi-process engine under torchrun: ``ddp`` (see the README for FSDP).
         model, data, loss, optim, validation: the sections above and ``magvit2.data.DataConfig`` /
             ``magvit2.losses.LossConfig`` (``data.batch_size`` is per process and micro-batch;
-            ``data.temporal_downsample`` is always set from the model by :func:`load_train_config`).
+            ``data.temporal_factor`` is always set from the model by :func:`load_train_config`).
     """
 
     output_dir: str = "runs/tokenizer"
@@ -227,12 +227,11 @@ def load_train_config(
     """Read a YAML config (or start from the defaults when ``path`` is None), then apply ``--set``
     style overrides (``["max_steps=10", "data.batch_size=2"]``) and keyword fields."""
     data: dict[str, Any] = read_yaml(path) if path is not None else {}
-    # data.temporal_downsample always comes from the model: parse with 1 (accepts any frame count),
-    # then set it once the model section is final.
-    if isinstance(data.get("data"), dict):
-        data["data"] = {**data["data"], "temporal_downsample": 1}
-    else:
-        data["data"] = {"temporal_downsample": 1}
+    # data.temporal_factor always comes from the model: parse with 1 (accepts any frame count), then
+    # set it once the model section is final. ("temporal_downsample" is its name in older run folders.)
+    section = dict(data["data"]) if isinstance(data.get("data"), dict) else {}
+    section.pop("temporal_downsample", None)
+    data["data"] = {**section, "temporal_factor": 1}
     cfg = from_dict(TrainConfig, data, where=str(path or "config"))
     cfg = apply_overrides(cfg, list(overrides or []))
     if fields:
@@ -241,9 +240,9 @@ def load_train_config(
 
 
 def with_model_frames(cfg: TrainConfig) -> TrainConfig:
-    """``cfg`` with ``data.temporal_downsample`` set to the model's temporal factor (checks
+    """``cfg`` with ``data.temporal_factor`` set to the model's temporal factor (checks
     ``data.num_frames`` against it)."""
     factor = tokenizer_config(cfg).temporal_factor
-    if cfg.data.temporal_downsample == factor:
+    if cfg.data.temporal_factor == factor:
         return cfg
-    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, temporal_downsample=factor))
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, temporal_factor=factor))

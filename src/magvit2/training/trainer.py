@@ -46,7 +46,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from magvit2.config_io import resolve_path
 from magvit2.data import JointBatchDataset, find_files, make_loader, read_video, to_tensor
-from magvit2.data.dataset import resized_size
+from magvit2.data.media import resized_size
 from magvit2.data.video_io import probe
 from magvit2.losses import TokenizerLoss
 from magvit2.losses.distillation import distillation_loss, refined_target_codes
