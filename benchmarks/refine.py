@@ -100,9 +100,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=DEFAULT_LR)
     p.add_argument("--max-chunk-frames", type=int, default=17)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    p.add_argument(
-        "--no-feedback", action="store_true", help="feedback models: the encoder's tokens alone"
-    )
+    p.add_argument("--no-feedback", action="store_true", help="feedback models: the encoder's tokens alone")
     p.add_argument("--out-dir", type=Path, default=Path("benchmarks/results"))
     p.add_argument("--plot-with", type=Path, nargs="*", default=[],
                    help="earlier refine.json files whose clips join this run's JSON and plot")  # fmt: skip

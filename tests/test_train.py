@@ -145,8 +145,12 @@ def test_config_yaml_overrides_and_paths(tmp_path):
     bad = write_config(tmp_path / "bad.yaml", tiny_config(tmp_path / "run", optim__lr="fast"))
     with pytest.raises(ValueError, match=r"bad\.yaml: optim\.lr: expected float, got str 'fast'"):
         load_train_config(bad)
-    for field, value, expected in (("max_steps", "ten", "int"), ("data", {"batch_size": 2.5}, "int"),
-                                   ("data", {"hflip": "yes"}, "bool"), ("data", {"paths": "a.mp4"}, "list")):
+    for field, value, expected in (
+        ("max_steps", "ten", "int"),
+        ("data", {"batch_size": 2.5}, "int"),
+        ("data", {"hflip": "yes"}, "bool"),
+        ("data", {"paths": "a.mp4"}, "list"),
+    ):
         bad = tiny_config(tmp_path / "run")
         bad[field] = {**bad[field], **value} if isinstance(value, dict) else value
         where = field if not isinstance(value, dict) else f"{field}.{next(iter(value))}"

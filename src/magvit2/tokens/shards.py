@@ -191,21 +191,24 @@ def manifest(
     made before they were recorded (by the encoder, whole clips) still match a plain rerun.
     """
     digest = hashlib.sha256("\n".join(sorted(str(f) for f in files)).encode()).hexdigest()[:16]
-    return {
-        "format": SHARD_FORMAT,
-        "version": SHARD_VERSION,
-        "model": model,
-        "shard_size": shard_size,
-        "files": len(files),
-        "files_digest": digest,
-    } | ({} if encoding == ONE_PASS else {"encoding": encoding}) | (
-        {} if max_frames is None else {"max_frames": max_frames}
+    return (
+        {
+            "format": SHARD_FORMAT,
+            "version": SHARD_VERSION,
+            "model": model,
+            "shard_size": shard_size,
+            "files": len(files),
+            "files_digest": digest,
+        }
+        | ({} if encoding == ONE_PASS else {"encoding": encoding})
+        | ({} if max_frames is None else {"max_frames": max_frames})
     )
 
 
 def token_folder_manifest(model: str, encoding: str, max_frames: int | None, packed: bool) -> dict:
     """The settings a folder of token files was made with (see :data:`TOKEN_FOLDER_MANIFEST`)."""
     return {"model": model, "encoding": encoding, "max_frames": max_frames, "packed": packed}
+
 
 def check_manifest(
     out_dir: Path, expected: dict, overwrite: bool, name: str = MANIFEST_NAME, what: str = "shards"
