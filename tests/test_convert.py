@@ -238,6 +238,19 @@ def test_errors_name_the_offending_key(fixtures: Path, tmp_path: Path) -> None:
         convert_state_dict({"encoder.down.0.block.0.norm1.weight": torch.ones(32)})
     with pytest.raises(ConversionError, match="no model_ema"):
         convert_state_dict(raw, ema=True)
+    no_mid = {k: v for k, v in raw.items() if not k.startswith("decoder.mid_block.0.")}
+    with pytest.raises(ConversionError, match="encoder has 1 mid blocks, decoder 0"):
+        convert_state_dict(no_mid)
+    up = "decoder.up.1.upsample.conv1.conv_1.weight"
+    wrong_time = {**raw, up: torch.ones(raw[up].shape[0] // 2, *raw[up].shape[1:])}
+    with pytest.raises(
+        ConversionError, match=re.escape(f"'{up}' has {raw[up].shape[0] // 2} output channels")
+    ):
+        convert_state_dict(wrong_time)
+    last = "encoder.down.0.block.0.conv2.conv_1.weight"
+    odd = {**raw, last: torch.ones(raw[last].shape[0] + 1, *raw[last].shape[1:])}
+    with pytest.raises(ConversionError, match="not a multiple of ch"):
+        convert_state_dict(odd)
     ema = {ema_name(k): v for k, v in raw.items()}
     ema["model_ema.encoderconv_inconv_1weightx"] = torch.ones(1)
     with pytest.raises(ConversionError, match=re.escape("'model_ema.encoderconv_inconv_1weightx'")):

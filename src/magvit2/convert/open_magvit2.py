@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -213,19 +213,42 @@ def infer_config(
     Open-MAGVIT2's rule (video: time halves at levels whose ``ch_mult != 1``; image: never). GroupNorm has
     32 groups, eps 1e-6. Returns ``(config, kind)``.
     """
-    if "encoder.conv_in.conv_1.weight" in shapes:
-        kind, conv_in = "video", _shape(shapes, "encoder.conv_in.conv_1.weight", 5)
-    elif "encoder.conv_in.weight" in shapes:
-        kind, conv_in = "image", _shape(shapes, "encoder.conv_in.weight", 4)
-    else:
-        raise ConversionError(
-            "checkpoint: expected an Open-MAGVIT2 tokenizer (a key 'encoder.conv_in.weight' for the image "
-            "model or 'encoder.conv_in.conv_1.weight' for the video model); found neither, first keys "
-            f"{list(shapes)[:3]}"
-        )
+    kind, conv_in = _network_kind(shapes)
     w = lambda key: key if kind == "image" else key.replace(".weight", ".conv_1.weight")  # noqa: E731
     ch, in_channels = conv_in[0], conv_in[1]
     z_channels = _shape(shapes, w("encoder.conv_out.weight"))[0]
+    ch_mult, enc_blocks, dec_blocks = _levels(shapes, w, ch)
+    mid = _count(shapes, r"^encoder\.mid_block\.(\d+)\.", "encoder.mid_block")
+    dec_mid = _count(shapes, r"^decoder\.mid_block\.(\d+)\.", "decoder.mid_block")
+    if mid != dec_mid:
+        raise ConversionError(
+            f"checkpoint: encoder has {mid} mid blocks, decoder {dec_mid}; expected the same number"
+        )
+    config = _config(
+        kind, ch, ch_mult, enc_blocks, dec_blocks, mid, z_channels, in_channels, time_pooled_norm
+    )
+    _check_upsamplers(shapes, config, kind)
+    return config, kind
+
+
+def _network_kind(shapes: Mapping[str, Sequence[int]]) -> tuple[str, Sequence[int]]:
+    """``("video", conv_in kernel shape)`` for a 3D first conv, ``("image", ...)`` for a 2D one."""
+    if "encoder.conv_in.conv_1.weight" in shapes:
+        return "video", _shape(shapes, "encoder.conv_in.conv_1.weight", 5)
+    if "encoder.conv_in.weight" in shapes:
+        return "image", _shape(shapes, "encoder.conv_in.weight", 4)
+    raise ConversionError(
+        "checkpoint: expected an Open-MAGVIT2 tokenizer (a key 'encoder.conv_in.weight' for the image "
+        "model or 'encoder.conv_in.conv_1.weight' for the video model); found neither, first keys "
+        f"{list(shapes)[:3]}"
+    )
+
+
+def _levels(
+    shapes: Mapping[str, Sequence[int]], w: Callable[[str], str], ch: int
+) -> tuple[list[int], list[int], list[int]]:
+    """``(ch_mult, encoder blocks per level, decoder blocks per level)``: one level per
+    ``encoder.down.{i}``, its multiplier from the output channels of its last residual block."""
     levels = _count(shapes, r"^encoder\.down\.(\d+)\.", "encoder.down")
     if levels == 0:
         raise ConversionError("checkpoint: expected encoder.down.0.* (at least one level), found none")
@@ -247,25 +270,21 @@ def infer_config(
         if out % ch:
             raise ConversionError(f"checkpoint: {key!r} has {out} output channels, not a multiple of ch {ch}")
         ch_mult.append(out // ch)
-    mid = _count(shapes, r"^encoder\.mid_block\.(\d+)\.", "encoder.mid_block")
-    dec_mid = _count(shapes, r"^decoder\.mid_block\.(\d+)\.", "decoder.mid_block")
-    if mid != dec_mid:
-        raise ConversionError(
-            f"checkpoint: encoder has {mid} mid blocks, decoder {dec_mid}; expected the same number"
-        )
-    config = _config(
-        kind, ch, ch_mult, enc_blocks, dec_blocks, mid, z_channels, in_channels, time_pooled_norm
-    )
-    for i in range(1, levels):  # the decoder's upsamplers reveal the temporal factor of each level
+    return ch_mult, enc_blocks, dec_blocks
+
+
+def _check_upsamplers(shapes: Mapping[str, Sequence[int]], config: TokenizerConfig, kind: str) -> None:
+    """The decoder's upsamplers reveal each level's temporal factor (output channels ``C * bt * 4``):
+    raise ConversionError where one does not follow Open-MAGVIT2's rule that ``config`` encodes."""
+    for i in range(1, len(config.ch_mult)):
         key = "decoder.up.{}.upsample.conv1.{}weight".format(i, "" if kind == "image" else "conv_1.")
-        out, c = _shape(shapes, key)[0], ch * ch_mult[i]
+        out, c = _shape(shapes, key)[0], config.ch * config.ch_mult[i]
         expected = c * 4 * (2 if config.temporal_downsample[i - 1] else 1)
         if out != expected:
             raise ConversionError(
                 f"checkpoint: {key!r} has {out} output channels; Open-MAGVIT2's {kind} layout with ch_mult "
-                f"{ch_mult} expects {expected}"
+                f"{list(config.ch_mult)} expects {expected}"
             )
-    return config, kind
 
 
 # ---------------------------------------------------------------------------------------------- report
