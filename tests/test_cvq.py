@@ -98,6 +98,21 @@ def test_one_training_step_equals_hand_computation():
     assert torch.equal(q.codebook.detach(), frozen) and torch.equal(q.usage_ema, usage_frozen)
 
 
+def test_first_step_seeds_only_the_codes_the_batch_left_unused():
+    """Usage starts at zero but is updated before alpha: the first batch's own codes stay put."""
+    g = torch.Generator().manual_seed(0)
+    q = CVQ(2, 8, anchor="random")
+    with torch.no_grad():
+        q.codebook.copy_(torch.cat([torch.eye(2), -torch.eye(2), torch.full((4, 2), 50.0)]))
+    old = q.codebook.detach().clone()
+    x = torch.cat([torch.eye(2), -torch.eye(2)]).repeat(8, 1) + 0.01 * torch.randn(32, 2, generator=g)
+    out = q.train()(x.t().reshape(1, 2, 32))
+    assert set(out.indices.unique().tolist()) == {0, 1, 2, 3}
+    assert torch.allclose(q.codebook[:4].detach(), old[:4], atol=1e-6)  # used: alpha = exp(-20)
+    moved = q.codebook[4:].detach()  # unused: alpha = exp(-1e-3), now (nearly) batch tokens
+    assert (torch.cdist(moved, x).min(1).values < 0.1).all()
+
+
 def test_cosine_cvq_trains_and_round_trips():
     torch.manual_seed(2)
     q = CVQ(4, 16, l2_normalize=True, anchor="probrandom")

@@ -133,6 +133,23 @@ def test_bad_inputs_and_levels():
             FSQ(bad)
 
 
+def test_eps_keeps_extreme_inputs_on_the_grid():
+    """Every eps FSQ accepts rounds even saturated inputs to one of the L levels; past 1 / (L - 1) the
+    bound would round to a code off the grid (ids outside the vocabulary), so such eps are refused."""
+    z = torch.tensor([[[-50.0, -3.0, 0.0, 3.0, 50.0]]])  # (B=1, D=1, 5)
+    for levels, eps in (([5], 0.249), ([4], 0.33), ([2], 1e-3), ([8, 3], 0.14)):
+        q = FSQ(levels, eps=eps)
+        out = q(z.expand(1, len(levels), 5).contiguous())
+        assert 0 <= out.indices.min() and out.indices.max() < q.codebook_size
+        assert torch.equal(q.indices_to_codes(out.indices), out.codes)
+        top = [(L // 2 - (1 - L % 2)) / (L // 2) for L in levels]  # the grid's ends: -1 and 1 (odd L)
+        assert out.codes[0, :, 0].tolist() == [-1.0] * len(levels)  # or 1 - 2 / L (even L)
+        assert out.codes[0, :, -1].tolist() == top
+    for levels, eps in (([5], 0.25), ([5], 0.3), ([8, 3], 1 / 7), ([2], 0.0), ([5], -0.1)):
+        with pytest.raises(ValueError, match="eps must lie in"):
+            FSQ(levels, eps=eps)
+
+
 def test_factory_builds_fsq():
     q = build_quantizer(QuantizerConfig(kind="fsq", levels=[8, 8, 8, 5, 5, 5]))
     assert isinstance(q, FSQ) and q.codebook_size == 64000 and q.dim == 6

@@ -65,9 +65,11 @@ class LossConfig:
         adaptive_weight_max: clamp of that ratio (1e4, as in taming-transformers).
         disc_start: first step at which the discriminator trains and the generator gets the
             adversarial term (0, Open-MAGVIT2's setting; raise it to pre-train the autoencoder).
-        lecam_weight: LeCam regulariser weight (0.01, Open-MAGVIT2 at 128 px; MAGVIT-v1 had it
-            implemented with weight 0). Chosen because LeCam targets limited-data GAN training and
-            costs no extra forward pass.
+        lecam_weight: LeCam regulariser weight (0.02: Open-MAGVIT2's 0.01 at 128 px, relative to a
+            hinge loss that it halves (``0.5 * (real + fake)``) and
+            :func:`~magvit2.losses.adversarial.hinge_d_loss` does not; MAGVIT-v1 had LeCam implemented
+            with weight 0). Chosen because LeCam targets limited-data
+            GAN training and costs no extra forward pass.
         lecam_decay: decay of LeCam's logit averages (0.999).
         r1_weight: R1 gradient-penalty weight (10, MAGVIT-v1); 0 turns it off (saves a double backward).
         r1_every: lazy R1: apply every ``r1_every`` discriminator steps, scaled by ``r1_every``.
@@ -96,7 +98,7 @@ class LossConfig:
     adaptive_weight: bool = False
     adaptive_weight_max: float = 1e4
     disc_start: int = 0
-    lecam_weight: float = 0.01
+    lecam_weight: float = 0.02
     lecam_decay: float = 0.999
     r1_weight: float = 10.0
     r1_every: int = 1

@@ -11,7 +11,8 @@ training mode each step
 
 With the defaults a code whose usage is the uniform share ``1/K`` gets ``alpha = exp(-1000)`` (untouched)
 while a code below ``(1 - decay) / (K revive_rate)`` (one thousandth of its share) gets ``alpha > 1/e``.
-The usage starts at zero, so the first training step seeds the whole codebook from batch features.
+The usage starts at zero and is updated before ``alpha`` is computed, so the first training step
+seeds from batch features every code that batch did not use, and keeps the codes it used.
 
 Distributed (torch.distributed initialised with world size > 1): the per-batch usage ``p`` is averaged
 over ranks before the EMA, and the re-seeded codebook is broadcast from rank 0 (anchors from rank 0),
@@ -38,7 +39,9 @@ class CVQ(VQ):
         decay: decay of the running code usage.
         anchor: how each code's anchor feature is chosen from the batch tokens:
             ``random`` (a uniformly drawn token), ``closest`` (the token nearest to the code) or
-            ``probrandom`` (a token drawn with probability ``softmax(-||x - e_k||^2)`` over tokens).
+            ``probrandom`` (a token drawn with probability ``softmax(-||x - e_k||^2)`` over tokens;
+            with ``l2_normalize`` that is ``softmax(2 cos(x, e_k))``, twice as sharp as the reference
+            code's ``softmax(cos)``).
         revive_rate: sharpness of ``alpha_k`` (10 in the paper).
     """
 

@@ -30,9 +30,13 @@ class FSQ(Quantizer):
 
     Args:
         levels: number of quantization levels of each channel (ints >= 2; the paper recommends
-            e.g. ``[8, 8, 8, 5, 5, 5]`` for a 64k vocabulary).
+            e.g. ``[8, 8, 8, 5, 5, 5]`` for a 64k vocabulary). A level of 2 is accepted but barely
+            trains: its bound is ``tanh(z + atanh(1 / (1 + eps))) - 0.5``, so almost every input rounds
+            to the upper code and (for z ~ N(0, 1)) its gradient is about 1/70 of a 4-level channel's;
+            use 3 or more.
         eps: the bound's margin: ``tanh`` is scaled by ``(L - 1)(1 + eps) / 2`` so that the
-            extreme values are reached.
+            extreme values are reached; ``0 <= eps < 1 / (max(levels) - 1)`` (larger values round
+            off the grid), and ``eps > 0`` when a level is 2.
 
     Shapes: ``forward(z (B, len(levels), *spatial))`` -> codes like ``z``, ids ``(B, *spatial)``.
     """
@@ -42,8 +46,14 @@ class FSQ(Quantizer):
         levels = list(levels)
         if not levels or any(not isinstance(v, int) or isinstance(v, bool) or v < 2 for v in levels):
             raise ValueError(f"FSQ: levels must be a non-empty list of ints >= 2, got {levels!r}")
-        if eps < 0:
-            raise ValueError(f"FSQ: eps must be >= 0, got {eps!r}")
+        # The bound reaches (L - 1)(1 + eps) / 2: past eps = 1 / (L - 1) it rounds to a value off the
+        # grid; at eps = 0 a level of 2 has no room left (atanh(1)).
+        top = 1 / (max(levels) - 1)
+        if not 0 <= eps < top or (eps == 0 and 2 in levels):
+            raise ValueError(
+                f"FSQ: eps must lie in [0, {top:.4g}) for levels {levels} (1 / (max level - 1); above "
+                f"0 when a level is 2), got {eps!r}"
+            )
         self.levels = levels
         self.dim = len(levels)
         self.codebook_size = math.prod(levels)
