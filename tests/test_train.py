@@ -20,9 +20,12 @@ import yaml
 from safetensors.torch import load_file
 
 import magvit2
+from magvit2 import VideoTokenizer
 from magvit2.config_io import resolve_path
+from magvit2.models.grow import load_growing
 from magvit2.training.checkpoint import latest_checkpoint, list_checkpoints
-from magvit2.training.config import TrainConfig, load_train_config
+from magvit2.training.config import TrainConfig, load_train_config, tokenizer_config
+from magvit2.training.trainer import freeze_parameters
 
 SRC = Path(magvit2.__file__).resolve().parents[1]
 
@@ -547,5 +550,10 @@ def test_shipped_configs_load_and_name_existing_files():
         init = [cfg.model.init_from] if cfg.model.init_from else []
         for p in [*cfg.data.paths, *cfg.validation.paths, *init]:
             assert Path(resolve_path(p)).exists(), f"{path.name}: {p}"
+        if init:  # the model section fits the weights it starts from (as the trainer loads them)
+            model = VideoTokenizer.from_config(tokenizer_config(cfg))
+            source = VideoTokenizer.from_pretrained(resolve_path(init[0]))
+            assert load_growing(model, source.state_dict(), source=path.name) == [], path.name
+            freeze_parameters(model, cfg.model.freeze)
     distill = load_train_config(SRC.parent / "configs" / "tiny_distill.yaml")
     assert distill.loss.distill_weight > 0 and distill.model.freeze == ["decoder"]
