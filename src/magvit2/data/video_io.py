@@ -333,6 +333,31 @@ def _check_frame(frame: np.ndarray, where: str) -> np.ndarray:
     return np.ascontiguousarray(frame)
 
 
+_X26X = ("libx264", "libx264rgb", "libx265")
+
+
+def _encoder_options(
+    codec: str,
+    crf: int | None,
+    bitrate: int | None,
+    preset: str | None,
+    lossless: bool,
+    options: dict[str, str] | None,
+) -> dict[str, str]:
+    """FFmpeg private options of the encoder: ``options`` plus, where the caller left them unset,
+    ``qp=0`` (lossless), ``crf`` (x264/x265 without a bitrate), ``preset`` (x264/x265) and a quiet x265."""
+    opts = dict(options or {})
+    if lossless:
+        opts.setdefault("qp", "0")
+    elif crf is not None and bitrate is None and codec in _X26X:
+        opts.setdefault("crf", str(crf))
+    if preset is not None and codec in _X26X:
+        opts.setdefault("preset", preset)
+    if codec == "libx265":
+        opts.setdefault("x265-params", "log-level=error")
+    return opts
+
+
 class VideoWriter:
     """Write uint8 RGB frames (H, W, 3) to a video file; use as a context manager.
 
@@ -377,22 +402,10 @@ class VideoWriter:
                 f"VideoWriter({self.path!r}): {pix_fmt} needs even sizes, got {width}x{height}; "
                 "use pad_odd=True or pix_fmt='yuv444p'"
             )
-        opts = dict(options or {})
-        if lossless:
-            opts.setdefault("qp", "0")
-        elif crf is not None and bitrate is None and codec in ("libx264", "libx264rgb", "libx265"):
-            opts.setdefault("crf", str(crf))
-        if preset is not None and codec in ("libx264", "libx264rgb", "libx265"):
-            opts.setdefault("preset", preset)
-        if codec == "libx265":
-            opts.setdefault("x265-params", "log-level=error")
+        opts = _encoder_options(codec, crf, bitrate, preset, lossless, options)
         rate = Fraction(fps).limit_denominator(1001 * 1000)
-        muxer_opts = (
-            {"movflags": "+faststart"}
-            if faststart and Path(self.path).suffix.lower() in (".mp4", ".mov", ".m4v")
-            else {}
-        )
-        self._container = av.open(self.path, mode="w", options=muxer_opts)
+        fast = faststart and Path(self.path).suffix.lower() in (".mp4", ".mov", ".m4v")
+        self._container = av.open(self.path, mode="w", options={"movflags": "+faststart"} if fast else {})
         try:
             stream = self._container.add_stream(codec, rate=rate)
             stream.width, stream.height = self.width + self._pad[1], self.height + self._pad[0]
