@@ -15,6 +15,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "VideoTokenizer.from_pretrained loads.",
     )
     sources = p.add_subparsers(dest="source", metavar="SOURCE", required=True)
+    _add_open_magvit2(sources)
+    _add_checkpoint(sources)
+
+
+def _add_open_magvit2(sources: argparse._SubParsersAction) -> None:
+    """``convert open-magvit2 CHECKPOINT OUT_DIR``."""
     o = sources.add_parser(
         "open-magvit2",
         help="Open-MAGVIT2 / SEED-Voken image (128/256 px) or video tokenizer",
@@ -44,6 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     o.add_argument("--json", action="store_true", help="print the report as JSON")
     o.set_defaults(func=run_open_magvit2)
 
+
+def _add_checkpoint(sources: argparse._SubParsersAction) -> None:
+    """``convert checkpoint CHECKPOINT OUT_DIR``."""
     c = sources.add_parser(
         "checkpoint",
         help="a `magvit2 train` checkpoint folder -> a model folder (EMA weights by default)",
