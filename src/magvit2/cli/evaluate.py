@@ -220,32 +220,49 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("no input could be evaluated")
     if failed:
         print(f"magvit2 eval: {len(failed)} of {len(files)} inputs failed (listed above)", file=sys.stderr)
-    keys = [k for k in ("psnr", "ssim", "lpips", "bpp") if k in rows[0]]
-    frames = sum(r["frames"] for r in rows)
-    mean = {k: _frame_mean(rows, k) for k in keys}
-    summary = {
-        "files": rows,
-        "mean": mean,
-        "frames": frames,
-        "codebook_usage": stats.usage(),
-        "perplexity": stats.perplexity(),
-        "vocabulary": runner.vocabulary,
-        "failed": failed,
-    }
-    if detectors is not None:
-        summary.update(detectors.scores())
-    width = max(len(Path(r["file"]).name) for r in rows)
-    print(f"{'file':<{width}}  frames  " + "  ".join(f"{k:>8}" for k in keys))
-    for r in rows + [{"file": "mean (per frame)", "frames": frames, **mean}]:
-        values = "  ".join("     n/a" if r[k] is None else f"{r[k]:>8.4f}" for k in keys)
-        print(f"{Path(r['file']).name:<{width}}  {r['frames']:>6}  {values}")
-    usage, ppl = summary["codebook_usage"], summary["perplexity"]
-    print(f"codebook usage {usage:.4%} of {runner.vocabulary}, perplexity {ppl:.1f}")
-    for key in ("fvd", "rfid"):
-        if key in summary:
-            unit = "clips" if key == "fvd" else "frames"
-            print(f"{key.upper()} {summary[key]:.2f} over {summary[f'{key}_{unit}']} {unit}")
+    summary = _summary(rows, failed, stats, runner.vocabulary, detectors)
+    _print_table(summary)
     if args.json_out:
         with atomic_output(Path(args.json_out), args.overwrite) as tmp:
             tmp.write_text(json.dumps(summary, indent=2))
     return 1 if failed else 0
+
+
+def _summary(
+    rows: list[dict],
+    failed: list[str],
+    stats: CodebookStats,
+    vocabulary: int,
+    detectors: DetectorScores | None,
+) -> dict:
+    """What ``--json-out`` holds: per-file rows, their per-frame means, codebook use, FVD/rFID."""
+    keys = [k for k in ("psnr", "ssim", "lpips", "bpp") if k in rows[0]]
+    summary = {
+        "files": rows,
+        "mean": {k: _frame_mean(rows, k) for k in keys},
+        "frames": sum(r["frames"] for r in rows),
+        "codebook_usage": stats.usage(),
+        "perplexity": stats.perplexity(),
+        "vocabulary": vocabulary,
+        "failed": failed,
+    }
+    if detectors is not None:
+        summary.update(detectors.scores())
+    return summary
+
+
+def _print_table(summary: dict) -> None:
+    """One line per file and the per-frame mean, then codebook use and FVD/rFID (stdout)."""
+    rows, mean = summary["files"], summary["mean"]
+    keys = list(mean)
+    width = max(len(Path(r["file"]).name) for r in rows)
+    print(f"{'file':<{width}}  frames  " + "  ".join(f"{k:>8}" for k in keys))
+    for r in rows + [{"file": "mean (per frame)", "frames": summary["frames"], **mean}]:
+        values = "  ".join("     n/a" if r[k] is None else f"{r[k]:>8.4f}" for k in keys)
+        print(f"{Path(r['file']).name:<{width}}  {r['frames']:>6}  {values}")
+    usage, ppl = summary["codebook_usage"], summary["perplexity"]
+    print(f"codebook usage {usage:.4%} of {summary['vocabulary']}, perplexity {ppl:.1f}")
+    for key in ("fvd", "rfid"):
+        if key in summary:
+            unit = "clips" if key == "fvd" else "frames"
+            print(f"{key.upper()} {summary[key]:.2f} over {summary[f'{key}_{unit}']} {unit}")
