@@ -195,21 +195,7 @@ class Trainer:
         seed_everything(cfg.seed)
         self.device = info.device
         self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda")
-        model = VideoTokenizer.from_config(tokenizer_config(cfg))
-        if cfg.model.init_from:
-            source = resolve_path(cfg.model.init_from)
-            pretrained = VideoTokenizer.from_pretrained(source)
-            added = load_growing(model, pretrained.state_dict(), source=f"model.init_from {source}")
-            if added and info.is_main:
-                log.info(
-                    "model.init_from: %d parts added as identities (residual blocks, feedback): %s",
-                    len(added),
-                    ", ".join(added),
-                )
-        self.model = model.to(self.device).train()
-        freeze_parameters(self.model, cfg.model.freeze)
-        if cfg.model.activation_checkpointing:
-            enable_activation_checkpointing(self.model)
+        self.model = self._build_model().to(self.device).train()
         self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema_decay is not None else None
         self.loss_fn = TokenizerLoss(cfg.loss, in_channels=self.model.config.in_channels).to(self.device)
         self.entropy_schedule = cfg.loss.entropy_schedule()
@@ -222,25 +208,49 @@ class Trainer:
             if info.distributed
             else None
         )
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self.opt_g, self.sched_g = self._optimizer(trainable, cfg.optim.lr, cfg.optim.betas,
-                                                   cfg.optim.weight_decay)  # fmt: skip
-        self.disc = self.loss_fn.discriminator
-        self.opt_d = self.sched_d = None
-        if self.disc is not None:
-            o = cfg.optim
-            self.opt_d, self.sched_d = self._optimizer(
-                self.disc.parameters(),
-                o.disc_lr if o.disc_lr is not None else o.lr,
-                o.disc_betas if o.disc_betas is not None else o.betas,
-                o.disc_weight_decay if o.disc_weight_decay is not None else o.weight_decay,
-            )
+        self._build_optimizers()
         self.data_cfg = replace(cfg.data, paths=[resolve_path(p) for p in cfg.data.paths])
         self._prepare_output()
         if self.resume_requested:
             self.resume()
         self.dataset = JointBatchDataset(self.data_cfg, info.rank, info.world_size)
         self._val_clips: Tensor | None = None
+
+    def _build_model(self) -> VideoTokenizer:
+        """The configured tokenizer: started from ``model.init_from`` (grown where the config is
+        larger), ``model.freeze`` applied, activation checkpointing on if asked."""
+        cfg = self.cfg
+        model = VideoTokenizer.from_config(tokenizer_config(cfg))
+        if cfg.model.init_from:
+            source = resolve_path(cfg.model.init_from)
+            pretrained = VideoTokenizer.from_pretrained(source)
+            added = load_growing(model, pretrained.state_dict(), source=f"model.init_from {source}")
+            if added and self.info.is_main:
+                log.info(
+                    "model.init_from: %d parts added as identities (residual blocks, feedback): %s",
+                    len(added),
+                    ", ".join(added),
+                )
+        freeze_parameters(model, cfg.model.freeze)
+        if cfg.model.activation_checkpointing:
+            enable_activation_checkpointing(model)
+        return model
+
+    def _build_optimizers(self) -> None:
+        """AdamW + schedule for the trainable tokenizer parameters, and for the discriminator if any
+        (its ``disc_*`` options fall back to the tokenizer's)."""
+        o = self.cfg.optim
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt_g, self.sched_g = self._optimizer(trainable, o.lr, o.betas, o.weight_decay)
+        self.disc = self.loss_fn.discriminator
+        self.opt_d = self.sched_d = None
+        if self.disc is not None:
+            self.opt_d, self.sched_d = self._optimizer(
+                self.disc.parameters(),
+                o.disc_lr if o.disc_lr is not None else o.lr,
+                o.disc_betas if o.disc_betas is not None else o.betas,
+                o.disc_weight_decay if o.disc_weight_decay is not None else o.weight_decay,
+            )
 
     def _optimizer(self, params, lr: float, betas, weight_decay: float):
         """AdamW + warm-up/cosine LambdaLR."""
