@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from magvit2.losses import LPIPS, LossConfig, TokenizerLoss
+from magvit2.losses import LPIPS, LossConfig, PerceptualLoss, TokenizerLoss
 from magvit2.quantizers.base import QuantizerOutput
 
 TINY_D = {"disc_channels": 4, "disc_channel_multipliers": (1, 2)}
@@ -188,3 +188,25 @@ def test_one_step_of_a_toy_generator_reduces_the_total_loss(tmp_path):
     d_loss.backward()
     assert all(p.grad is None for p in params)
     assert {"d_adversarial", "lecam", "r1"} <= set(d_logs)
+
+
+def test_total_is_the_weighted_sum_including_perceptual(tmp_path):
+    """Without GAN and quantizer: total = l1_w * L1 + l2_w * L2 + perceptual_w * LPIPS, each computed
+    on its own (LPIPS by a separate PerceptualLoss on the same weights)."""
+    torch.manual_seed(3)
+    lpips = LPIPS()
+    for head in lpips.heads():
+        nn.init.uniform_(head.model[1].weight, 0.0, 1.0)
+    torch.save(lpips.state_dict(), tmp_path / "lpips.pth")
+    cfg = LossConfig(
+        l1_weight=1.0, l2_weight=0.5, perceptual_weight=0.3, perceptual_path=str(tmp_path / "lpips.pth"),
+        adversarial_weight=0.0,
+    )  # fmt: skip
+    x = torch.rand(2, 3, 2, 16, 16) * 2 - 1
+    recon = (x + 0.3 * torch.randn_like(x)).clamp(-1, 1)
+    with torch.no_grad():
+        total, _ = TokenizerLoss(cfg)(x, recon, None, step=0)
+        perceptual = PerceptualLoss(tmp_path / "lpips.pth")(x, recon)
+    assert float(perceptual) > 0.01
+    expected = (recon - x).abs().mean() + 0.5 * (recon - x).pow(2).mean() + 0.3 * perceptual
+    torch.testing.assert_close(total, expected, rtol=1e-5, atol=1e-6)

@@ -58,3 +58,15 @@ def test_blend_moves_smoothly_between_disagreeing_tiles():
     row = decode_tiled(ids, dec, 1, tile=12, overlap=8)[0, 0, 0, 0]  # three tiles, overlaps overlap
     steps = row[1:] - row[:-1]
     assert row[0] == 0 and row[-1] == 2 and steps.min() >= 0 and steps.max() < 0.34
+
+
+def test_decode_margin_drops_inner_border_pixels():
+    """Two tiles that disagree (0 and 1) over a 4-pixel overlap: with margin 1 the blend ramp skips the
+    outermost overlap pixel of each tile, so the row reads 0 (tile 0 only), 0, 1/3, 2/3, 1, then 1."""
+
+    def dec(t, i):
+        return torch.full((1, 1, 1, 1, t.shape[-1]), float(i))
+
+    row = decode_tiled(torch.zeros(1, 1, 1, 20), dec, 1, tile=12, overlap=4, margin=1)[0, 0, 0, 0]
+    expected = torch.cat([torch.zeros(8), torch.tensor([0.0, 1 / 3, 2 / 3, 1.0]), torch.ones(8)])
+    torch.testing.assert_close(row, expected)

@@ -151,3 +151,29 @@ def test_shard_row_round_trip(tmp_path):
     write_shard(tmp_path / "bad.parquet", [bad], model="m1", vocabulary=1024, spatial_factor=8)
     with pytest.raises(TokenFileError, match="out of range"):
         read_row(tmp_path / "bad.parquet", 0)
+
+
+def test_round_trip_keeps_every_field_with_unequal_padding(tmp_path):
+    """Height and width padded differently (2 and 3 rows/columns): no field borrows another's value."""
+    tf = TokenFile(
+        ids=torch.randint(0, 2**10, (3, 4, 5)), model="abc", vocabulary=2**10, frames=9, height=30,
+        width=37, pad_bottom=2, pad_right=3, fps=Fraction(30000, 1001), source="c.mp4",
+    )  # fmt: skip
+    for packed in (False, True):
+        save_tokens(tmp_path / f"t{packed}.safetensors", tf, packed=packed)
+        back = load_tokens(tmp_path / f"t{packed}.safetensors")
+        assert torch.equal(back.ids, tf.ids)
+        assert {**back.__dict__, "ids": None} == {**tf.__dict__, "ids": None}
+
+
+def test_shard_row_keeps_unequal_padding(tmp_path):
+    from magvit2.tokens.shards import read_row, token_row, write_shard
+
+    tf = TokenFile(
+        ids=torch.randint(0, 1024, (2, 5, 6)), model="m1", vocabulary=1024, frames=5, height=37,
+        width=43, pad_bottom=3, pad_right=5, fps=Fraction(25), source="a.mp4",
+    )  # fmt: skip
+    write_shard(tmp_path / "s.parquet", [token_row(tf)], model="m1", vocabulary=1024, spatial_factor=8)
+    got = read_row(tmp_path / "s.parquet", 0)
+    assert (got.height, got.width, got.pad_bottom, got.pad_right) == (37, 43, 3, 5)
+    assert torch.equal(got.ids, tf.ids)

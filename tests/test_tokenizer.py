@@ -186,6 +186,14 @@ def test_forward_trains(video):
     assert m.last_layer_weight() is m.decoder.conv_out.conv_1.weight
     assert m.last_layer_weight().grad is not None
     assert m(video[:1, :, 0]).reconstruction.shape == (1, 3, 16, 16)
+    with torch.no_grad():  # the training forward decodes the quantized codes, as encode + decode does
+        out = m.eval()(video[:1, :, :5])
+        torch.testing.assert_close(
+            out.reconstruction, m.decode(m.encode(video[:1, :, :5])), atol=1e-6, rtol=1e-5
+        )
+        torch.testing.assert_close(
+            out.reconstruction, m.decode_codes(out.quantizer.codes), atol=1e-6, rtol=1e-5
+        )
 
 
 @pytest.mark.parametrize(

@@ -557,3 +557,18 @@ def test_shipped_configs_load_and_name_existing_files():
             freeze_parameters(model, cfg.model.freeze)
     distill = load_train_config(SRC.parent / "configs" / "tiny_distill.yaml")
     assert distill.loss.distill_weight > 0 and distill.model.freeze == ["decoder"]
+
+
+def test_discriminator_optimizer_takes_its_own_options(tmp_path):
+    """optim.disc_lr / disc_betas / disc_weight_decay reach the discriminator's AdamW, not the
+    tokenizer's (which keeps optim.lr, betas and weight_decay)."""
+    from magvit2.training.trainer import Trainer
+
+    cfg = tiny_config(
+        tmp_path / "run", optim__disc_lr=3e-5, optim__disc_betas=[0.0, 0.99], optim__disc_weight_decay=0.01
+    )
+    trainer = Trainer(load_train_config(write_config(tmp_path / "c.yaml", cfg)))
+    g, d = trainer.opt_g.param_groups[0], trainer.opt_d.param_groups[0]
+    assert d["initial_lr"] == 3e-5 and g["initial_lr"] == 2e-3
+    assert d["betas"] == (0.0, 0.99) and g["betas"] != (0.0, 0.99)
+    assert d["weight_decay"] == 0.01 and g["weight_decay"] == 0.0
