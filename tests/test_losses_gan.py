@@ -81,8 +81,10 @@ def test_lecam_matches_hand_computation_with_ema_updates():
     restored = LeCam(0.9)
     restored.load_state_dict(state)
     restored.eval()
-    restored(torch.tensor([9.0]), torch.tensor([-9.0]))
+    got = restored(torch.tensor([9.0]), torch.tensor([-9.0]))
     assert restored.ema_real.item() == pytest.approx(ema_r, rel=1e-6)
+    assert restored.ema_fake.item() == pytest.approx(ema_f, rel=1e-6)
+    assert got.item() == pytest.approx(max(0.0, 9.0 - ema_f) ** 2 + max(0.0, ema_r + 9.0) ** 2, rel=1e-5)
 
 
 def test_lecam_gradient_flows_to_logits_only():
