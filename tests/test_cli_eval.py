@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from magvit2 import TokenizerConfig, VideoTokenizer
@@ -114,6 +115,7 @@ def test_eval_lpips_equals_the_library_value(tmp_path):
     assert expected > 0 and abs(row["lpips"] - expected) < 1e-5
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")  # the detector files are TorchScript
 def test_eval_fvd_and_rfid_equal_the_library_values(tmp_path):
     from test_metrics_frechet import _FakeI3D, _FakeInception
 
