@@ -1,4 +1,5 @@
-"""The README's Python examples run as written (those that need no file a user must bring)."""
+"""The README's Python examples run as written (those that need no file a user must bring), and every
+documented ``magvit2`` command is one the CLI accepts."""
 
 from __future__ import annotations
 
@@ -40,3 +41,65 @@ def test_readme_python_example_runs(line: int, code: str, tmp_path: Path):
         [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
     )
     assert run.returncode == 0, f"README.md line {line}:\n{run.stderr[-2000:]}"
+
+
+def shell_commands() -> list[tuple[str, int, str]]:
+    """(file, line, command) of every ``magvit2 ...`` command in the ```bash blocks of README.md and
+    docs/*.md: continuation lines joined, comments and a leading ``.venv/bin/`` dropped."""
+    commands = []
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        text = path.read_text(encoding="utf-8")
+        for block in re.finditer(r"^```bash\n(.*?)^```", text, re.S | re.M):
+            line = text[: block.start()].count("\n") + 2  # the block's first line
+            pending, start = "", line
+            for offset, raw in enumerate(block.group(1).splitlines()):
+                if not pending:
+                    start = line + offset
+                pending += raw.rstrip().removesuffix("\\") + " "
+                if raw.rstrip().endswith("\\"):
+                    continue
+                for part in pending.split("&&"):
+                    part = part.split(" #")[0].strip().removeprefix(".venv/bin/")
+                    if part.startswith("magvit2 "):
+                        commands.append((path.name, start, " ".join(part.split())))
+                pending = ""
+    return commands
+
+
+def _placeholder(command: str) -> bool:
+    """Synopsis lines (``[--set key=value ...]``, ``[--ema | --no-ema]``) are not runnable as written."""
+    return "[" in command.replace("=[", "").replace("'[", "")
+
+
+def test_docs_have_shell_commands():
+    commands = shell_commands()
+    assert sum(c.startswith("magvit2 train") for _, _, c in commands) >= 8
+    assert any(c.startswith("magvit2 reconstruct") for _, _, c in commands)
+
+
+@pytest.mark.parametrize(
+    "where, line, command", [pytest.param(*c, id=f"{c[0]}:{c[1]}") for c in shell_commands()]
+)
+def test_documented_command_parses(where: str, line: int, command: str):
+    """Every documented command is accepted by the real parser (options that exist, values of the
+    right type); a ``train`` command's config and ``--set`` overrides also load, its model (with
+    ``model.config``) builds and its ``model.freeze`` names match parameters."""
+    import shlex
+
+    from magvit2 import VideoTokenizer
+    from magvit2.cli.main import build_parser
+    from magvit2.training.config import load_train_config, tokenizer_config
+    from magvit2.training.trainer import freeze_parameters
+
+    if _placeholder(command):
+        pytest.skip("a synopsis line")
+    argv = shlex.split(command)[1:]
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:
+        raise AssertionError(f"{where} line {line}: the parser refuses {command!r}") from exit_
+    if args.command != "train" or args.config is None or not (ROOT / args.config).is_file():
+        return
+    cfg = load_train_config(ROOT / args.config, args.overrides)
+    model = VideoTokenizer(tokenizer_config(cfg))
+    assert freeze_parameters(model, cfg.model.freeze) >= (1 if cfg.model.freeze else 0)
