@@ -176,3 +176,37 @@ def test_causal_conv_image_fast_path_equals_zero_padded_conv():
         padded = conv.conv_1(torch.cat([torch.zeros(2, 3, 2, 8, 8), x], dim=2))
         assert torch.allclose(fast, padded, atol=1e-6)
         assert torch.allclose(conv(x, CausalCache()), padded, atol=1e-6)  # chunked path, no shortcut
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="no oneDNN in this torch build")
+def test_conv3d_always_takes_onednn_on_cpu_with_the_same_values_and_gradients():
+    """A small clip, where PyTorch's own rule (B*C*T*H > 20480) picks its slow im2col path: our
+    helper runs oneDNN instead and gives the same output (float32 rounding) and the same gradients."""
+    from torch.profiler import profile
+
+    from magvit2.modules.causal import conv3d
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv3d(4, 6, 3, stride=(1, 2, 2), padding=(0, 1, 1))
+    x = torch.randn(1, 4, 5, 12, 10)
+
+    def kernels(fn) -> set[str]:
+        with profile() as prof:
+            fn()
+        return {event.key for event in prof.key_averages()}
+
+    assert "aten::slow_conv3d_forward" in kernels(lambda: conv(x))  # PyTorch's choice here
+    assert "aten::mkldnn_convolution" in kernels(lambda: conv3d(conv, x))
+    results = []
+    for fn in (conv, lambda t: conv3d(conv, t)):
+        conv.zero_grad()
+        xg = x.clone().requires_grad_(True)
+        out = fn(xg)
+        out.backward(torch.linspace(-1, 1, out.numel()).reshape(out.shape))
+        results.append((out.detach(), xg.grad, conv.weight.grad.clone(), conv.bias.grad.clone()))
+    for ref, got in zip(*results, strict=True):
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # autocast still applies
+        assert conv3d(conv, x).dtype == torch.bfloat16
+    with torch.no_grad():  # other dtypes keep PyTorch's choice
+        assert torch.equal(conv3d(conv.double(), x.double()), conv(x.double()))
