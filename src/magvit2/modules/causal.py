@@ -71,9 +71,13 @@ def conv3d(conv: nn.Conv3d, x: Tensor) -> Tensor:
 
 def _onednn_applies(conv: nn.Conv3d, x: Tensor) -> bool:
     """Whether :func:`conv3d` may call oneDNN directly: float32 on the CPU, oneDNN built and enabled,
-    zero padding, and no CPU autocast (autocast casts ``nn.Conv3d``'s op to bf16, not this one)."""
+    zero padding, no CPU autocast (autocast casts ``nn.Conv3d``'s op to bf16, not this one), and not
+    inside ``torch.compile`` (its tracer has no fake-tensor rule for the oneDNN op, and picks its own)
+    or ``torch.jit.trace``."""
     return (
-        x.device.type == "cpu"
+        not torch.compiler.is_compiling()  # first: the tracer must not reach the checks below
+        and not torch.jit.is_tracing()  # a traced graph keeps the portable op
+        and x.device.type == "cpu"
         and x.dtype == torch.float32
         and conv.padding_mode == "zeros"
         and torch.backends.mkldnn.is_available()
