@@ -211,5 +211,8 @@ def test_conv3d_always_takes_onednn_on_cpu_with_the_same_values_and_gradients():
     with torch.no_grad():  # torch.compile traces it (through nn.Conv3d)
         traced = torch.compile(lambda t: conv3d(conv, t), backend="eager", fullgraph=True)
         torch.testing.assert_close(traced(x), results[0][0], rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # padding given by name is left to nn.Conv3d
+        same = torch.nn.Conv3d(4, 6, 3, padding="same")
+        assert torch.equal(conv3d(same, x), same(x))
     with torch.no_grad():  # other dtypes keep PyTorch's choice
         assert torch.equal(conv3d(conv.double(), x.double()), conv(x.double()))

@@ -71,7 +71,7 @@ def conv3d(conv: nn.Conv3d, x: Tensor) -> Tensor:
 
 def _onednn_applies(conv: nn.Conv3d, x: Tensor) -> bool:
     """Whether :func:`conv3d` may call oneDNN directly: float32 on the CPU, oneDNN built and enabled,
-    zero padding, no CPU autocast (autocast casts ``nn.Conv3d``'s op to bf16, not this one), and not
+    explicit zero padding, no CPU autocast (autocast casts ``nn.Conv3d``'s op to bf16, not this one), and not
     inside ``torch.compile`` (its tracer has no fake-tensor rule for the oneDNN op, and picks its own)
     or ``torch.jit.trace``."""
     return (
@@ -80,6 +80,7 @@ def _onednn_applies(conv: nn.Conv3d, x: Tensor) -> bool:
         and x.device.type == "cpu"
         and x.dtype == torch.float32
         and conv.padding_mode == "zeros"
+        and not isinstance(conv.padding, str)  # "same" / "valid": left to nn.Conv3d
         and torch.backends.mkldnn.is_available()
         and torch.backends.mkldnn.enabled
         and not torch.is_autocast_enabled("cpu")
