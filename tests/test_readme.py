@@ -98,8 +98,9 @@ def test_documented_command_parses(where: str, line: int, command: str):
         args = build_parser().parse_args(argv)
     except SystemExit as exit_:
         raise AssertionError(f"{where} line {line}: the parser refuses {command!r}") from exit_
-    if args.command != "train" or args.config is None or not (ROOT / args.config).is_file():
+    if args.command != "train" or args.config is None:
         return
+    assert (ROOT / args.config).is_file(), f"{where} line {line}: no config {args.config} in the repository"
     cfg = load_train_config(ROOT / args.config, args.overrides)
     model = VideoTokenizer(tokenizer_config(cfg))
     assert freeze_parameters(model, cfg.model.freeze) >= (1 if cfg.model.freeze else 0)

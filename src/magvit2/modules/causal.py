@@ -71,9 +71,9 @@ def conv3d(conv: nn.Conv3d, x: Tensor) -> Tensor:
 
 def _onednn_applies(conv: nn.Conv3d, x: Tensor) -> bool:
     """Whether :func:`conv3d` may call oneDNN directly: float32 on the CPU, oneDNN built and enabled,
-    explicit zero padding, no CPU autocast (autocast casts ``nn.Conv3d``'s op to bf16, not this one), and not
-    inside ``torch.compile`` (its tracer has no fake-tensor rule for the oneDNN op, and picks its own)
-    or ``torch.jit.trace``."""
+    explicit zero padding, no CPU autocast (autocast casts ``nn.Conv3d``'s op to bf16, not this one),
+    and neither ``torch.compile`` (its tracer has no fake-tensor rule for the oneDNN op, and picks its
+    own) nor ``torch.jit.trace`` running."""
     return (
         not torch.compiler.is_compiling()  # first: the tracer must not reach the checks below
         and not torch.jit.is_tracing()  # a traced graph keeps the portable op
