@@ -548,9 +548,9 @@ def test_no_model_means_the_builtin_even_beside_a_folder_called_default(tmp_path
         common.load_model(None)
 
 
-def test_heap_bound_only_for_streaming_without_gradients(monkeypatch, tmp_path, capsys):
-    """bound_heap_growth (flat memory over long videos) makes every backward pass slow (training 1.7x):
-    magvit2 applies it to streaming commands only, and not when they refine tokens."""
+def test_flat_memory_only_when_asked(monkeypatch, tmp_path, capsys):
+    """bound_heap_growth (flat memory over long videos) costs time (up to 2x on small frames, 1.7x for
+    training): the streaming commands apply it with --flat-memory only, and nothing else does."""
     import magvit2.cli.main as cli_main
 
     calls = []
@@ -558,9 +558,13 @@ def test_heap_bound_only_for_streaming_without_gradients(monkeypatch, tmp_path, 
     missing = str(tmp_path / "missing.mp4")
     for argv, bounded in (
         (["train", "--print-config"], False),
-        (["reconstruct", missing], True),
-        (["reconstruct", missing, "--refine-steps", "2"], False),
-        (["tokenize", missing, "-o", str(tmp_path / "t")], True),
+        (["reconstruct", missing], False),
+        (["reconstruct", missing, "--flat-memory"], True),
+        (["reconstruct", missing, "--flat-memory", "--refine-steps", "2"], True),
+        (["tokenize", missing, "-o", str(tmp_path / "t")], False),
+        (["tokenize", missing, "-o", str(tmp_path / "t"), "--flat-memory"], True),
+        (["detokenize", missing, "-o", str(tmp_path / "d.mp4"), "--flat-memory"], True),
+        (["eval", missing, "--flat-memory"], True),
         (["info", missing], False),
     ):
         calls.clear()

@@ -10,9 +10,6 @@ from collections.abc import Sequence
 from magvit2.cli import convert, demo, detokenize, evaluate, info, reconstruct, tokenize, train
 from magvit2.inference.streaming import bound_heap_growth
 
-#: Commands that stream long videos through the model without gradients (see bound_heap_growth).
-STREAMING_COMMANDS = frozenset({"tokenize", "detokenize", "reconstruct", "eval"})
-
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every sub-command registered."""
@@ -37,11 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    if args.command in STREAMING_COMMANDS and not getattr(args, "refine_steps", 0):
-        # flat memory on long videos (see its docstring). Not where gradients are taken: backward
-        # passes allocate thousands of buffers and one mmap each is slow (token refinement: a step
-        # 1.6x slower, 3.6 s vs 2.3 s for 17 frames of 176x144; training: 1.7x, 23.0 s vs 13.7 s for
-        # 13 steps of the built-in recipe at 17 frames, batch 2, on 2 cores).
+    if getattr(args, "flat_memory", False):  # streaming commands' --flat-memory (see its docstring)
         bound_heap_growth()
     try:
         return int(args.func(args) or 0)

@@ -131,9 +131,11 @@ def bound_heap_growth(threshold: int = 256 * 1024) -> bool:
     glibc raises its mmap threshold each time a large block is freed, so chunk-sized buffers (decoded
     frames, activations) move onto the heap, where they fragment: the peak resident size of a long
     streamed job then creeps up with the video's length although nothing is kept. A fixed threshold
-    returns such buffers to the system as soon as they are freed. ``magvit2`` commands call this once
-    at start; Python users streaming long videos may call it too. Returns False where it does not apply.
-    (benchmarks/long_video.py: 10-minute / 10-second peak RSS 1.14 without, 1.02 with.)
+    returns such buffers to the system as soon as they are freed, at the cost of fresh zeroed pages
+    for each (1.3-2x the time). ``magvit2`` streaming commands call this once at start when given
+    ``--flat-memory``; Python users streaming long videos may call it too; never where gradients are
+    taken (training 1.7x slower). Returns False where it does not apply. (benchmarks/long_video.py,
+    40 min of 128x128 video: peak 1.40x the 10-second run's without, 1.11x with.)
     """
     libc = _glibc()
     return bool(libc is not None and libc.mallopt(_M_MMAP_THRESHOLD, int(threshold)))
