@@ -25,7 +25,7 @@ from magvit2.inference.global_norm import copy_cache
 from magvit2.modules.causal import CausalCache
 
 #: Adam's step size on the latent. 0.1 beats the earlier 0.2 at every step count measured with the
-#: built-in model (carphone, first 33 frames, 1/2/3/10/30 steps: 22.96/23.21/23.34/23.70/24.13 dB
+#: phase-7 built-in model (carphone, first 33 frames, 1/2/3/10/30 steps: 22.96/23.21/23.34/23.70/24.13 dB
 #: against 22.59/23.06/23.14/23.66/24.13; bikes, 2 steps: 22.84 against 22.61): Adam's first steps
 #: move every coordinate by about the step size, and 0.2 overshoots.
 DEFAULT_LR = 0.1
