@@ -98,7 +98,8 @@ def add_model_args(p: argparse.ArgumentParser, inference: bool = True) -> None:
             action="store_true",
             help="lower, flatter memory on long videos (glibc: every buffer of 256 KiB or more gets "
             "its own mmap); slower, up to 2x on small frames (default: glibc's allocator, whose peak "
-            "creeps up slowly with the frames streamed: 1.40x against 1.11x over 40 min of 128x128)",
+            "creeps up slowly with the frames streamed: 1.40x against 1.11x over 40 min of 128x128); "
+            "with --refine-steps it makes each backward pass about 1.6x slower",
         )
 
 
