@@ -61,7 +61,7 @@ def fewer_stage_points(model: VideoTokenizer, frames, chunk: int) -> list[dict]:
     if model.feedback is None:
         return []
     points = []
-    for k in range(model.config.feedback_stages):
+    for k in range(model.config.feedback_passes):
         model.feedback_stages_used = k
         label = "magvit2, no feedback" if k == 0 else f"magvit2, {k} feedback stage{'s' if k > 1 else ''}"
         points.append({**tokenizer_point(model, frames, chunk), "label": label, "feedback_stages": k})

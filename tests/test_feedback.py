@@ -273,3 +273,35 @@ def test_running_fewer_stages(tmp_path, capsys):
     assert main([*args, "--feedback-stages", "3", "-o", str(tmp_path / "r.mp4"), "-q"]) != 0
     assert "--feedback-stages: expected 0..2 (this model's feedback stages), got 3" in capsys.readouterr().err
     assert not (tmp_path / "r.mp4").exists()
+
+
+def test_repeated_last_stage_runs_the_same_network_again(tmp_path):
+    """feedback_last_repeats=2: a third stage with stage 2's weights (no new parameters) decodes the
+    latent corrected twice and corrects it again; chunked encoding keeps each run's causal state apart
+    (CausalCache.scope), and a two-stage model's weights load into it unchanged."""
+    two = perturbed(VideoTokenizer(config(feedback=True, feedback_stages=2)))
+    model = VideoTokenizer(config(feedback=True, feedback_stages=2, feedback_last_repeats=2))
+    model.load_state_dict(two.state_dict())  # same tensors: the repeat adds none
+    assert model.config.feedback_passes == 3
+    x = video(frames=17)
+    signs = lambda u: torch.where(u > 0, 1.0, -1.0)  # noqa: E731
+    with torch.no_grad():
+        u2 = two.encode_latent(x)
+        net = model.more_feedback[0]
+        expected = u2 + net(torch.cat([x, model.decoder(signs(u2))], dim=1))
+    got = model.encode_latent(x)
+    torch.testing.assert_close(got, expected)
+    assert (got - u2).abs().max() > 0.01  # the repeat changes the latent
+    for chunk in (5, 8):
+        torch.testing.assert_close(model.encode_latent(x, max_chunk_frames=chunk), got, atol=1e-5, rtol=1e-5)
+    model.feedback_stages_used = 2
+    torch.testing.assert_close(model.encode_latent(x), u2)
+    model.feedback_stages_used = None
+    loaded = VideoTokenizer.from_pretrained(model.save_pretrained(tmp_path / "m"))
+    assert loaded.config.feedback_last_repeats == 2
+    assert torch.equal(loaded.encode(x), model.encode(x))
+
+
+def test_repeats_below_one_are_refused():
+    with pytest.raises(ValueError, match="feedback_last_repeats: expected >= 1, got 0"):
+        config(feedback=True, feedback_last_repeats=0)

@@ -173,7 +173,7 @@ def make_runner(args: argparse.Namespace) -> TokenizerRunner:
     model = load_model(args.model, device)
     model.use_feedback = not getattr(args, "no_feedback", False)
     if stages is not None:
-        have = model.config.feedback_stages if model.feedback is not None else 0
+        have = model.config.feedback_passes if model.feedback is not None else 0
         if not 0 <= stages <= have:
             raise ValueError(
                 f"--feedback-stages: expected 0..{have} (this model's feedback stages), got {stages}"

@@ -54,6 +54,7 @@ def model_info(target: str | None) -> dict:
         "decoder_parameters": dec,
         "feedback_parameters": fb,
         "feedback_stages": model.config.feedback_stages if model.feedback is not None else 0,
+        "feedback_passes": model.config.feedback_passes,
         "temporal_factor": model.temporal_factor,
         "spatial_factor": model.spatial_factor,
         "vocabulary": model.codebook_size,

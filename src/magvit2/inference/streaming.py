@@ -210,7 +210,7 @@ class TokenizerRunner:
     def encoding(self) -> str:
         """How this runner finds tokens, as token files record it (``encoder`` or ``refined ...``)."""
         model = self.model
-        total = model.config.feedback_stages if model.feedback is not None else 0
+        total = model.config.feedback_passes if model.feedback is not None else 0
         stages = (len(model.feedback_nets()), total)
         return encoding_name(self.options.refine_steps, self.options.refine_lr, stages)
 

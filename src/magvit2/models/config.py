@@ -56,6 +56,10 @@ class TokenizerConfig:
         feedback_stages: with ``feedback``, how many times the loop runs, each time with its own
             feedback network: stage ``k`` decodes the latent corrected by the stages before it and
             adds its own correction. Each stage costs one decoder and one encoder pass more.
+        feedback_last_repeats: with ``feedback``, how many times the last stage's network runs (1:
+            once). Runs after the first are further stages that share its weights: more correction
+            for one decoder and one encoder pass each, and no more parameters. The loop then has
+            ``feedback_passes`` stages.
     """
 
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
@@ -71,10 +75,15 @@ class TokenizerConfig:
     time_pooled_norm: bool = False
     feedback: bool = False
     feedback_stages: int = 1
+    feedback_last_repeats: int = 1
 
     def __post_init__(self) -> None:
         if self.feedback_stages < 1:
             raise ValueError(f"TokenizerConfig.feedback_stages: expected >= 1, got {self.feedback_stages}")
+        if self.feedback_last_repeats < 1:
+            raise ValueError(
+                f"TokenizerConfig.feedback_last_repeats: expected >= 1, got {self.feedback_last_repeats}"
+            )
         if isinstance(self.quantizer, dict):
             self.quantizer = QuantizerConfig(**self.quantizer)
         self.ch_mult = tuple(int(m) for m in self.ch_mult)
@@ -111,7 +120,15 @@ class TokenizerConfig:
 
     def feedback_config(self) -> TokenizerConfig:
         """Config of the feedback network: this encoder's, fed the video and its reconstruction."""
-        return replace(self, in_channels=2 * self.in_channels, feedback=False, feedback_stages=1)
+        return replace(
+            self, in_channels=2 * self.in_channels, feedback=False, feedback_stages=1, feedback_last_repeats=1
+        )
+
+    @property
+    def feedback_passes(self) -> int:
+        """Feedback stages encoding runs (0 without ``feedback``): the distinct networks, plus the
+        last one's repeats."""
+        return self.feedback_stages + self.feedback_last_repeats - 1 if self.feedback else 0
 
     @property
     def spatial_factor(self) -> int:

@@ -220,6 +220,7 @@ class VideoTokenizer(nn.Module):
         if self.feedback is None or not self.use_feedback:
             return []
         nets = [self.feedback, *self.more_feedback]
+        nets += [nets[-1]] * (self.config.feedback_last_repeats - 1)
         return nets if self.feedback_stages_used is None else nets[: self.feedback_stages_used]
 
     @property
@@ -317,12 +318,15 @@ class VideoTokenizer(nn.Module):
         u = self.encoder(x, cache)
         if not self.feeds_back:
             return u
-        for stage, net in enumerate(self.feedback_nets()):
+        nets = self.feedback_nets()
+        for stage, net in enumerate(nets):
             dec_cache = cache if cache is None or stage == 0 else cache.scope(("decoder", stage))
+            repeat = cache is not None and net in nets[:stage]  # a repeated last stage: its own state
+            net_cache = cache.scope(("feedback", stage)) if repeat else cache
             with torch.no_grad():
                 ids = self.quantizer.codes_to_indices(u)
                 rec = self.decoder(self.quantizer.indices_to_codes(ids).to(u.dtype), dec_cache)
-            u = u + net(torch.cat([x, rec.to(x.dtype)], dim=1), cache)
+            u = u + net(torch.cat([x, rec.to(x.dtype)], dim=1), net_cache)
         return u
 
     # ------------------------------------------------------------------ inference
