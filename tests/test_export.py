@@ -67,3 +67,52 @@ def test_export_errors(tmp_path, capsys):
     assert "expected a training checkpoint folder" in capsys.readouterr().err
     with pytest.raises(ValueError, match="floating dtype"):
         VideoTokenizer.from_pretrained(tmp_path / "out").save_pretrained(tmp_path / "y", dtype=torch.int8)
+
+
+def test_int8_storage_of_chosen_weights(tmp_path, capsys):
+    """``--int8 PREFIX``: those weights are stored as int8 with one scale per output channel, loaded
+    back within half a step of that scale; everything else exactly as float16 stores it."""
+    from safetensors.torch import load_file
+
+    from magvit2.models.int8 import SCALE_SUFFIX, int8_names
+
+    _, ema = _run_with_checkpoints(tmp_path / "run")
+    half = ["convert", "checkpoint", str(tmp_path / "run"), str(tmp_path / "half"), "--dtype", "float16"]
+    assert main(half) == 0
+    assert main([*half[:3], str(tmp_path / "q"), "--dtype", "float16", "--int8", "decoder"]) == 0
+    assert "int8: decoder" in capsys.readouterr().out
+    raw = load_file(str(tmp_path / "q" / "model.safetensors"))
+    decoder_weights = sorted(k for k, v in ema.items() if k.startswith("decoder.") and v.ndim >= 2)
+    assert int8_names(raw) == decoder_weights and all(raw[k].dtype == torch.int8 for k in decoder_weights)
+    loaded = VideoTokenizer.from_pretrained(tmp_path / "q").state_dict()
+    fp16 = VideoTokenizer.from_pretrained(tmp_path / "half").state_dict()
+    for k, v in ema.items():
+        if k in decoder_weights:
+            step = raw[k + SCALE_SUFFIX].view(-1, *[1] * (v.ndim - 1))
+            err = (loaded[k] - fp16[k]).abs()  # quantized from the float16 values
+            assert (err <= step * (0.5 + 1e-5)).all() and err.max() > step.min() / 10  # rounded, not copied
+            # the largest weight of each output channel comes back exactly as +-127 steps
+            peaks = raw[k].flatten(1).abs().amax(1)
+            assert torch.equal(peaks, torch.full((v.shape[0],), 127, dtype=torch.int8))
+        else:
+            assert torch.equal(loaded[k], fp16[k])
+    size = lambda d: (tmp_path / d / "model.safetensors").stat().st_size
+    assert size("q") < size("half")
+
+
+def test_int8_errors(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from magvit2.models.int8 import SCALE_SUFFIX, quantize_int8
+
+    model = VideoTokenizer.from_config({"ch": 8, "ch_mult": [1, 2], "num_res_blocks": 1, "norm_groups": 4})
+    with pytest.raises(ValueError, match="'feedback' selects no weight"):
+        quantize_int8(model.state_dict(), ["feedback"])
+    folder = model.save_pretrained(tmp_path / "m", int8=["encoder"])
+    path = folder / "model.safetensors"
+    state = load_file(str(path))
+    key = next(k for k in state if k.endswith(SCALE_SUFFIX))
+    state[key] = state[key][:-1]
+    save_file(state, str(path))
+    with pytest.raises(ValueError, match=r"model.safetensors: int8: .*int8_scale .* output channels"):
+        VideoTokenizer.from_pretrained(folder)

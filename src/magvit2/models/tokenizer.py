@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from magvit2.fileio import set_default_permissions
 from magvit2.models.config import TokenizerConfig
+from magvit2.models.int8 import dequantize_int8, quantize_int8
 from magvit2.models.networks import Decoder, Encoder
 from magvit2.models.presets import get_preset
 from magvit2.modules import CausalCache
@@ -142,11 +143,15 @@ class VideoTokenizer(nn.Module):
             )
         return cls(config)
 
-    def save_pretrained(self, directory: str | Path, dtype: torch.dtype | None = None) -> Path:
+    def save_pretrained(
+        self, directory: str | Path, dtype: torch.dtype | None = None, int8: Sequence[str] = ()
+    ) -> Path:
         """Write ``config.json`` and ``model.safetensors`` (every parameter and persistent buffer).
 
         ``dtype`` (e.g. ``torch.float16``) stores floating tensors in that type to halve the file;
-        :meth:`from_pretrained` loads them back into the model's float32 parameters.
+        ``int8`` (parameter-name prefixes, e.g. ``["more_feedback"]``) stores the weights under them
+        in 8 bits with a scale per output channel (:mod:`magvit2.models.int8`).
+        :meth:`from_pretrained` loads both back into the model's float32 parameters.
         """
         if dtype is not None and not dtype.is_floating_point:
             raise ValueError(f"VideoTokenizer.save_pretrained: expected a floating dtype, got {dtype}")
@@ -156,6 +161,7 @@ class VideoTokenizer(nn.Module):
         (directory / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n")
         cast = lambda v: v.to(dtype) if dtype is not None and v.is_floating_point() else v
         tensors = {k: cast(v.detach()).contiguous().cpu() for k, v in self.state_dict().items()}
+        tensors = quantize_int8(tensors, list(int8)) if int8 else tensors
         save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
         set_default_permissions(directory / WEIGHTS_NAME)
         return directory
@@ -185,6 +191,10 @@ class VideoTokenizer(nn.Module):
             state = load_file(str(weights_path), device=str(device))
         except Exception as err:  # safetensors raises its own error type (not an OSError)
             raise ValueError(f"{weights_path}: not a readable safetensors file (truncated?): {err}") from err
+        try:
+            state = dequantize_int8(state)
+        except ValueError as err:
+            raise ValueError(f"{weights_path}: {err}") from err
         expected = model.state_dict()
         missing = [k for k in expected if k not in state]
         unexpected = [k for k in state if k not in expected]

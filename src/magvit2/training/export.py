@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -34,8 +35,10 @@ def export_checkpoint(
     ema: bool = True,
     dtype: torch.dtype | None = None,
     overwrite: bool = False,
+    int8: Sequence[str] = (),
 ) -> tuple[Path, int, str]:
-    """Write the checkpoint's tokenizer (EMA copy unless ``ema=False``) to ``out_dir``.
+    """Write the checkpoint's tokenizer (EMA copy unless ``ema=False``) to ``out_dir``; ``dtype`` and
+    ``int8`` as :meth:`VideoTokenizer.save_pretrained` takes them.
 
     The architecture comes from the checkpoint's own ``config.yaml``. Returns (checkpoint folder, its
     step, weight group exported: ``"ema"`` or ``"model"``).
@@ -58,5 +61,5 @@ def export_checkpoint(
             f"{path}/{group}.safetensors: does not match config.yaml; missing {missing[:5]}, "
             f"unexpected {unexpected[:5]}"
         )
-    model.save_pretrained(out_dir, dtype=dtype)
+    model.save_pretrained(out_dir, dtype=dtype, int8=int8)
     return path, step, group
