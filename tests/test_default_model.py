@@ -20,16 +20,16 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 def test_default_model_is_shipped_small_and_loads_by_name():
     folder = PRETRAINED_DIR / "default"
     assert (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
-    assert (folder / "model.safetensors").stat().st_size < 15 * 2**20
+    assert (folder / "model.safetensors").stat().st_size < 15_000_000  # the issue's 15 MB
     model = VideoTokenizer.from_pretrained("default")
     assert model.config.spatial_factor == 8 and model.config.temporal_factor == 4
     assert all(p.dtype.is_floating_point and p.isfinite().all() for p in model.parameters())
 
 
 #: Regression floor on carphone_pristine (first 33 frames): the committed model reaches README's value
-#: (FLOOR + a margin, 22.87 dB measured; the phase-7 model before it gave 22.59); the issue's goal for
-#: the built-in model is 23 dB.
-FLOOR_DB = 22.6
+#: (23.01 dB measured; the phase-8 model before it gave 22.87). The issue's goal for the built-in
+#: model is 23 dB; the floor leaves room for another platform's float rounding of the same weights.
+FLOOR_DB = 22.95
 
 
 def test_default_model_reconstructs_held_out_clip(clips_dir):
@@ -67,9 +67,9 @@ def test_default_model_reconstructs_held_out_clip(clips_dir):
     per_frame = 10 * np.log10(255**2 / mse)
     assert abs(float(per_frame.mean()) - res["psnr"]) < 0.05
     assert per_frame[-8:].mean() > per_frame[:8].mean() - 1.5, per_frame.round(1)
-    # the built-in model has two feedback stages; its first stage alone is worse, its encoder alone
-    # clearly worse (measured 22.87 with both, 22.58 with the first, 22.00 with none)
-    assert model.feedback is not None and model.config.feedback_stages == 2
+    # the built-in model has four feedback stages; its first stage alone is worse, its encoder alone
+    # clearly worse (measured 23.01 with all four, 22.58 with the first, 22.00 with none)
+    assert model.feedback is not None and model.config.feedback_stages == 4
 
     def psnr_with(stages: int) -> float:
         model.feedback_stages_used = stages
@@ -82,9 +82,9 @@ def test_default_model_reconstructs_held_out_clip(clips_dir):
 
 def test_token_refinement_lifts_the_default_model_on_held_out_frames(clips_dir):
     """Refinement on the real model: 5 steps on the first 9 frames of carphone_pristine add at least
-    0.6 dB on top of the feedback network's one pass (30 steps on 33 frames: README), one step at the
-    default step size at least 0.3 dB (phase-7 model: 22.29 -> 22.79; the earlier default 0.2 overshot:
-    22.48), and the weights never change."""
+    0.6 dB on top of the feedback networks' one pass (30 steps on 33 frames: README), one step at the
+    default step size at least 0.1 dB (22.67 -> 22.83 with the four-stage model; the two-stage phase-7
+    model, whose one pass left more for one step to fix: 22.29 -> 22.79), and the weights never change."""
     src = read_video(clips_dir / "carphone_pristine.mp4", max_frames=9)
     model = VideoTokenizer.from_pretrained("default")
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -97,5 +97,5 @@ def test_token_refinement_lifts_the_default_model_on_held_out_frames(clips_dir):
     plain, refined = psnr(model.encode(video)), psnr(model.encode_refined(video, steps=5))
     assert refined > plain + 0.6, (plain, refined)
     one_step = psnr(model.encode_refined(video, steps=1))
-    assert one_step > plain + 0.3, (plain, one_step)
+    assert one_step > plain + 0.1, (plain, one_step)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
