@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["SCALE_SUFFIX", "quantize_int8", "dequantize_int8", "int8_names"]
+__all__ = ["SCALE_SUFFIX", "quantize_int8", "dequantize_int8"]
 
 #: suffix of the per-output-channel scale stored beside an int8 weight
 SCALE_SUFFIX = ".int8_scale"
@@ -74,8 +74,3 @@ def dequantize_int8(state: dict[str, Tensor]) -> dict[str, Tensor]:
             )
         out[name] = q.float() * scale.float().view(-1, *[1] * (q.ndim - 1))
     return out
-
-
-def int8_names(state: dict[str, Tensor]) -> list[str]:
-    """Names of the tensors stored in 8 bits in ``state`` (a file's raw contents)."""
-    return sorted(k[: -len(SCALE_SUFFIX)] for k in state if k.endswith(SCALE_SUFFIX))
