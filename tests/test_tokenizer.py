@@ -53,10 +53,11 @@ def perturb(model: torch.nn.Module) -> torch.nn.Module:
     return model.eval()
 
 
-@pytest.fixture(scope="module")
-def model() -> VideoTokenizer:
+@pytest.fixture(scope="module", params=["group", "channel"])
+def model(request) -> VideoTokenizer:
+    """The small model with each normalisation: every causality, chunking and image test runs on both."""
     torch.manual_seed(0)
-    return perturb(VideoTokenizer(small_config()))
+    return perturb(VideoTokenizer(small_config(norm=request.param)))
 
 
 @pytest.fixture(scope="module")

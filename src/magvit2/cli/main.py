@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from magvit2.cli import convert, demo, detokenize, evaluate, info, reconstruct, tokenize, train
+from magvit2.cli import convert, demo, detokenize, evaluate, info, reconstruct, tokenize, train, trainset
 from magvit2.inference.streaming import bound_heap_growth
 
 
@@ -19,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (tokenize, detokenize, reconstruct, info, evaluate, train, convert, demo):
+    for module in (tokenize, detokenize, reconstruct, info, evaluate, train, trainset, convert, demo):
         module.register(sub)
     return parser
 

@@ -40,7 +40,13 @@ class TokenizerConfig:
         temporal_downsample: per downsampling step (``len(ch_mult) - 1`` of them), whether it halves
             time too; None = Open-MAGVIT2's rule (levels whose ``ch_mult != 1``).
             Temporal factor is ``2 ** sum(temporal_downsample)``.
-        norm_groups: GroupNorm groups.
+        norm: ``"group"`` (default, Open-MAGVIT2's layout): GroupNorm with statistics over each frame,
+            and the decoder's adaptive GroupNorm scaled by statistics of each latent frame.
+            ``"channel"``: LayerNorm over the channels at each position, and the decoder's adaptive
+            norm modulated by the quantized latent at each position; no statistic spans a frame, so
+            flat colours keep their level, crops and whole frames are treated alike, and tiles need
+            only an overlap to match a whole-frame pass.
+        norm_groups: GroupNorm groups (``norm="group"`` only).
         norm_eps: GroupNorm epsilon (and the adaptive norm's variance epsilon).
         time_pooled_norm: False (default): normalisation statistics per frame, strictly causal, chunked
             processing exact. True: statistics pooled over time as Open-MAGVIT2's video model (not
@@ -70,6 +76,7 @@ class TokenizerConfig:
     num_mid_blocks: int | None = None
     decoder_num_res_blocks: int | tuple[int, ...] | None = None
     temporal_downsample: tuple[bool, ...] | None = None
+    norm: str = "group"
     norm_groups: int = 32
     norm_eps: float = 1e-6
     time_pooled_norm: bool = False
@@ -106,7 +113,11 @@ class TokenizerConfig:
                 f"TokenizerConfig.temporal_downsample: expected {levels - 1} flags (one per downsampling), "
                 f"got {self.temporal_downsample}"
             )
-        for c in (self.ch * m for m in self.ch_mult):
+        if self.norm not in ("group", "channel"):
+            raise ValueError(f"TokenizerConfig.norm: expected 'group' or 'channel', got {self.norm!r}")
+        if self.norm == "channel" and self.time_pooled_norm:
+            raise ValueError("TokenizerConfig: time_pooled_norm applies to norm 'group' only")
+        for c in (self.ch * m for m in self.ch_mult) if self.norm == "group" else ():
             if c % self.norm_groups:
                 raise ValueError(
                     f"TokenizerConfig: channels {c} (ch {self.ch} x ch_mult) must be divisible by "

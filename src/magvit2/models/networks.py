@@ -5,16 +5,8 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from magvit2.models.config import TokenizerConfig
-from magvit2.modules import (
-    AdaptiveGroupNorm,
-    CausalCache,
-    CausalConv3d,
-    GroupNorm,
-    ResBlock,
-    Upsampler,
-    downsample,
-    swish,
-)
+from magvit2.modules import CausalCache, CausalConv3d, ResBlock, Upsampler, downsample, swish
+from magvit2.modules.norm import make_adaptive_norm, make_norm
 
 
 class Encoder(nn.Module):
@@ -26,7 +18,7 @@ class Encoder(nn.Module):
 
     def __init__(self, cfg: TokenizerConfig) -> None:
         super().__init__()
-        g, eps, pooled = cfg.norm_groups, cfg.norm_eps, cfg.time_pooled_norm
+        g, eps, pooled, kind = cfg.norm_groups, cfg.norm_eps, cfg.time_pooled_norm, cfg.norm
         self.conv_in = CausalConv3d(cfg.in_channels, cfg.ch, 3, bias=False)
         self.down = nn.ModuleList()
         block_in = cfg.ch
@@ -35,15 +27,15 @@ class Encoder(nn.Module):
             level = nn.Module()
             level.block = nn.ModuleList()
             for _ in range(cfg.num_res_blocks[i]):
-                level.block.append(ResBlock(block_in, block_out, g, eps, pooled))
+                level.block.append(ResBlock(block_in, block_out, g, eps, pooled, kind))
                 block_in = block_out
             if i < len(cfg.ch_mult) - 1:
                 level.downsample = downsample(block_in, cfg.temporal_downsample[i])
             self.down.append(level)
         self.mid_block = nn.ModuleList(
-            [ResBlock(block_in, block_in, g, eps, pooled) for _ in range(cfg.num_mid_blocks)]
+            [ResBlock(block_in, block_in, g, eps, pooled, kind) for _ in range(cfg.num_mid_blocks)]
         )
-        self.norm_out = GroupNorm(g, block_in, eps=eps, time_pooled=pooled)
+        self.norm_out = make_norm(kind, block_in, g, eps, pooled)
         self.conv_out = CausalConv3d(block_in, cfg.z_channels, 1, bias=True)
 
     def forward(self, x: Tensor, cache: CausalCache | None = None) -> Tensor:
@@ -68,12 +60,12 @@ class Decoder(nn.Module):
 
     def __init__(self, cfg: TokenizerConfig) -> None:
         super().__init__()
-        g, eps, pooled = cfg.norm_groups, cfg.norm_eps, cfg.time_pooled_norm
+        g, eps, pooled, kind = cfg.norm_groups, cfg.norm_eps, cfg.time_pooled_norm, cfg.norm
         levels = len(cfg.ch_mult)
         block_in = cfg.ch * cfg.ch_mult[-1]
         self.conv_in = CausalConv3d(cfg.z_channels, block_in, 3, bias=True)
         self.mid_block = nn.ModuleList(
-            [ResBlock(block_in, block_in, g, eps, pooled) for _ in range(cfg.num_mid_blocks)]
+            [ResBlock(block_in, block_in, g, eps, pooled, kind) for _ in range(cfg.num_mid_blocks)]
         )
         up: list[nn.Module] = [nn.Module() for _ in range(levels)]
         adaptive: list[nn.Module] = [nn.Module() for _ in range(levels)]
@@ -82,10 +74,10 @@ class Decoder(nn.Module):
         for i in reversed(range(levels)):
             block_out = cfg.ch * cfg.ch_mult[i]
             self.rates[i] = rate
-            adaptive[i] = AdaptiveGroupNorm(cfg.z_channels, block_in, g, eps, pooled)
+            adaptive[i] = make_adaptive_norm(kind, cfg.z_channels, block_in, g, eps, pooled)
             up[i].block = nn.ModuleList()
             for _ in range(cfg.decoder_num_res_blocks[i]):
-                up[i].block.append(ResBlock(block_in, block_out, g, eps, pooled))
+                up[i].block.append(ResBlock(block_in, block_out, g, eps, pooled, kind))
                 block_in = block_out
             if i > 0:
                 bt = 2 if cfg.temporal_downsample[i - 1] else 1
@@ -93,7 +85,7 @@ class Decoder(nn.Module):
                 rate *= bt
         self.up = nn.ModuleList(up)
         self.adaptive = nn.ModuleList(adaptive)
-        self.norm_out = GroupNorm(g, block_in, eps=eps, time_pooled=pooled)
+        self.norm_out = make_norm(kind, block_in, g, eps, pooled)
         self.conv_out = CausalConv3d(block_in, cfg.in_channels, 3, bias=True)
 
     def forward(self, q: Tensor, cache: CausalCache | None = None) -> Tensor:

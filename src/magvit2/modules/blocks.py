@@ -8,12 +8,13 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from magvit2.modules.causal import CausalCache, CausalConv3d, swish
-from magvit2.modules.norm import GroupNorm
+from magvit2.modules.norm import make_norm
 
 
 class ResBlock(nn.Module):
-    """GroupNorm, swish, causal conv 3x3x3 (no bias), twice; causal 1x1x1 ``nin_shortcut`` when the
-    channel count changes (Open-MAGVIT2's video ``ResBlock``; same key names).
+    """Norm (GroupNorm, or ChannelNorm with ``norm="channel"``), swish, causal conv 3x3x3 (no bias),
+    twice; causal 1x1x1 ``nin_shortcut`` when the channel count changes (Open-MAGVIT2's video
+    ``ResBlock``; same key names).
 
     Shapes: ``(B, C_in, T, H, W)`` -> ``(B, C_out, T, H, W)``.
     """
@@ -25,10 +26,11 @@ class ResBlock(nn.Module):
         num_groups: int = 32,
         eps: float = 1e-6,
         time_pooled: bool = False,
+        norm: str = "group",
     ) -> None:
         super().__init__()
-        self.norm1 = GroupNorm(num_groups, in_channels, eps=eps, time_pooled=time_pooled)
-        self.norm2 = GroupNorm(num_groups, out_channels, eps=eps, time_pooled=time_pooled)
+        self.norm1 = make_norm(norm, in_channels, num_groups, eps, time_pooled)
+        self.norm2 = make_norm(norm, out_channels, num_groups, eps, time_pooled)
         self.conv1 = CausalConv3d(in_channels, out_channels, 3, bias=False)
         self.conv2 = CausalConv3d(out_channels, out_channels, 3, bias=False)
         if in_channels != out_channels:

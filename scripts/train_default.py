@@ -1,0 +1,212 @@
+"""Train the built-in ``default`` tokenizer: the ``small`` preset on synthesised clips of ordinary footage.
+
+    magvit2 trainset data/trainset                                   # once: photographs, objects, a cartoon
+    python scripts/train_default.py --data data/trainset --out runs/default --minutes 7    # a GPU
+    python scripts/train_default.py --data data/trainset --out runs/default --steps 20000  # CPU, resumable
+    python scripts/train_default.py ... --resume                     # continue after a kill
+
+Clips come from :class:`magvit2.data.synthetic.ClipSynth` on the training device (camera motion over
+photographs, moving objects, cartoon frames, cuts, fades, flat colours and ramps); a quarter of the
+steps are image batches. Loss: MSE + 0.2 L1 in [-1, 1] + 0.1 x the quantizer's entropy and commitment
+terms; AdamW, warm-up then cosine decay; EMA of the weights. Every ``--val-every`` steps the EMA
+weights are scored on clips synthesised from the validation split of the same sources (never on a
+held-out clip) and the best are written to ``OUT/best`` (fp16). With ``--minutes`` the number of steps
+is set after the first steps from their measured speed, so the run ends within the budget.
+Progress is printed as JSON lines and kept in ``OUT/log.jsonl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from magvit2 import VideoTokenizer
+from magvit2.data.synthetic import ClipSynth
+from magvit2.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from magvit2.training.ema import EMA
+from magvit2.training.schedule import warmup_cosine
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", required=True, help="folder written by `magvit2 trainset`")
+    p.add_argument("--out", required=True, help="run folder (checkpoints, best model, log)")
+    p.add_argument("--preset", default="small")
+    p.add_argument("--init", default=None, help="start from this model folder's weights")
+    p.add_argument("--steps", type=int, default=20000, help="total steps (ignored with --minutes)")
+    p.add_argument("--minutes", type=float, default=None, help="wall-clock budget; sets --steps")
+    p.add_argument("--batch", type=int, default=24, help="clips per video step")
+    p.add_argument("--image-batch", type=int, default=96, help="images per image step")
+    p.add_argument("--image-every", type=int, default=4, help="every k-th step is an image step")
+    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--frames", type=int, default=17)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--val-every", type=int, default=100)
+    p.add_argument("--val-clips", type=int, default=48)
+    p.add_argument("--checkpoint-every", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--resume", action="store_true")
+    return p.parse_args(argv)
+
+
+def psnr(rec: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of each item's PSNR in dB for values in [-1, 1]; ``(B, ...)`` -> scalar."""
+    mse = (rec.float().clamp(-1, 1) - ref.float()).pow(2).flatten(1).mean(1)
+    return (10 * torch.log10(4 / mse.clamp_min(1e-10))).mean()
+
+
+@torch.no_grad()
+def validate(model: VideoTokenizer, val: dict[str, torch.Tensor], batch: int) -> dict[str, float]:
+    """PSNR of ``model`` on each validation set (name -> clips), in fp32, ``batch`` items at a time."""
+    model.eval()
+    scores = {}
+    for name, clips in val.items():
+        total = 0.0
+        for part in clips.split(batch):
+            total += float(psnr(model(part).reconstruction, part)) * len(part)
+        scores[name] = round(total / len(clips), 3)
+    model.train()
+    return scores
+
+
+def validation_sets(args: argparse.Namespace) -> dict[str, torch.Tensor]:
+    """Fixed validation clips from the validation split, flat colours and ramps."""
+    synth = ClipSynth.from_folder(args.data, "val", device=args.device, seed=1234)
+    n = args.val_clips
+    greys = [[v, v, v] for v in (-1.0, -0.5, 0.0, 0.5, 1.0)]
+    colours = [[1, -1, -1], [-1, 1, -1], [-1, -1, 1], [1, 1, -1], [1, -1, 1], [-1, 1, 1]]
+    levels = torch.tensor(greys + colours, dtype=torch.float32)
+    flats = levels[:, :, None, None, None].expand(-1, 3, args.frames, 64, 64).to(args.device)
+    return {
+        "val_video": synth.batch(n, args.frames, args.size),
+        "val_image": synth.batch(n, 1, args.size)[:, :, 0],
+        "flat": flats.contiguous(),
+    }
+
+
+def to_cpu(obj):
+    """``obj`` (nested dicts, lists, tensors) with every tensor moved to the CPU."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_cpu(v) for v in obj)
+    return obj
+
+
+def save_best(model: VideoTokenizer, ema: EMA, out: Path) -> None:
+    """Write the EMA weights as a model folder ``out`` (fp16)."""
+    best = VideoTokenizer(model.config)
+    best.load_state_dict({k: v.float().cpu() for k, v in ema.state_dict().items()})
+    best.save_pretrained(out, dtype=torch.float16)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+    model = VideoTokenizer.from_config(args.preset)
+    if args.init:
+        model.load_state_dict(VideoTokenizer.from_pretrained(args.init).state_dict())
+    model = model.to(device).train()
+    eval_model = VideoTokenizer(model.config).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    ema = EMA(model, args.ema)
+    synth = ClipSynth.from_folder(args.data, "train", device=device, seed=args.seed)
+    val = validation_sets(args)
+    state = {"step": 0, "total": args.steps, "best": -math.inf, "seconds": 0.0}
+
+    ckpt_dir = out / "checkpoints"
+    if args.resume and (ckpt := latest_checkpoint(ckpt_dir)) is not None:
+        state["step"], weights, saved = load_checkpoint(ckpt)
+        model.load_state_dict(weights["model"])
+        ema.load_state_dict({k: v.to(device) for k, v in weights["ema"].items()})
+        opt.load_state_dict(saved["optimizer"])
+        synth.gen.set_state(saved["synth_rng"])
+        torch.set_rng_state(saved["torch_rng"])
+        state.update(saved["run"])
+        if args.minutes is None:
+            state["total"] = args.steps
+        print(json.dumps({"resumed": str(ckpt), "step": state["step"]}), flush=True)
+
+    log = open(out / "log.jsonl", "a")
+    emit = lambda record: (
+        print(json.dumps(record), flush=True),
+        log.write(json.dumps(record) + "\n"),
+        log.flush(),
+    )
+    emit({"start": state["step"], "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+          "params": sum(p.numel() for p in model.parameters()), "args": vars(args)})  # fmt: skip
+    t0, step0, calibrated = time.time(), state["step"], args.minutes is None
+    deadline = t0 + args.minutes * 60 if args.minutes else math.inf
+    while state["step"] < state["total"] and time.time() < deadline:
+        step = state["step"]
+        if not calibrated and step - step0 == 10:
+            t10 = time.time()  # the first steps include kernel selection: time the next ones
+        if not calibrated and step - step0 == 60:
+            per_step = (time.time() - t10) / 50
+            state["total"] = step + int((deadline - time.time()) / per_step * 0.95)
+            calibrated = True
+            emit({"calibrated": state["total"], "seconds_per_step": round(per_step, 4)})
+        for g in opt.param_groups:
+            g["lr"] = args.lr * warmup_cosine(step, args.warmup, state["total"], 0.05)
+        image_step = args.image_every > 0 and step % args.image_every == args.image_every - 1
+        if image_step:
+            x = synth.batch(args.image_batch, 1, args.size)[:, :, 0]
+        else:
+            x = synth.batch(args.batch, args.frames, args.size)
+        with autocast:
+            result = model(x)
+        rec = result.reconstruction.float()
+        loss = F.mse_loss(rec, x) + 0.2 * F.l1_loss(rec, x) + 0.1 * result.quantizer.loss.float()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        ema.decay = min(args.ema, (1 + step) / (10 + step))
+        ema.update(model)
+        state["step"] = step = step + 1
+        if step % 50 == 0:
+            lr, used = opt.param_groups[0]["lr"], int(result.quantizer.used_codes)
+            emit({"step": step, "loss": round(loss.detach().item(), 5), "lr": lr, "used_codes": used,
+                  "seconds": round(time.time() - t0, 1)})  # fmt: skip
+        last = step == state["total"] or time.time() >= deadline
+        if step % args.val_every == 0 or last:
+            eval_model.load_state_dict(ema.state_dict())
+            scores = validate(eval_model, val, batch=8)
+            better = scores["val_video"] > state["best"]
+            if better:
+                state["best"] = scores["val_video"]
+                save_best(model, ema, out / "best")
+            emit({"step": step, **scores, "best": better, "seconds": round(time.time() - t0, 1)})
+            if args.minutes and calibrated and time.time() - t0 < args.minutes * 30:  # re-plan
+                per_step = (time.time() - t10) / (step - step0 - 10)  # validation time included
+                state["total"] = step + int((deadline - time.time()) / per_step * 0.97)
+        if step % args.checkpoint_every == 0 or last:
+            run = {k: v for k, v in state.items() if k != "step"}
+            saved = {"optimizer": to_cpu(opt.state_dict()), "synth_rng": synth.gen.get_state(),
+                     "torch_rng": torch.get_rng_state(), "run": run}  # fmt: skip
+            save_checkpoint(ckpt_dir, step, {"model": model.state_dict(), "ema": ema.state_dict()}, saved, 2)
+    emit({"done": state["step"], "best_val_video": state["best"], "seconds": round(time.time() - t0, 1)})
+
+
+if __name__ == "__main__":
+    main()

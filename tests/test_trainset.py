@@ -1,0 +1,92 @@
+"""The training-set builder and the built-in model's training script."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from safetensors.torch import load_file
+
+from magvit2.data.trainset import TrainsetConfig, build_trainset
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _sources(tmp_path: Path) -> tuple[list[Path], list[Path]]:
+    rng = np.random.default_rng(0)
+    src = tmp_path / "src"
+    src.mkdir()
+    scenes = []
+    for i in range(12):
+        p = src / f"scene{i}.png"
+        Image.fromarray(rng.integers(0, 255, (300, 400, 3), dtype=np.uint8)).save(p)
+        scenes.append(p)
+    Image.fromarray(np.full((300, 400, 3), 90, np.uint8)).save(src / "flat.png")  # one colour: skipped
+    Image.fromarray(rng.integers(0, 255, (100, 100, 3), dtype=np.uint8)).save(src / "small.png")  # too small
+    Image.fromarray(rng.integers(0, 255, (300, 400, 3), dtype=np.uint8)).save(
+        src / "carphone_x.png"
+    )  # held out
+    stamps = []
+    for i in range(6):
+        a = np.zeros((40, 30, 4), np.uint8)
+        a[5:35, 5:25] = (200, 30, 30, 255)
+        stamps.append(src / f"stamp{i}.png")
+        Image.fromarray(a).save(stamps[-1])
+    Image.fromarray(rng.integers(0, 255, (40, 40, 4), dtype=np.uint8) | 252).save(src / "opaque.png")
+    extra = [src / n for n in ("flat.png", "small.png", "carphone_x.png")]
+    return scenes + extra, stamps + [src / "opaque.png"]
+
+
+def test_build_trainset_splits_scales_and_skips(tmp_path, clips_dir):
+    scenes, stamps = _sources(tmp_path)
+    cfg = TrainsetConfig(scene_side=120, val_share=0.25, val_frames=4)
+    manifest = build_trainset(tmp_path / "set", cfg, scenes=scenes, stamps=stamps,
+                              video=clips_dir / "bigbuckbunny.mp4")  # fmt: skip
+    out = tmp_path / "set"
+    assert manifest["scenes"]["train"] + manifest["scenes"]["val"] == 12  # flat, small, held-out skipped
+    assert manifest["stamps"]["train"] + manifest["stamps"]["val"] == 6  # the opaque one skipped
+    assert manifest["scenes"]["val"] >= 1 and manifest["video"] == {"train": 128, "val": 4}
+    first = Image.open(sorted((out / "scenes" / "train").glob("*.jpg"))[0])
+    assert min(first.size) == 120
+    assert json.loads((out / "manifest.json").read_text()) == manifest
+    again = build_trainset(tmp_path / "again", cfg, scenes=scenes, stamps=stamps, video=None)
+    assert again["scenes"] == manifest["scenes"]  # the split is fixed by the paths
+    with pytest.raises(ValueError, match="held-out"):
+        build_trainset(tmp_path / "bad", cfg, scenes=scenes, stamps=stamps, video=clips_dir / "bikes.mp4")
+    with pytest.raises(ValueError, match="empty folder"):
+        build_trainset(out, cfg, scenes=scenes, stamps=stamps, video=None)
+
+
+def _run(args: list[str]) -> list[dict]:
+    script = str(ROOT / "scripts" / "train_default.py")
+    env = {"PYTHONPATH": str(ROOT / "src")}
+    cmd = [sys.executable, script, *args]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return [json.loads(line) for line in out.stdout.splitlines()]
+
+
+def test_training_script_resumes_bit_identically(tmp_path):
+    """Six steps in one go equal three steps, a stop, and three more with --resume; the best model is
+    written with its validation score."""
+    scenes, stamps = _sources(tmp_path)
+    data = tmp_path / "set"
+    build_trainset(
+        data, TrainsetConfig(scene_side=96, val_share=0.25), scenes=scenes, stamps=stamps, video=None
+    )
+    common = ["--data", str(data), "--preset", "tiny", "--batch", "1", "--image-batch", "2", "--size", "32",
+              "--frames", "5", "--val-every", "3", "--val-clips", "2", "--checkpoint-every", "3",
+              "--warmup", "2"]  # fmt: skip
+    whole = _run([*common, "--out", str(tmp_path / "a"), "--steps", "6"])
+    _run([*common, "--out", str(tmp_path / "b"), "--steps", "3"])
+    resumed = _run([*common, "--out", str(tmp_path / "b"), "--steps", "6", "--resume"])
+    assert resumed[0] == {"resumed": str(tmp_path / "b" / "checkpoints" / "step-00000003"), "step": 3}
+    a = load_file(str(tmp_path / "a" / "checkpoints" / "step-00000006" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "checkpoints" / "step-00000006" / "model.safetensors"))
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    scores = [r for r in whole if "val_video" in r]
+    assert [r["step"] for r in scores] == [3, 6] and all(np.isfinite(r["val_video"]) for r in scores)
+    assert (tmp_path / "a" / "best" / "model.safetensors").is_file()
