@@ -181,36 +181,66 @@ def test_cli_print_config(tmp_path):
 # ------------------------------------------------------------------------------------ resume after SIGKILL
 
 
-def test_sigkill_and_resume_ends_with_identical_weights(tmp_path):
-    """Kill -9 a run once it has written 3 checkpoints, resume it; the final raw, EMA and discriminator
-    weights equal those of an uninterrupted run bit for bit."""
-    max_steps = 9
-    ref_cfg = write_config(tmp_path / "ref.yaml", tiny_config(tmp_path / "ref", max_steps=max_steps))
-    run_cfg = write_config(tmp_path / "run.yaml", tiny_config(tmp_path / "run", max_steps=max_steps))
-    ckpts = tmp_path / "run" / "checkpoints"
-    proc = subprocess.Popen(cli(str(run_cfg)), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+QUANTIZERS = {
+    "lfq": {"kind": "lfq", "bits": 6},
+    "vq": {"kind": "vq", "codebook_size": 64, "dim": 8},
+    "cvq": {"kind": "cvq", "codebook_size": 64, "dim": 8},
+    "fsq": {"kind": "fsq", "levels": [4, 4, 4]},
+}
+
+
+def checkpoint_files(step_dir: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """Every tensor of a checkpoint folder (weights, EMA, discriminator, optimiser and RNG states), and
+    its state.json as a byte tensor (python's RNG state, schedulers, step)."""
+    out = {f.name: load_file(str(f)) for f in sorted(step_dir.glob("*.safetensors"))}
+    out["state.json"] = {"bytes": torch.tensor(list((step_dir / "state.json").read_bytes()))}
+    return out
+
+
+def kill_after_step(cfg: Path, ckpts: Path, step: int) -> int:
+    """Start ``magvit2 train CFG``, SIGKILL it once checkpoint ``step`` exists; the step it reached."""
+    proc = subprocess.Popen(cli(str(cfg)), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         done = list_checkpoints(ckpts)
-        if done and int(done[-1].name.split("-")[1]) >= 3:
+        if done and int(done[-1].name.split("-")[1]) >= step:
             break
         time.sleep(0.02)
     assert proc.poll() is None, f"run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    killed_at = int(latest_checkpoint(ckpts).name.split("-")[1])
+    return int(latest_checkpoint(ckpts).name.split("-")[1])
+
+
+@pytest.mark.parametrize("quantizer", list(QUANTIZERS))
+def test_sigkill_and_resume_ends_with_identical_weights(tmp_path, quantizer):
+    """Kill -9 a run once it has written 3 checkpoints, resume it; the final raw, EMA and discriminator
+    weights, the optimiser states and the saved RNG states equal those of an uninterrupted run bit for
+    bit, for every quantizer (CVQ draws random anchors from torch's global RNG)."""
+    max_steps = 6
+    model = {**TINY_MODEL, "config": {**TINY_MODEL["config"], "quantizer": QUANTIZERS[quantizer]}}
+    ref_cfg = write_config(
+        tmp_path / "ref.yaml", tiny_config(tmp_path / "ref", max_steps=max_steps, model=model)
+    )
+    run_cfg = write_config(
+        tmp_path / "run.yaml", tiny_config(tmp_path / "run", max_steps=max_steps, model=model)
+    )
+    ckpts = tmp_path / "run" / "checkpoints"
+    ref = subprocess.Popen(cli(str(ref_cfg)), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    killed_at = kill_after_step(run_cfg, ckpts, 3)
     assert 3 <= killed_at < max_steps
     assert not (tmp_path / "run" / "final").exists()
-    # without --resume the existing run is protected
-    refused = subprocess.run(cli(str(run_cfg)), env=env(), capture_output=True, text=True)
-    assert refused.returncode == 1 and "--resume" in refused.stderr
+    if quantizer == "lfq":  # without --resume the existing run is protected
+        refused = subprocess.run(cli(str(run_cfg)), env=env(), capture_output=True, text=True)
+        assert refused.returncode == 1 and "--resume" in refused.stderr
     resumed = subprocess.run(cli(str(run_cfg), "--resume"), env=env(), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"(step {killed_at})" in resumed.stderr
-    ref = subprocess.run(cli(str(ref_cfg)), env=env(), capture_output=True, text=True)
-    assert ref.returncode == 0, ref.stderr[-3000:]
+    assert ref.wait() == 0, ref.stderr.read().decode()[-3000:]
     a, b = weights(tmp_path / "ref"), weights(tmp_path / "run")
     assert_same(a, b, exact=True)
+    last = f"checkpoints/step-{max_steps:08d}"
+    assert_same(checkpoint_files(tmp_path / "ref" / last), checkpoint_files(tmp_path / "run" / last))
     # the run moved: the weights are not the initial ones, and EMA differs from raw
     assert not torch.equal(
         a["raw"]["encoder.conv_out.conv_1.weight"], a["ema"]["encoder.conv_out.conv_1.weight"]

@@ -211,10 +211,10 @@ class Trainer:
         self._build_optimizers()
         self.data_cfg = replace(cfg.data, paths=[resolve_path(p) for p in cfg.data.paths])
         self._prepare_output()
-        if self.resume_requested:
-            self.resume()
         self.dataset = JointBatchDataset(self.data_cfg, info.rank, info.world_size)
         self._val_clips: Tensor | None = None
+        if self.resume_requested:
+            self.resume()  # last: nothing may draw from the restored RNG states before the first step
 
     def _build_model(self) -> VideoTokenizer:
         """The configured tokenizer: started from ``model.init_from`` (grown where the config is
