@@ -7,8 +7,10 @@ such dataclasses), so it can be written as JSON or YAML next to the weights and 
 from __future__ import annotations
 
 import dataclasses
+import importlib.machinery
 import importlib.util
 import os
+import sys
 import types
 import typing
 from pathlib import Path
@@ -148,15 +150,43 @@ def apply_overrides(cfg: T, overrides: list[str]) -> T:
     return from_dict(type(cfg), data)
 
 
+def package_folder(name: str, where: str = "") -> Path:
+    """The folder of installed package ``name`` (``a`` or ``a.b.c``), found without importing anything.
+
+    Only the top-level name is looked up by the import system's finders (which read folders and
+    metadata, and run no code of the package); sub-packages are folders below it. A ValueError naming
+    ``where`` (the path as written) if there is no such package.
+    """
+    parts = name.split(".")
+    if not name or not all(part.isidentifier() for part in parts):
+        raise ValueError(f"path {where!r}: expected pkg://PACKAGE/path with a package name, got {name!r}")
+    spec = importlib.machinery.PathFinder.find_spec(parts[0]) if parts[0] not in sys.modules else None
+    if spec is None:  # already imported, or found by another finder (e.g. an editable install)
+        spec = _top_level_spec(parts[0])
+    folders = [Path(p) for p in (spec.submodule_search_locations or [])] if spec is not None else []
+    for part in parts[1:]:
+        folders = [f / part for f in folders if (f / part).is_dir()]
+    if not folders:
+        raise ValueError(f"path {where!r}: expected an installed package {name!r}, found none")
+    return folders[0]
+
+
+def _top_level_spec(name: str) -> importlib.machinery.ModuleSpec | None:
+    """The spec of top-level module ``name`` from every finder on ``sys.meta_path``; finding a
+    top-level name imports nothing (only a dotted name imports its parents)."""
+    try:
+        return importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+
+
 def resolve_path(path: str) -> str:
     """``pkg://package/rest`` -> the file inside the installed package; ``~`` expanded; else unchanged.
 
-    Raises ValueError if the package is not installed.
+    The package is found without importing it or anything else (:func:`package_folder`), so a path in a
+    command line or a config never runs code. Raises ValueError if the package is not installed.
     """
     if not path.startswith("pkg://"):
         return os.path.expanduser(path)
     package, _, rest = path[len("pkg://") :].partition("/")
-    spec = importlib.util.find_spec(package) if package else None
-    if spec is None or not spec.submodule_search_locations:
-        raise ValueError(f"path {path!r}: expected an installed package {package!r}, found none")
-    return str(Path(list(spec.submodule_search_locations)[0]) / rest)
+    return str(package_folder(package, path) / rest)

