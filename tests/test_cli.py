@@ -632,3 +632,31 @@ def test_frames_smaller_than_the_ssim_window_report_psnr_and_no_ssim(tmp_path, c
     code, _, err = run_main(capsys, "tokenize", str(small), "-o", str(tmp_path / "t.safetensor"), *m)
     _one_line_error(code, err, "t.safetensor")
     assert not (tmp_path / "t.safetensor").exists()
+
+
+def test_inputs_that_share_a_name_get_distinct_outputs(tmp_path, capsys, model_dir, monkeypatch):
+    """``tokenize A/clip.mkv B/clip.mkv -o out`` (or a glob ``data/*/clip.mkv``) writes two token files,
+    named by their path under the inputs' common folder; a rerun skips both; the same file given twice
+    is refused before any work, naming it."""
+    m = ("--model", str(model_dir), "-q")
+    for i, name in enumerate(("A", "B")):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        write_video(tmp_path / "data" / name / "clip.mkv", _clip(7 * i, frames=3, h=16, w=24), fps=10,
+                    lossless=True)  # fmt: skip
+    monkeypatch.chdir(tmp_path / "data")
+    code, _, err = run_main(capsys, "tokenize", "A/clip.mkv", "B/clip.mkv", "-o", str(tmp_path / "out"), *m)
+    assert code == 0, err
+    a, b = (load_tokens(tmp_path / "out" / n / "clip.mkv.safetensors") for n in ("A", "B"))
+    assert not torch.equal(a.ids, b.ids)
+    code, _, err = run_main(
+        capsys, "tokenize", "A/clip.mkv", "B/clip.mkv", "-o", str(tmp_path / "out"), *m[:2]
+    )
+    assert code == 0 and "2 of 2 inputs already tokenized" in err
+    code, _, err = run_main(
+        capsys, "tokenize", str(tmp_path / "data" / "*" / "clip.mkv"), "-o", "globbed", *m
+    )
+    assert code == 0 and sorted(p.name for p in (tmp_path / "data" / "globbed").glob("?")) == ["A", "B"]
+    code, _, err = run_main(capsys, "tokenize", "A/clip.mkv", str(tmp_path / "data" / "A" / "clip.mkv"),
+                            "-o", "twice", *m)  # fmt: skip
+    _one_line_error(code, err, "A/clip.mkv")
+    assert "same file" in err and not (tmp_path / "data" / "twice").exists()

@@ -213,6 +213,31 @@ def discover_inputs(inputs: list[str]) -> list[tuple[Path, Path]]:
     return sorted(found.items(), key=lambda kv: str(kv[0]))
 
 
+def output_names(files: list[tuple[Path, Path]]) -> tuple[list[str], Path | None]:
+    """The output name of each ``(file, root)`` pair from :func:`discover_inputs` (same order), and the
+    folder they are relative to when it is not each input's own.
+
+    Names are paths relative to each input's folder (``clips/a.mp4`` -> ``a.mp4``). When two inputs
+    would share a name (``A/clip.mp4`` and ``B/clip.mp4``), every name is taken relative to the
+    inputs' common parent instead (``A/clip.mp4``, ``B/clip.mp4``), which is returned. Two inputs
+    that are the same file are refused, listing them.
+    """
+    names = [str(path.relative_to(root)) for path, root in files]
+    if len(set(names)) == len(names):
+        return names, None
+    absolute = [Path(os.path.abspath(path)) for path, _ in files]
+    parent = Path(os.path.commonpath([str(p.parent) for p in absolute]))
+    names = [str(p.relative_to(parent)) for p in absolute]
+    seen: dict[str, list[str]] = {}
+    for name, (path, _) in zip(names, files, strict=True):
+        seen.setdefault(name, []).append(str(path))
+    same = [paths for paths in seen.values() if len(paths) > 1]
+    if same:
+        listed = "; ".join(" and ".join(paths) for paths in same)
+        raise ValueError(f"inputs name the same file more than once ({listed}); give each file once")
+    return names, parent
+
+
 def progress(total: int | None, unit: str, desc: str, quiet: bool) -> tqdm:
     """A tqdm bar on stderr (rate and ETA), off with ``--quiet`` or when stderr is not a terminal."""
     return tqdm(

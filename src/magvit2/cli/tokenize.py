@@ -4,7 +4,9 @@ Output modes:
 
 * one input file and ``-o X.safetensors``: one token file (refused if it exists, unless ``--overwrite``);
 * otherwise ``-o DIR``: one token file per input, ``DIR/<path relative to its folder>.safetensors``
-  (``clips/a.mp4`` -> ``DIR/a.mp4.safetensors``); files already there are skipped (a rerun resumes);
+  (``clips/a.mp4`` -> ``DIR/a.mp4.safetensors``); when two inputs would share a name (``A/clip.mp4``,
+  ``B/clip.mp4``), all are named by their path under the inputs' common folder instead
+  (``DIR/A/clip.mp4.safetensors``); files already there are skipped (a rerun resumes);
 * with ``--shard-size N``: Parquet shards ``DIR/shard-00000.parquet``, N clips each (see
   :mod:`magvit2.tokens.shards`); finished shards are skipped on a rerun.
 
@@ -27,6 +29,7 @@ from magvit2.cli.common import (
     dist_rank_world,
     make_runner,
     one_line,
+    output_names,
     progress,
 )
 from magvit2.data.video_io import iter_frames, probe
@@ -142,13 +145,20 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_files(args, runner: TokenizerRunner, files: list[tuple[Path, Path]], out: Path) -> int:
     rank, world = dist_rank_world()
-    mine = [pair for i, pair in enumerate(files) if i % world == rank]
+    names, common = output_names(files)
+    if common is not None and rank == 0 and not args.quiet:
+        print(f"magvit2 tokenize: inputs share file names; outputs are named by their path under {common}",
+              file=sys.stderr)  # fmt: skip
+    pairs = [(path, name) for (path, _), name in zip(files, names, strict=True)]
+    mine = pairs[rank::world]
     failed = skipped = 0
-    settings = token_folder_manifest(runner.fingerprint, runner.encoding, args.max_frames, args.packed)
+    settings = token_folder_manifest(
+        runner.fingerprint, runner.encoding, args.max_frames, args.packed, nested=common is not None
+    )
     check_manifest(out, settings, args.overwrite, TOKEN_FOLDER_MANIFEST, "token files")
     with progress(len(mine), "clip", "tokenize", args.quiet) as bar:
-        for path, root in mine:
-            dest = out / (str(path.relative_to(root)) + ".safetensors")
+        for path, name in mine:
+            dest = out / (name + ".safetensors")
             if dest.exists() and not args.overwrite:
                 skipped += 1
                 bar.update(1)

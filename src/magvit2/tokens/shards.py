@@ -205,9 +205,14 @@ def manifest(
     )
 
 
-def token_folder_manifest(model: str, encoding: str, max_frames: int | None, packed: bool) -> dict:
-    """The settings a folder of token files was made with (see :data:`TOKEN_FOLDER_MANIFEST`)."""
-    return {"model": model, "encoding": encoding, "max_frames": max_frames, "packed": packed}
+def token_folder_manifest(
+    model: str, encoding: str, max_frames: int | None, packed: bool, nested: bool = False
+) -> dict:
+    """The settings a folder of token files was made with (see :data:`TOKEN_FOLDER_MANIFEST`);
+    ``nested``: files named by their path under the inputs' common folder (recorded only then, so
+    folders made before it was recorded still match)."""
+    names = {"names": "path under the inputs' common folder"} if nested else {}
+    return {"model": model, "encoding": encoding, "max_frames": max_frames, "packed": packed} | names
 
 
 def check_manifest(
