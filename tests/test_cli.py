@@ -660,3 +660,28 @@ def test_inputs_that_share_a_name_get_distinct_outputs(tmp_path, capsys, model_d
                             "-o", "twice", *m)  # fmt: skip
     _one_line_error(code, err, "A/clip.mkv")
     assert "same file" in err and not (tmp_path / "data" / "twice").exists()
+
+
+def test_shard_folder_loads_with_pandas_and_datasets(tmp_path, capsys, model_dir, monkeypatch):
+    """A shard folder is a Parquet data set: ``pandas.read_parquet(folder)`` and
+    ``datasets.load_dataset("parquet", data_dir=folder)`` read every clip (the settings file's name
+    starts with a dot, which both skip; ``datasets`` does not skip a leading ``_``). A folder made
+    with the old settings-file name still resumes."""
+    _make_folder(tmp_path / "clips", 3)
+    shards, m = tmp_path / "shards", ("--model", str(model_dir), "-q")
+    code, _, err = run_main(
+        capsys, "tokenize", str(tmp_path / "clips"), "-o", str(shards), "--shard-size", "2", *m
+    )
+    assert code == 0, err
+    frame = pd.read_parquet(shards)
+    assert len(frame) == 3 and set(frame["frames"]) == {3, 4, 5}
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    datasets = pytest.importorskip("datasets")
+    loaded = datasets.load_dataset("parquet", data_dir=str(shards), cache_dir=str(tmp_path / "hf"))
+    assert loaded["train"].num_rows == 3 and sorted(loaded["train"]["frames"]) == [3, 4, 5]
+    (shards / ".magvit2-shards.json").rename(shards / "magvit2-shards.json")  # a folder from before
+    code, _, err = run_main(
+        capsys, "tokenize", str(tmp_path / "clips"), "-o", str(shards), "--shard-size", "2", *m
+    )
+    assert code == 0, err
+    assert (shards / ".magvit2-shards.json").is_file() and not (shards / "magvit2-shards.json").exists()

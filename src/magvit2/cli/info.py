@@ -12,7 +12,7 @@ from magvit2.cli.common import add_model_args, load_model
 from magvit2.data.video_io import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from magvit2.tokens import load_tokens, model_fingerprint
 from magvit2.tokens.format import ONE_PASS
-from magvit2.tokens.shards import MANIFEST_NAME, TOKEN_FOLDER_MANIFEST, read_shard, shard_metadata
+from magvit2.tokens.shards import TOKEN_FOLDER_MANIFEST, manifest_path, read_shard, shard_metadata
 
 EXAMPLE = """examples:
   magvit2 info my_tokenizer/            (config, parameters, factors, vocabulary, fingerprint)
@@ -116,7 +116,7 @@ def shards_info(paths: list[Path], where: Path) -> dict:
         "encodings": sorted(encodings),
         "failed": failed,
     }
-    manifest = where / MANIFEST_NAME if where.is_dir() else None
+    manifest = manifest_path(where) if where.is_dir() else None
     if manifest is not None and manifest.is_file():
         out["manifest"] = json.loads(manifest.read_text())
     return out

@@ -28,7 +28,10 @@ from magvit2.tokens.format import ONE_PASS, TokenFile, TokenFileError, check_ids
 
 SHARD_FORMAT = "magvit2-token-shard"
 SHARD_VERSION = 1
-MANIFEST_NAME = "magvit2-shards.json"
+#: Settings of a shard folder. The leading dot makes Arrow (pandas) and ``datasets`` skip it, so the
+#: folder loads as a Parquet data set; folders made before read as well (:data:`OLD_MANIFEST_NAME`).
+MANIFEST_NAME = ".magvit2-shards.json"
+OLD_MANIFEST_NAME = "magvit2-shards.json"
 #: Settings of a folder of token files (``magvit2 tokenize INPUTS -o FOLDER``): a rerun that skips the
 #: files already there must have made them the same way.
 TOKEN_FOLDER_MANIFEST = "magvit2-tokens.json"
@@ -215,17 +218,26 @@ def token_folder_manifest(
     return {"model": model, "encoding": encoding, "max_frames": max_frames, "packed": packed} | names
 
 
+def manifest_path(out_dir: Path, name: str = MANIFEST_NAME) -> Path:
+    """Where the settings file of ``out_dir`` is: ``name``, or for shard folders made before the
+    rename :data:`OLD_MANIFEST_NAME` when only that exists."""
+    path = out_dir / name
+    old = out_dir / OLD_MANIFEST_NAME
+    return old if name == MANIFEST_NAME and not path.is_file() and old.is_file() else path
+
+
 def check_manifest(
     out_dir: Path, expected: dict, overwrite: bool, name: str = MANIFEST_NAME, what: str = "shards"
 ) -> None:
-    """Write ``out_dir/name`` (default ``magvit2-shards.json``), or check that the one there matches
+    """Write ``out_dir/name`` (default ``.magvit2-shards.json``), or check that the one there matches
     ``expected``.
 
     A folder made with other settings (model, encoding, frames; for shards also shard size and file
     list, or its shards would not line up) is refused unless ``overwrite``: a rerun skips the outputs
-    already there, which must then be what this run would have written.
+    already there, which must then be what this run would have written. A shard folder's file under
+    its old name is read, then replaced by the new name.
     """
-    path = out_dir / name
+    path = manifest_path(out_dir, name)
     if path.is_file() and not overwrite:
         try:
             found = json.loads(path.read_text())
@@ -238,7 +250,10 @@ def check_manifest(
                 f"{out_dir}: holds {what} made with other settings ({', '.join(diff)} differ); "
                 "pass --overwrite to redo them or choose another folder"
             )
-        return
+        if path.name == name:
+            return
     out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
+    with atomic_path(out_dir / name) as tmp:
         tmp.write_text(json.dumps(expected, indent=2) + "\n")
+    if name == MANIFEST_NAME:
+        (out_dir / OLD_MANIFEST_NAME).unlink(missing_ok=True)
