@@ -685,3 +685,39 @@ def test_shard_folder_loads_with_pandas_and_datasets(tmp_path, capsys, model_dir
     )
     assert code == 0, err
     assert (shards / ".magvit2-shards.json").is_file() and not (shards / "magvit2-shards.json").exists()
+
+
+def test_damaged_token_file_is_refused_by_detokenize_and_info(tmp_path, capsys, model_dir):
+    """One flipped bit in a token file's ids (the id stays in range) is refused in one line by
+    ``detokenize`` and ``info``, no output written; so is a changed row of a shard."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    m = ("--model", str(model_dir), "-q")
+    write_video(tmp_path / "c.mkv", _clip(0, frames=3, h=16, w=24), fps=10, lossless=True)
+    tok = tmp_path / "c.safetensors"
+    assert run_main(capsys, "tokenize", str(tmp_path / "c.mkv"), "-o", str(tok), *m)[0] == 0
+    data = bytearray(tok.read_bytes())
+    data[8 + int.from_bytes(data[:8], "little")] ^= 1
+    tok.write_bytes(bytes(data))
+    for args in (("detokenize", str(tok), "-o", str(tmp_path / "c.mp4"), *m), ("info", str(tok))):
+        code, _, err = run_main(capsys, *args)
+        _one_line_error(code, err, "c.safetensors: damaged token file")
+    assert not (tmp_path / "c.mp4").exists()
+    shards = tmp_path / "shards"
+    assert (
+        run_main(capsys, "tokenize", str(tmp_path / "c.mkv"), "-o", str(shards), "--shard-size", "1", *m)[0]
+        == 0
+    )
+    shard = shards / "shard-00000.parquet"
+    table = pq.read_table(shard)
+    ids = table.column("ids").to_pylist()
+    ids[0][0] ^= 1
+    column = pa.array(ids, pa.list_(pa.int32()))
+    pq.write_table(table.set_column(table.schema.get_field_index("ids"), "ids", column), shard)
+    for args in (
+        ("detokenize", str(shard), "--row", "0", "-o", str(tmp_path / "r.mp4"), *m),
+        ("info", str(shards)),
+    ):
+        code, _, err = run_main(capsys, *args)
+        _one_line_error(code, err, "row 0: damaged shard row")

@@ -1,8 +1,11 @@
 """Parquet token shards: many clips per file, one row per clip, readable by pandas and ``datasets``.
 
 Schema (one row per clip): ``source`` (path as given), ``frames``, ``height``, ``width`` (the source
-clip), ``fps``, ``shape`` (``[T', h, w]`` of the token grid) and ``ids`` (flat int32 list, row-major
-over ``shape``). The file's schema metadata records the model fingerprint and the vocabulary.
+clip), ``fps``, ``shape`` (``[T', h, w]`` of the token grid), ``ids`` (flat int32 list, row-major
+over ``shape``) and ``checksum`` (:func:`row_checksum`: the ids, the row's fields and the shard's
+model and vocabulary; verified by every reader here, so a damaged row is refused; shards written
+before it existed read without the check). The file's schema metadata records the model fingerprint
+and the vocabulary.
 
 Files are assigned to shards by sorted order, ``shard_size`` clips each, so a rerun plans the same
 shards: a shard whose final file exists is finished and skipped. Each shard is written to a temporary
@@ -24,7 +27,7 @@ import pyarrow.parquet as pq
 import torch
 
 from magvit2.fileio import atomic_path
-from magvit2.tokens.format import ONE_PASS, TokenFile, TokenFileError, check_ids
+from magvit2.tokens.format import ONE_PASS, TokenFile, TokenFileError, check_ids, damaged, ids_checksum
 
 SHARD_FORMAT = "magvit2-token-shard"
 SHARD_VERSION = 1
@@ -45,6 +48,7 @@ SCHEMA = pa.schema(
         ("fps", pa.float64()),
         ("shape", pa.list_(pa.int32())),
         ("ids", pa.list_(pa.int32())),
+        ("checksum", pa.string()),
     ]
 )
 
@@ -70,6 +74,33 @@ def plan_shards(files: list[Path], out_dir: Path, shard_size: int, rank: int = 0
         chunk = tuple(ordered[start : start + shard_size])
         plans.append(ShardPlan(index, out_dir / f"shard-{index:05d}.parquet", chunk))
     return plans
+
+
+def row_checksum(row: dict, model: str, vocabulary: int) -> str:
+    """:func:`~magvit2.tokens.format.ids_checksum` of a shard row: its ids, ``shape``, ``frames``,
+    ``height``, ``width``, ``fps`` and the shard's ``model`` and ``vocabulary``."""
+    fields = {
+        "model": model,
+        "vocabulary": str(vocabulary),
+        "shape": ",".join(str(int(s)) for s in row["shape"]),
+        "frames": str(int(row["frames"])),
+        "height": str(int(row["height"])),
+        "width": str(int(row["width"])),
+        "fps": repr(float(row["fps"])),
+    }
+    return ids_checksum(np.asarray(row["ids"], dtype=np.int64), fields)
+
+
+def verify_row(row: dict, meta: dict[str, str], where: str) -> None:
+    """A :class:`TokenFileError` saying ``where`` is damaged if ``row`` (a dict of the schema's keys)
+    does not match its checksum; rows without one (older shards) pass."""
+    expected = row.get("checksum")
+    if (
+        expected
+        and row_checksum(row, meta.get("magvit2.model", ""), int(meta.get("magvit2.vocabulary", 0)))
+        != expected
+    ):
+        raise damaged(where, "shard row")
 
 
 def write_shard(
@@ -99,6 +130,7 @@ def write_shard(
     }
     if spatial_factor is not None:
         meta["magvit2.spatial_factor"] = str(spatial_factor)
+    rows = [{**row, "checksum": row_checksum(row, model, vocabulary)} for row in rows]
     table = pa.Table.from_pylist(rows, schema=SCHEMA).replace_schema_metadata(meta)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
@@ -152,6 +184,7 @@ def read_row(
     if not 0 <= row < n:
         raise ValueError(f"{path}: --row must be in [0, {n}), got {row}")
     r = table.slice(row, 1).to_pylist()[0]
+    verify_row(r, meta, f"{path} row {row}")
     ids = torch.as_tensor(np.asarray(r["ids"], dtype=np.int64)).reshape(r["shape"])
     vocabulary = int(meta.get("magvit2.vocabulary", 0))
     if vocabulary:
@@ -172,6 +205,23 @@ def read_row(
         source=r["source"],
         encoding=meta.get("magvit2.encoding", ONE_PASS),
     )
+
+
+def verify_shard(path: str | Path) -> int:
+    """Check every row of a shard against its checksum (a :class:`TokenFileError` naming the first
+    damaged row); returns how many rows carry one (0 for shards written before checksums)."""
+    meta = shard_metadata(path)
+    try:
+        table = read_shard(path)
+    except (OSError, pa.ArrowException) as err:
+        raise TokenFileError(f"{path}: not a readable Parquet token shard: {err}") from err
+    if "checksum" not in table.column_names:
+        return 0
+    ids = table.column("ids").combine_chunks()
+    flat, offsets = ids.values.to_numpy(zero_copy_only=False), ids.offsets.to_numpy()
+    for i, r in enumerate(table.drop_columns(["ids"]).to_pylist()):
+        verify_row({**r, "ids": flat[offsets[i] : offsets[i + 1]]}, meta, f"{path} row {i}")
+    return table.num_rows
 
 
 def shard_metadata(path: str | Path) -> dict[str, str]:
