@@ -721,3 +721,69 @@ def test_damaged_token_file_is_refused_by_detokenize_and_info(tmp_path, capsys, 
     ):
         code, _, err = run_main(capsys, *args)
         _one_line_error(code, err, "row 0: damaged shard row")
+
+
+LFQ10 = {"kind": "lfq", "bits": 10}
+MALFORMED_MODEL_CONFIGS = {
+    "ch a string": ({"ch": "16"}, "ch: expected int"),
+    "ch a float": ({"ch": 16.0}, "ch: expected int"),
+    "ch_mult an int": ({"ch_mult": 5}, "ch_mult: expected list of int"),
+    "norm_groups 0": ({"norm_groups": 0}, "norm_groups: expected a number > 0"),
+    "norm_eps not a number": ({"norm_eps": "abc"}, "norm_eps: expected float"),
+    "feedback_stages a string": ({"feedback_stages": "2"}, "feedback_stages"),  # (or an unknown field)
+    "quantizer null": ({"quantizer": None}, "quantizer: expected a mapping"),
+    "bits not a number": ({"quantizer": {"kind": "lfq", "bits": "x"}}, "quantizer.bits: expected int"),
+    "unknown quantizer key": ({"quantizer": {**LFQ10, "colour": 1}}, "unknown field(s) ['colour']"),
+    "unknown option": ({"quantizer": {**LFQ10, "options": {"nonsense": 1}}}, "unknown option(s)"),
+    "options a list": ({"quantizer": {**LFQ10, "options": [1]}}, "options: expected a mapping"),
+    "the whole file a list": ([1, 2], "expected a mapping of TokenizerConfig fields"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("variant", list(MALFORMED_MODEL_CONFIGS))
+def test_malformed_model_config_is_one_line_naming_file_and_field(tmp_path, capsys, model_dir, variant):
+    """Each malformed model config gives one line naming the file, the field and the expectation in
+    ``tokenize --model``, ``info`` and ``train --set model.config=...`` (no traceback)."""
+    change, expected = MALFORMED_MODEL_CONFIGS[variant]
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes((model_dir / "model.safetensors").read_bytes())
+    config = json.loads((model_dir / "config.json").read_text())
+    (folder / "config.json").write_text(
+        json.dumps({**config, **change} if isinstance(change, dict) else change)
+    )
+    clip = tmp_path / "c.png"
+    write_png(clip, _clip(0, frames=1, h=16, w=16)[0])
+    for args in (("tokenize", str(clip), "-o", str(tmp_path / "c.safetensors"), "--model", str(folder)),
+                 ("info", str(folder))):  # fmt: skip
+        code, _, err = run_main(capsys, *args)
+        _one_line_error(code, err, f"{folder / 'config.json'}: ")
+        assert expected in err, err
+    run = tmp_path / "run.yaml"
+    run.write_text(
+        "output_dir: out\nmodel: {preset: null, config: {ch: 8, ch_mult: [1, 2], norm_groups: 4}}\n"
+    )
+    small = {"ch": 8, "ch_mult": [1, 2], "norm_groups": 4}
+    model_config = json.dumps({**small, **change} if isinstance(change, dict) else change)
+    code, _, err = run_main(
+        capsys, "train", str(run), "--set", f"model.config={model_config}", "--print-config"
+    )
+    _one_line_error(code, err, "run.yaml" if isinstance(change, dict) else "--set model.config=[1, 2]")
+    assert (
+        "model.config" in err and (expected if isinstance(change, dict) else "expected a mapping") in err
+    ), err
+
+
+def test_bad_set_values_are_one_line(tmp_path, capsys):
+    """``--set max_steps=[1`` (not YAML) and a python tag given through ``--set`` are one line each, as
+    the same tag in a config file is."""
+    run = tmp_path / "run.yaml"
+    run.write_text("output_dir: out\n")
+    for value in ("max_steps=[1", 'output_dir=!!python/object/apply:os.system ["touch RAN"]'):
+        code, _, err = run_main(capsys, "train", str(run), "--set", value, "--print-config")
+        _one_line_error(code, err, f"--set {value}")
+        assert "expected a plain YAML value" in err
+    run.write_text('output_dir: !!python/object/apply:os.system ["touch RAN"]\n')
+    code, _, err = run_main(capsys, "train", str(run), "--print-config")
+    _one_line_error(code, err, "run.yaml")
+    assert not (tmp_path / "RAN").exists() and not Path("RAN").exists()

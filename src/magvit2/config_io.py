@@ -63,9 +63,11 @@ def _scalar(value: Any, tp: Any, where: str) -> Any:
         str: isinstance(value, str),
         list: isinstance(value, (list, tuple)),
         tuple: isinstance(value, (list, tuple)),
+        dict: isinstance(value, dict),
     }.get(kind, True)
     if not ok:
-        name = {list: "list", tuple: "list"}.get(kind, getattr(kind, "__name__", str(kind)))
+        words = {list: "list", tuple: "list", dict: "a mapping"}
+        name = words.get(kind, getattr(kind, "__name__", str(kind)))
         raise ValueError(f"{where}: expected {name}, got {type(value).__name__} {value!r}")
     return float(value) if base is float else value
 
@@ -91,6 +93,88 @@ def from_dict(cls: type[T], data: dict[str, Any], *, where: str = "config", fiel
             value = _scalar(value, types_[name], f"{where}: {field}.{name}" if field else f"{where}: {name}")
         kwargs[name] = value
     return cls(**kwargs)
+
+
+def describe_type(tp: Any) -> str:
+    """A field type in words: ``int``, ``list of int``, ``int or list of int``, ``a mapping``."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(describe_type(a) for a in args if a is not type(None))
+    if origin in (list, tuple) or tp in (list, tuple):
+        elems = [a for a in args if a is not Ellipsis]
+        return f"list of {describe_type(elems[0])}" if elems else "list"
+    if origin is dict or tp is dict or _is_dataclass_type(tp):
+        return "a mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def check_value(value: Any, tp: Any, where: str) -> Any:
+    """``value`` checked against the type annotation ``tp`` (ints, floats, bools, strings, lists and
+    tuples of them, unions, optional, mappings; a dataclass type accepts an instance or a mapping);
+    floats given as ints or numeric strings become floats. A ValueError says ``where``, what was
+    expected and what was found."""
+    if tp is Any:
+        return value
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for member in (a for a in args if a is not type(None)):
+            try:
+                return check_value(value, member, where)
+            except ValueError:
+                continue
+        raise ValueError(f"{where}: expected {describe_type(tp)}, got {type(value).__name__} {value!r}")
+    wrong = ValueError(f"{where}: expected {describe_type(tp)}, got {type(value).__name__} {value!r}")
+    if origin in (list, tuple) or tp in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise wrong
+        elems = [a for a in args if a is not Ellipsis]
+        items = [check_value(v, elems[0], f"{where}[{i}]") if elems else v for i, v in enumerate(value)]
+        return tuple(items) if isinstance(value, tuple) else items
+    if origin is dict or tp is dict or _is_dataclass_type(tp):
+        if not isinstance(value, dict) and not (_is_dataclass_type(tp) and isinstance(value, tp)):
+            raise wrong
+        return value
+    if tp is float and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            raise wrong from None
+    ok = {
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        bool: isinstance(value, bool),
+        str: isinstance(value, str),
+    }.get(tp, True)
+    if not ok:
+        raise wrong
+    return float(value) if tp is float else value
+
+
+def check_fields(
+    cls: type, data: Any, where: str, field: str = "", positive: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """``data`` checked as the fields of dataclass ``cls``: a mapping, known names only, each value of
+    its field's type (:func:`check_value`), the ``positive`` ones > 0. Returns the normalised mapping.
+    A ValueError names ``where`` (the file or source), the field (dotted path under ``field``) and the
+    expectation, e.g. ``m/config.json: quantizer.bits: expected int, got str 'x'``."""
+    at = f"{where}: {field}" if field else where
+    if not isinstance(data, dict):
+        raise ValueError(f"{at}: expected a mapping of {cls.__name__} fields, got {type(data).__name__}")
+    hints = _field_types(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(str(k) for k in data if k not in names)
+    if unknown:
+        raise ValueError(f"{at}: unknown field(s) {unknown} for {cls.__name__}; known: {sorted(names)}")
+    out = {}
+    for name, value in data.items():
+        location = f"{where}: {field}.{name}" if field else f"{where}: {name}"
+        value = check_value(value, hints[name], location)
+        if name in positive and value is not None and not value > 0:
+            raise ValueError(f"{location}: expected a number > 0, got {value!r}")
+        out[name] = value
+    return out
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -119,7 +203,11 @@ def save_yaml(cfg: Any, path: str | Path) -> None:
 
 def _coerce(text: str, tp: Any, key: str) -> Any:
     """Parse the text of an override as YAML, then check it fits the field's type."""
-    value = yaml.safe_load(text)
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as err:  # unbalanced brackets, python tags, ...
+        problem = " ".join(str(getattr(err, "problem", None) or err).split())
+        raise ValueError(f"--set {key}={text}: expected a plain YAML value ({problem})") from None
     if _unwrap_optional(tp) is str and value is not None and not isinstance(value, str):
         return text  # a string field given "123" or "true": the text as written
     return _scalar(value, tp, f"--set {key}={text}")

@@ -20,6 +20,7 @@ from magvit2.fileio import atomic_path
 from magvit2.inference.refine import DEFAULT_LR
 from magvit2.inference.streaming import InferenceOptions, TokenizerRunner
 from magvit2.models import VideoTokenizer
+from magvit2.models.checks import read_model_config
 from magvit2.models.tokenizer import PRETRAINED_DIR
 
 #: The built-in model (package data), used when no --model is given; named by path, so that a folder
@@ -155,6 +156,7 @@ def load_model(model: str | None, device: str = "cpu") -> VideoTokenizer:
                 f"{model}: not a tokenizer folder (expected config.json and model.safetensors written by "
                 "VideoTokenizer.save_pretrained)"
             )
+        read_model_config(path)  # a malformed config.json: one line naming the file and the field
         return VideoTokenizer.from_pretrained(path, device=device)
     if not (BUILTIN_DIR / "config.json").is_file():
         raise ValueError(

@@ -51,6 +51,7 @@ from magvit2.data.video_io import probe
 from magvit2.losses import TokenizerLoss
 from magvit2.losses.distillation import distillation_loss, refined_target_codes
 from magvit2.models import VideoTokenizer
+from magvit2.models.checks import read_model_config
 from magvit2.models.grow import load_growing
 from magvit2.modules.blocks import ResBlock
 from magvit2.quantizers import LFQ
@@ -223,6 +224,7 @@ class Trainer:
         model = VideoTokenizer.from_config(tokenizer_config(cfg))
         if cfg.model.init_from:
             source = resolve_path(cfg.model.init_from)
+            read_model_config(source)  # a malformed config.json: one line naming the file and the field
             pretrained = VideoTokenizer.from_pretrained(source)
             added = load_growing(model, pretrained.state_dict(), source=f"model.init_from {source}")
             if added and self.info.is_main:
