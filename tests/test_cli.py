@@ -787,3 +787,31 @@ def test_bad_set_values_are_one_line(tmp_path, capsys):
     code, _, err = run_main(capsys, "train", str(run), "--print-config")
     _one_line_error(code, err, "run.yaml")
     assert not (tmp_path / "RAN").exists() and not Path("RAN").exists()
+
+
+def test_next_run_removes_temporaries_of_killed_runs(tmp_path, capsys, model_dir):
+    """A shard (``.shard-N.tmp-PID.parquet``), a token file and a PNG-frames folder
+    (``.frames.tmp-PID/``) half-written by a process that is gone are removed by the next run that
+    writes there; a live process's are kept."""
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)  # fmt: skip
+    m = ("--model", str(model_dir), "-q")
+    _make_folder(tmp_path / "clips", 2)
+    shards, toks, frames = tmp_path / "shards", tmp_path / "toks", tmp_path / "frames"
+    for folder in (shards, toks):
+        folder.mkdir()
+    stale = [shards / f".shard-00000.tmp-{dead}.parquet", toks / "sub" / f".clip1.mkv.tmp-{dead}.safetensors",
+             tmp_path / f".frames.tmp-{dead}"]  # fmt: skip
+    live = shards / ".shard-00001.tmp-1.parquet"  # pid 1 runs
+    stale[1].parent.mkdir()
+    for p in [stale[0], stale[1], live]:
+        p.write_bytes(b"PAR1")
+    stale[2].mkdir()
+    assert (
+        run_main(capsys, "tokenize", str(tmp_path / "clips"), "-o", str(shards), "--shard-size", "1", *m)[0]
+        == 0
+    )
+    assert run_main(capsys, "tokenize", str(tmp_path / "clips"), "-o", str(toks), *m)[0] == 0
+    code, _, err = run_main(capsys, "detokenize", str(toks / "clip0.mkv.safetensors"), "-o", str(frames), *m)
+    assert code == 0, err
+    assert not any(p.exists() for p in stale) and live.exists() and len(list(frames.glob("*.png"))) == 3

@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
+
+#: Temporary names of :func:`atomic_path` (``.NAME.tmp-PID[.SUFFIX]``) and of training checkpoints
+#: (``step-N.tmp-PID``); the number is the writing process's id.
+_TEMP_NAME = re.compile(r"^(\..+|step-\d+)\.tmp-(\d+)(\.[^./]+)?$")
+#: The temporary file safetensors writes before renaming it (``.tmpXXXXXX``); it names no process, so
+#: one is taken as stale once it is older than :data:`ORPHAN_AGE_S`.
+_SAFETENSORS_TEMP = re.compile(r"^\.tmp[A-Za-z0-9]{6}$")
+ORPHAN_AGE_S = 600.0
 
 
 def set_default_permissions(path: str | Path) -> None:
@@ -41,3 +51,55 @@ def atomic_path(path: str | Path, replace_dir: bool = False) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (another user's counts as running)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stale_temps(folder: str | Path, recursive: bool = False) -> list[Path]:
+    """Temporary files and folders in ``folder`` left by writers that were killed: names written by
+    :func:`atomic_path` or as checkpoint folders whose process is gone (a live process's are kept),
+    and safetensors' own ``.tmpXXXXXX`` files older than :data:`ORPHAN_AGE_S`."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    entries = folder.rglob(".tmp*") if recursive else folder.glob(".tmp*")
+    found = [p for p in entries if _SAFETENSORS_TEMP.match(p.name) and _age_s(p) > ORPHAN_AGE_S]
+    entries = folder.rglob("*.tmp-*") if recursive else folder.glob("*.tmp-*")
+    for p in entries:
+        m = _TEMP_NAME.match(p.name)
+        if m and int(m.group(2)) != os.getpid() and not _process_alive(int(m.group(2))):
+            found.append(p)
+    return found
+
+
+def _age_s(path: Path) -> float:
+    """Seconds since ``path`` was last modified (0 if it is gone)."""
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def remove_path(path: Path) -> None:
+    """Delete a file or a folder tree (gone already is fine)."""
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def remove_stale_temps(folder: str | Path, recursive: bool = False) -> list[Path]:
+    """Delete :func:`stale_temps` of ``folder``; returns what was removed."""
+    removed = stale_temps(folder, recursive)
+    for p in removed:
+        remove_path(p)
+    return removed

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from magvit2.config_io import resolve_path
 from magvit2.data.media import media_in_folder
-from magvit2.fileio import atomic_path
+from magvit2.fileio import atomic_path, remove_path, stale_temps
 from magvit2.inference.refine import DEFAULT_LR
 from magvit2.inference.streaming import InferenceOptions, TokenizerRunner
 from magvit2.models import VideoTokenizer
@@ -262,8 +262,12 @@ def check_output(path: Path, overwrite: bool) -> None:
 @contextlib.contextmanager
 def atomic_output(path: Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (same suffix); on success it is renamed to ``path``, on
-    any failure it is deleted, so no partial output is ever left. Works for files and folders."""
+    any failure it is deleted, so no partial output is ever left. Works for files and folders.
+    Temporaries of the same output left by a killed run are removed first."""
     check_output(path, overwrite)
+    for stale in stale_temps(path.parent):  # this output's temporaries left by a killed run
+        if stale.name.startswith(f".{path.stem}.tmp-"):
+            remove_path(stale)
     with atomic_path(path, replace_dir=overwrite) as tmp:
         yield tmp
 

@@ -33,6 +33,7 @@ from magvit2.cli.common import (
     progress,
 )
 from magvit2.data.video_io import iter_frames, probe
+from magvit2.fileio import remove_stale_temps
 from magvit2.inference.streaming import EncodedClip, TokenizerRunner
 from magvit2.tokens import TokenFile, save_tokens
 from magvit2.tokens.shards import (
@@ -156,6 +157,7 @@ def _run_files(args, runner: TokenizerRunner, files: list[tuple[Path, Path]], ou
         runner.fingerprint, runner.encoding, args.max_frames, args.packed, nested=common is not None
     )
     check_manifest(out, settings, args.overwrite, TOKEN_FOLDER_MANIFEST, "token files")
+    remove_stale_temps(out, recursive=True)  # token files half-written by a killed run
     with progress(len(mine), "clip", "tokenize", args.quiet) as bar:
         for path, name in mine:
             dest = out / (name + ".safetensors")
@@ -182,6 +184,7 @@ def _run_shards(args, runner: TokenizerRunner, files: list[tuple[Path, Path]], o
     paths = [p for p, _ in files]
     expected = manifest(paths, args.shard_size, runner.fingerprint, runner.encoding, args.max_frames)
     check_manifest(out, expected, args.overwrite)
+    remove_stale_temps(out)  # shards half-written by a killed run
     plans = plan_shards(paths, out, args.shard_size, rank=rank, world_size=world)
     todo = [plan for plan in plans if args.overwrite or not plan.path.exists()]
     failed = 0
