@@ -815,3 +815,30 @@ def test_next_run_removes_temporaries_of_killed_runs(tmp_path, capsys, model_dir
     code, _, err = run_main(capsys, "detokenize", str(toks / "clip0.mkv.safetensors"), "-o", str(frames), *m)
     assert code == 0, err
     assert not any(p.exists() for p in stale) and live.exists() and len(list(frames.glob("*.png"))) == 3
+
+
+def test_frame_too_large_for_memory_is_one_line_suggesting_tile(tmp_path, model_dir):
+    """A 3000x3000 PNG (small on disk) under a 1 GiB address-space limit is refused before the model
+    runs, in one line that names the file and suggests --tile; should the estimate miss, the
+    allocator's failure is one line suggesting --tile too, not a traceback."""
+    big = tmp_path / "big.png"
+    write_png(big, np.zeros((3000, 3000, 3), np.uint8))
+    script = (
+        "import resource, sys, torch\n"
+        "import magvit2.inference.streaming as s\n"
+        "from magvit2.cli.main import main\n"
+        "if sys.argv[1] == 'no-estimate': s.check_fits = lambda *a, **k: None\n"
+        "vm = next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith('VmSize:'))\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (vm + 2**30, resource.RLIM_INFINITY))\n"
+        "sys.exit(main(sys.argv[2:]))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    args = ["tokenize", str(big), "-o", str(tmp_path / "big.safetensors"), "--model", str(model_dir), "-q"]
+    for mode, expected in (("estimate", "needs about"), ("no-estimate", "out of memory")):
+        r = subprocess.run(
+            [sys.executable, "-c", script, mode, *args], capture_output=True, text=True, env=env
+        )
+        _one_line_error(r.returncode, r.stderr, "--tile")
+        assert expected in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert "big.png" in r.stderr or mode == "no-estimate", r.stderr
+    assert not (tmp_path / "big.safetensors").exists()

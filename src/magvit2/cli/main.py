@@ -24,6 +24,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is an allocator's failure (CPU or GPU) rather than another runtime error."""
+    text = str(err).lower()
+    return isinstance(err, MemoryError) or "out of memory" in text or "can't allocate memory" in text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
     parser = build_parser()
@@ -41,6 +47,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as err:  # FileNotFoundError, FileExistsError are OSErrors
         message = " ".join(str(err).split())  # one line
         print(f"magvit2 {args.command}: error: {message}", file=sys.stderr)
+        return 1
+    except (MemoryError, RuntimeError) as err:  # torch.OutOfMemoryError is a RuntimeError
+        if not out_of_memory(err):
+            raise
+        print(f"magvit2 {args.command}: error: out of memory ({' '.join(str(err).split())[:200]}); "
+              "pass --tile PX to process large frames in tiles of PX pixels", file=sys.stderr)  # fmt: skip
         return 1
     except KeyboardInterrupt:
         print(

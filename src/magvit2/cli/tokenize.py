@@ -34,6 +34,7 @@ from magvit2.cli.common import (
 )
 from magvit2.data.video_io import iter_frames, probe
 from magvit2.fileio import remove_stale_temps
+from magvit2.inference.memory import FrameTooLargeError
 from magvit2.inference.streaming import EncodedClip, TokenizerRunner
 from magvit2.tokens import TokenFile, save_tokens
 from magvit2.tokens.shards import (
@@ -98,7 +99,10 @@ def encode_file(
                 yield frame
                 bar.update(1)
 
-        clip = runner.encode_frames(frames())
+        try:
+            clip = runner.encode_frames(frames())
+        except FrameTooLargeError as err:
+            raise FrameTooLargeError(one_line(path, err)) from err
     return clip, info.fps
 
 
