@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -842,3 +843,96 @@ def test_frame_too_large_for_memory_is_one_line_suggesting_tile(tmp_path, model_
         assert expected in r.stderr and "Traceback" not in r.stderr, r.stderr
         assert "big.png" in r.stderr or mode == "no-estimate", r.stderr
     assert not (tmp_path / "big.safetensors").exists()
+
+
+def test_shard_rerun_reports_earlier_failures_and_retries_them(tmp_path, capsys, model_dir):
+    """A rerun into a shard folder whose shards record failed inputs exits 1 and names them (they are
+    not silently "done"); --retry-failed redoes those shards, and then everything is in them."""
+    m = ("--model", str(model_dir), "-q")
+    _make_folder(tmp_path / "clips", 2, bad=("broken.mp4",))
+    shards = tmp_path / "shards"
+    run = ("tokenize", str(tmp_path / "clips"), "-o", str(shards), "--shard-size", "2", *m)
+    assert run_main(capsys, *run)[0] == 1
+    code, _, err = run_main(capsys, *run)
+    assert (
+        code == 1
+        and "1 inputs failed in an earlier run" in err
+        and "broken.mp4" in err
+        and "--retry-failed" in err
+    )
+    write_video(tmp_path / "clips" / "broken.mp4", _clip(3, frames=3, h=16, w=24), fps=10, lossless=True)
+    code, _, err = run_main(capsys, *run, "--retry-failed")
+    assert code == 0, err
+    assert len(pd.read_parquet(shards)) == 3 and run_main(capsys, *run)[0] == 0
+
+
+def test_file_name_not_utf8_is_reported_per_file_in_shard_mode(tmp_path, capsys, model_dir):
+    """A file name that is not valid UTF-8 fails that file alone, in a line naming it; the other
+    inputs are tokenized into the shard."""
+    m = ("--model", str(model_dir), "-q")
+    _make_folder(tmp_path / "clips", 1)
+    odd = os.fsdecode(os.fsencode(str(tmp_path / "clips")) + b"/bad\xff.mkv")
+    write_video(odd, _clip(1, frames=3, h=16, w=24), fps=10, lossless=True)
+    shards = tmp_path / "shards"
+    code, _, err = run_main(
+        capsys, "tokenize", str(tmp_path / "clips"), "-o", str(shards), "--shard-size", "5", *m
+    )
+    _one_line_error(code, err, "not valid UTF-8")
+    assert "bad" in err and len(pd.read_parquet(shards)) == 1
+
+
+def test_variable_frame_rate_input_is_reported(tmp_path, capsys, caplog, model_dir):
+    """Tokenizing a video whose frames are unevenly spaced says so (the token file keeps one rate);
+    an evenly spaced one says nothing."""
+    import av
+
+    def write(path: Path, times_ms: list[int]) -> None:
+        with av.open(str(path), "w") as out:
+            stream = out.add_stream("libx264", rate=10)
+            stream.width, stream.height, stream.pix_fmt = 16, 16, "yuv420p"
+            stream.time_base = Fraction(1, 1000)
+            for i, t in enumerate(times_ms):
+                frame = av.VideoFrame.from_ndarray(np.full((16, 16, 3), 30 * i, np.uint8), format="rgb24")
+                frame.pts, frame.time_base = t, Fraction(1, 1000)
+                out.mux(stream.encode(frame))
+            out.mux(stream.encode())
+
+    write(tmp_path / "vfr.mkv", [0, 100, 200, 400, 500])
+    write(tmp_path / "cfr.mkv", [0, 100, 200, 300, 400])
+    m = ("--model", str(model_dir), "-q")
+    with caplog.at_level("WARNING", logger="magvit2.tokenize"):
+        for name in ("vfr", "cfr"):
+            code, _, err = run_main(
+                capsys, "tokenize", str(tmp_path / f"{name}.mkv"), "-o", str(tmp_path / name), *m
+            )
+            assert code == 0, err
+    assert "vfr.mkv: variable frame rate (frames 100.0 to 200.0 ms apart)" in caplog.text
+    assert "cfr.mkv" not in caplog.text
+
+
+def test_full_disk_errors_name_the_output(tmp_path, model_dir):
+    """A write the disk refuses (here: over the file-size limit, EFBIG, as ENOSPC and EROFS are
+    handled) is one line naming the output, for shards, videos and PNG frame folders."""
+    script = (
+        "import resource, signal, sys\n"
+        "from magvit2.cli.main import main\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), int(sys.argv[1])))\n"
+        "sys.exit(main(sys.argv[2:]))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    clip, tok, m = tmp_path / "c.mkv", tmp_path / "c.safetensors", ("--model", str(model_dir), "-q")
+    write_video(clip, np.random.default_rng(0).integers(0, 255, (5, 32, 32, 3), dtype=np.uint8), fps=10)
+    assert main(["tokenize", str(clip), "-o", str(tok), *m]) == 0
+    for limit, args, name in (
+        (
+            1000,
+            ("tokenize", str(clip), "-o", str(tmp_path / "sh"), "--shard-size", "1"),
+            "sh/shard-00000.parquet",
+        ),
+        (100, ("detokenize", str(tok), "-o", str(tmp_path / "v.mp4")), "v.mp4"),
+        (100, ("detokenize", str(tok), "-o", str(tmp_path / "frames")), "frames"),
+    ):
+        cmd = [sys.executable, "-c", script, str(limit), *args, *m]
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        _one_line_error(r.returncode, r.stderr, f"{tmp_path / name}: cannot write (")

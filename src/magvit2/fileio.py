@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import shutil
@@ -30,6 +31,25 @@ def set_default_permissions(path: str | Path) -> None:
     os.chmod(path, 0o666 & ~mask)
 
 
+#: errno values that mean "the disk cannot take this write": full, read-only, over quota, too large.
+WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EFBIG}
+_WRITE_WORDS = ("no space left", "read-only file system", "quota exceeded", "file too large")
+
+
+def named_write_error(path: str | Path, err: OSError) -> OSError:
+    """``err`` as an OSError naming ``path`` when it says the disk cannot take the write (full,
+    read-only, quota, too large; by errno, or by its text for libraries that do not set one);
+    other errors unchanged."""
+    text = " ".join(str(err).split())
+    if err.errno not in WRITE_ERRNOS and not any(w in text.lower() for w in _WRITE_WORDS):
+        return err
+    if os.fspath(path) in text:
+        return err
+    named = OSError(f"{path}: cannot write ({err.strerror or text})")
+    named.errno = err.errno
+    return named
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path, replace_dir: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (hidden, same suffix) to write a file or folder into;
@@ -37,7 +57,7 @@ def atomic_path(path: str | Path, replace_dir: bool = False) -> Iterator[Path]:
     is deleted, so ``path`` is either absent, the old version or the complete new one, never partial.
 
     ``replace_dir``: an existing folder at ``path`` is removed first (a rename cannot replace a
-    non-empty folder).
+    non-empty folder). A full, read-only or over-quota disk is an OSError naming ``path``.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
@@ -46,6 +66,8 @@ def atomic_path(path: str | Path, replace_dir: bool = False) -> Iterator[Path]:
         if replace_dir and path.is_dir():
             shutil.rmtree(path)
         os.replace(tmp, path)
+    except OSError as err:
+        raise named_write_error(path, err) from err
     finally:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -272,11 +272,17 @@ def atomic_output(path: Path, overwrite: bool = False) -> Iterator[Path]:
         yield tmp
 
 
+def printable(text: str) -> str:
+    """``text`` with the bytes of file names that are not valid UTF-8 written as ``\\xff`` escapes,
+    so that any stream can print it."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def one_line(path: Path | str, err: BaseException) -> str:
     """``<file>: <what>`` on one line (the file is not repeated if the message already names it)."""
     msg = " ".join(str(err).split())
     name = os.fspath(path)
-    return msg if name in msg else f"{name}: {msg}"
+    return printable(msg if name in msg else f"{name}: {msg}")
 
 
 def dist_rank_world() -> tuple[int, int]:

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from magvit2.cli import convert, demo, detokenize, evaluate, info, reconstruct, tokenize, train, trainset
+from magvit2.cli.common import printable
 from magvit2.inference.streaming import bound_heap_growth
 
 
@@ -45,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (ValueError, OSError) as err:  # FileNotFoundError, FileExistsError are OSErrors
-        message = " ".join(str(err).split())  # one line
+        message = printable(" ".join(str(err).split()))  # one line, any file name printable
         print(f"magvit2 {args.command}: error: {message}", file=sys.stderr)
         return 1
     except (MemoryError, RuntimeError) as err:  # torch.OutOfMemoryError is a RuntimeError

@@ -243,7 +243,8 @@ def manifest(
     ``encoding`` is recorded only for refined tokens and ``max_frames`` only when set, so that folders
     made before they were recorded (by the encoder, whole clips) still match a plain rerun.
     """
-    digest = hashlib.sha256("\n".join(sorted(str(f) for f in files)).encode()).hexdigest()[:16]
+    names = "\n".join(sorted(str(f) for f in files)).encode("utf-8", "surrogateescape")  # any file name
+    digest = hashlib.sha256(names).hexdigest()[:16]
     return (
         {
             "format": SHARD_FORMAT,
