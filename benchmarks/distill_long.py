@@ -44,7 +44,7 @@ from magvit2.modules.blocks import ResBlock
 def load_targets(path: Path, batches: int, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Clips ``(N, 3, 9, 128, 128)`` and refined codes ``(N, Z, 3, 16, 16)``, from ``path`` or made."""
     if path.is_file():
-        return torch.load(path)
+        return torch.load(path, weights_only=True)  # tensors only: never unpickle code
     teacher = VideoTokenizer.from_pretrained("default").float().eval().requires_grad_(False)
     parts = [make_targets(teacher, 4, steps, seed=100 + s) for s in range(-(-batches // 4))]
     videos = torch.cat([v for v, _ in parts])

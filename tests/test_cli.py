@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -632,3 +633,306 @@ def test_frames_smaller_than_the_ssim_window_report_psnr_and_no_ssim(tmp_path, c
     code, _, err = run_main(capsys, "tokenize", str(small), "-o", str(tmp_path / "t.safetensor"), *m)
     _one_line_error(code, err, "t.safetensor")
     assert not (tmp_path / "t.safetensor").exists()
+
+
+def test_inputs_that_share_a_name_get_distinct_outputs(tmp_path, capsys, model_dir, monkeypatch):
+    """``tokenize A/clip.mkv B/clip.mkv -o out`` (or a glob ``data/*/clip.mkv``) writes two token files,
+    named by their path under the inputs' common folder; a rerun skips both; the same file given twice
+    is refused before any work, naming it."""
+    m = ("--model", str(model_dir), "-q")
+    for i, name in enumerate(("A", "B")):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        write_video(tmp_path / "data" / name / "clip.mkv", _clip(7 * i, frames=3, h=16, w=24), fps=10,
+                    lossless=True)  # fmt: skip
+    monkeypatch.chdir(tmp_path / "data")
+    code, _, err = run_main(capsys, "tokenize", "A/clip.mkv", "B/clip.mkv", "-o", str(tmp_path / "out"), *m)
+    assert code == 0, err
+    a, b = (load_tokens(tmp_path / "out" / n / "clip.mkv.safetensors") for n in ("A", "B"))
+    assert not torch.equal(a.ids, b.ids)
+    code, _, err = run_main(
+        capsys, "tokenize", "A/clip.mkv", "B/clip.mkv", "-o", str(tmp_path / "out"), *m[:2]
+    )
+    assert code == 0 and "2 of 2 inputs already tokenized" in err
+    code, _, err = run_main(
+        capsys, "tokenize", str(tmp_path / "data" / "*" / "clip.mkv"), "-o", "globbed", *m
+    )
+    assert code == 0 and sorted(p.name for p in (tmp_path / "data" / "globbed").glob("?")) == ["A", "B"]
+    code, _, err = run_main(capsys, "tokenize", "A/clip.mkv", str(tmp_path / "data" / "A" / "clip.mkv"),
+                            "-o", "twice", *m)  # fmt: skip
+    _one_line_error(code, err, "A/clip.mkv")
+    assert "same file" in err and not (tmp_path / "data" / "twice").exists()
+
+
+def test_shard_folder_loads_with_pandas_and_datasets(tmp_path, capsys, model_dir, monkeypatch):
+    """A shard folder is a Parquet data set: ``pandas.read_parquet(folder)`` and
+    ``datasets.load_dataset("parquet", data_dir=folder)`` read every clip (the settings file's name
+    starts with a dot, which both skip; ``datasets`` does not skip a leading ``_``). A folder made
+    with the old settings-file name still resumes."""
+    _make_folder(tmp_path / "clips", 3)
+    shards, m = tmp_path / "shards", ("--model", str(model_dir), "-q")
+    code, _, err = run_main(
+        capsys, "tokenize", str(tmp_path / "clips"), "-o", str(shards), "--shard-size", "2", *m
+    )
+    assert code == 0, err
+    frame = pd.read_parquet(shards)
+    assert len(frame) == 3 and set(frame["frames"]) == {3, 4, 5}
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    datasets = pytest.importorskip("datasets")
+    loaded = datasets.load_dataset("parquet", data_dir=str(shards), cache_dir=str(tmp_path / "hf"))
+    assert loaded["train"].num_rows == 3 and sorted(loaded["train"]["frames"]) == [3, 4, 5]
+    (shards / ".magvit2-shards.json").rename(shards / "magvit2-shards.json")  # a folder from before
+    code, _, err = run_main(
+        capsys, "tokenize", str(tmp_path / "clips"), "-o", str(shards), "--shard-size", "2", *m
+    )
+    assert code == 0, err
+    assert (shards / ".magvit2-shards.json").is_file() and not (shards / "magvit2-shards.json").exists()
+
+
+def test_damaged_token_file_is_refused_by_detokenize_and_info(tmp_path, capsys, model_dir):
+    """One flipped bit in a token file's ids (the id stays in range) is refused in one line by
+    ``detokenize`` and ``info``, no output written; so is a changed row of a shard."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    m = ("--model", str(model_dir), "-q")
+    write_video(tmp_path / "c.mkv", _clip(0, frames=3, h=16, w=24), fps=10, lossless=True)
+    tok = tmp_path / "c.safetensors"
+    assert run_main(capsys, "tokenize", str(tmp_path / "c.mkv"), "-o", str(tok), *m)[0] == 0
+    data = bytearray(tok.read_bytes())
+    data[8 + int.from_bytes(data[:8], "little")] ^= 1
+    tok.write_bytes(bytes(data))
+    for args in (("detokenize", str(tok), "-o", str(tmp_path / "c.mp4"), *m), ("info", str(tok))):
+        code, _, err = run_main(capsys, *args)
+        _one_line_error(code, err, "c.safetensors: damaged token file")
+    assert not (tmp_path / "c.mp4").exists()
+    shards = tmp_path / "shards"
+    assert (
+        run_main(capsys, "tokenize", str(tmp_path / "c.mkv"), "-o", str(shards), "--shard-size", "1", *m)[0]
+        == 0
+    )
+    shard = shards / "shard-00000.parquet"
+    table = pq.read_table(shard)
+    ids = table.column("ids").to_pylist()
+    ids[0][0] ^= 1
+    column = pa.array(ids, pa.list_(pa.int32()))
+    pq.write_table(table.set_column(table.schema.get_field_index("ids"), "ids", column), shard)
+    for args in (
+        ("detokenize", str(shard), "--row", "0", "-o", str(tmp_path / "r.mp4"), *m),
+        ("info", str(shards)),
+    ):
+        code, _, err = run_main(capsys, *args)
+        _one_line_error(code, err, "row 0: damaged shard row")
+
+
+LFQ10 = {"kind": "lfq", "bits": 10}
+MALFORMED_MODEL_CONFIGS = {
+    "ch a string": ({"ch": "16"}, "ch: expected int"),
+    "ch a float": ({"ch": 16.0}, "ch: expected int"),
+    "ch_mult an int": ({"ch_mult": 5}, "ch_mult: expected list of int"),
+    "norm_groups 0": ({"norm_groups": 0}, "norm_groups: expected a number > 0"),
+    "norm_eps not a number": ({"norm_eps": "abc"}, "norm_eps: expected float"),
+    "feedback_stages a string": ({"feedback_stages": "2"}, "feedback_stages"),  # (or an unknown field)
+    "quantizer null": ({"quantizer": None}, "quantizer: expected a mapping"),
+    "bits not a number": ({"quantizer": {"kind": "lfq", "bits": "x"}}, "quantizer.bits: expected int"),
+    "unknown quantizer key": ({"quantizer": {**LFQ10, "colour": 1}}, "unknown field(s) ['colour']"),
+    "unknown option": ({"quantizer": {**LFQ10, "options": {"nonsense": 1}}}, "unknown option(s)"),
+    "options a list": ({"quantizer": {**LFQ10, "options": [1]}}, "options: expected a mapping"),
+    "the whole file a list": ([1, 2], "expected a mapping of TokenizerConfig fields"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("variant", list(MALFORMED_MODEL_CONFIGS))
+def test_malformed_model_config_is_one_line_naming_file_and_field(tmp_path, capsys, model_dir, variant):
+    """Each malformed model config gives one line naming the file, the field and the expectation in
+    ``tokenize --model``, ``info`` and ``train --set model.config=...`` (no traceback)."""
+    change, expected = MALFORMED_MODEL_CONFIGS[variant]
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes((model_dir / "model.safetensors").read_bytes())
+    config = json.loads((model_dir / "config.json").read_text())
+    (folder / "config.json").write_text(
+        json.dumps({**config, **change} if isinstance(change, dict) else change)
+    )
+    clip = tmp_path / "c.png"
+    write_png(clip, _clip(0, frames=1, h=16, w=16)[0])
+    for args in (("tokenize", str(clip), "-o", str(tmp_path / "c.safetensors"), "--model", str(folder)),
+                 ("info", str(folder))):  # fmt: skip
+        code, _, err = run_main(capsys, *args)
+        _one_line_error(code, err, f"{folder / 'config.json'}: ")
+        assert expected in err, err
+    run = tmp_path / "run.yaml"
+    run.write_text(
+        "output_dir: out\nmodel: {preset: null, config: {ch: 8, ch_mult: [1, 2], norm_groups: 4}}\n"
+    )
+    small = {"ch": 8, "ch_mult": [1, 2], "norm_groups": 4}
+    model_config = json.dumps({**small, **change} if isinstance(change, dict) else change)
+    code, _, err = run_main(
+        capsys, "train", str(run), "--set", f"model.config={model_config}", "--print-config"
+    )
+    _one_line_error(code, err, "run.yaml" if isinstance(change, dict) else "--set model.config=[1, 2]")
+    assert (
+        "model.config" in err and (expected if isinstance(change, dict) else "expected a mapping") in err
+    ), err
+
+
+def test_bad_set_values_are_one_line(tmp_path, capsys):
+    """``--set max_steps=[1`` (not YAML) and a python tag given through ``--set`` are one line each, as
+    the same tag in a config file is."""
+    run = tmp_path / "run.yaml"
+    run.write_text("output_dir: out\n")
+    for value in ("max_steps=[1", 'output_dir=!!python/object/apply:os.system ["touch RAN"]'):
+        code, _, err = run_main(capsys, "train", str(run), "--set", value, "--print-config")
+        _one_line_error(code, err, f"--set {value}")
+        assert "expected a plain YAML value" in err
+    run.write_text('output_dir: !!python/object/apply:os.system ["touch RAN"]\n')
+    code, _, err = run_main(capsys, "train", str(run), "--print-config")
+    _one_line_error(code, err, "run.yaml")
+    assert not (tmp_path / "RAN").exists() and not Path("RAN").exists()
+
+
+def test_next_run_removes_temporaries_of_killed_runs(tmp_path, capsys, model_dir):
+    """A shard (``.shard-N.tmp-PID.parquet``), a token file and a PNG-frames folder
+    (``.frames.tmp-PID/``) half-written by a process that is gone are removed by the next run that
+    writes there; a live process's are kept."""
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)  # fmt: skip
+    m = ("--model", str(model_dir), "-q")
+    _make_folder(tmp_path / "clips", 2)
+    shards, toks, frames = tmp_path / "shards", tmp_path / "toks", tmp_path / "frames"
+    for folder in (shards, toks):
+        folder.mkdir()
+    stale = [shards / f".shard-00000.tmp-{dead}.parquet", toks / "sub" / f".clip1.mkv.tmp-{dead}.safetensors",
+             tmp_path / f".frames.tmp-{dead}"]  # fmt: skip
+    live = shards / ".shard-00001.tmp-1.parquet"  # pid 1 runs
+    stale[1].parent.mkdir()
+    for p in [stale[0], stale[1], live]:
+        p.write_bytes(b"PAR1")
+    stale[2].mkdir()
+    assert (
+        run_main(capsys, "tokenize", str(tmp_path / "clips"), "-o", str(shards), "--shard-size", "1", *m)[0]
+        == 0
+    )
+    assert run_main(capsys, "tokenize", str(tmp_path / "clips"), "-o", str(toks), *m)[0] == 0
+    code, _, err = run_main(capsys, "detokenize", str(toks / "clip0.mkv.safetensors"), "-o", str(frames), *m)
+    assert code == 0, err
+    assert not any(p.exists() for p in stale) and live.exists() and len(list(frames.glob("*.png"))) == 3
+
+
+def test_frame_too_large_for_memory_is_one_line_suggesting_tile(tmp_path, model_dir):
+    """A 3000x3000 PNG (small on disk) under a 1 GiB address-space limit is refused before the model
+    runs, in one line that names the file and suggests --tile; should the estimate miss, the
+    allocator's failure is one line suggesting --tile too, not a traceback."""
+    big = tmp_path / "big.png"
+    write_png(big, np.zeros((3000, 3000, 3), np.uint8))
+    script = (
+        "import resource, sys, torch\n"
+        "import magvit2.inference.streaming as s\n"
+        "from magvit2.cli.main import main\n"
+        "if sys.argv[1] == 'no-estimate': s.check_fits = lambda *a, **k: None\n"
+        "vm = next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith('VmSize:'))\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (vm + 2**30, resource.RLIM_INFINITY))\n"
+        "sys.exit(main(sys.argv[2:]))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    args = ["tokenize", str(big), "-o", str(tmp_path / "big.safetensors"), "--model", str(model_dir), "-q"]
+    for mode, expected in (("estimate", "needs about"), ("no-estimate", "out of memory")):
+        r = subprocess.run(
+            [sys.executable, "-c", script, mode, *args], capture_output=True, text=True, env=env
+        )
+        _one_line_error(r.returncode, r.stderr, "--tile")
+        assert expected in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert "big.png" in r.stderr or mode == "no-estimate", r.stderr
+    assert not (tmp_path / "big.safetensors").exists()
+
+
+def test_shard_rerun_reports_earlier_failures_and_retries_them(tmp_path, capsys, model_dir):
+    """A rerun into a shard folder whose shards record failed inputs exits 1 and names them (they are
+    not silently "done"); --retry-failed redoes those shards, and then everything is in them."""
+    m = ("--model", str(model_dir), "-q")
+    _make_folder(tmp_path / "clips", 2, bad=("broken.mp4",))
+    shards = tmp_path / "shards"
+    run = ("tokenize", str(tmp_path / "clips"), "-o", str(shards), "--shard-size", "2", *m)
+    assert run_main(capsys, *run)[0] == 1
+    code, _, err = run_main(capsys, *run)
+    assert (
+        code == 1
+        and "1 inputs failed in an earlier run" in err
+        and "broken.mp4" in err
+        and "--retry-failed" in err
+    )
+    write_video(tmp_path / "clips" / "broken.mp4", _clip(3, frames=3, h=16, w=24), fps=10, lossless=True)
+    code, _, err = run_main(capsys, *run, "--retry-failed")
+    assert code == 0, err
+    assert len(pd.read_parquet(shards)) == 3 and run_main(capsys, *run)[0] == 0
+
+
+def test_file_name_not_utf8_is_reported_per_file_in_shard_mode(tmp_path, capsys, model_dir):
+    """A file name that is not valid UTF-8 fails that file alone, in a line naming it; the other
+    inputs are tokenized into the shard."""
+    m = ("--model", str(model_dir), "-q")
+    _make_folder(tmp_path / "clips", 1)
+    odd = os.fsdecode(os.fsencode(str(tmp_path / "clips")) + b"/bad\xff.mkv")
+    write_video(odd, _clip(1, frames=3, h=16, w=24), fps=10, lossless=True)
+    shards = tmp_path / "shards"
+    code, _, err = run_main(
+        capsys, "tokenize", str(tmp_path / "clips"), "-o", str(shards), "--shard-size", "5", *m
+    )
+    _one_line_error(code, err, "not valid UTF-8")
+    assert "bad" in err and len(pd.read_parquet(shards)) == 1
+
+
+def test_variable_frame_rate_input_is_reported(tmp_path, capsys, caplog, model_dir):
+    """Tokenizing a video whose frames are unevenly spaced says so (the token file keeps one rate);
+    an evenly spaced one says nothing."""
+    import av
+
+    def write(path: Path, times_ms: list[int]) -> None:
+        with av.open(str(path), "w") as out:
+            stream = out.add_stream("libx264", rate=10)
+            stream.width, stream.height, stream.pix_fmt = 16, 16, "yuv420p"
+            stream.time_base = Fraction(1, 1000)
+            for i, t in enumerate(times_ms):
+                frame = av.VideoFrame.from_ndarray(np.full((16, 16, 3), 30 * i, np.uint8), format="rgb24")
+                frame.pts, frame.time_base = t, Fraction(1, 1000)
+                out.mux(stream.encode(frame))
+            out.mux(stream.encode())
+
+    write(tmp_path / "vfr.mkv", [0, 100, 200, 400, 500])
+    write(tmp_path / "cfr.mkv", [0, 100, 200, 300, 400])
+    m = ("--model", str(model_dir), "-q")
+    with caplog.at_level("WARNING", logger="magvit2.tokenize"):
+        for name in ("vfr", "cfr"):
+            code, _, err = run_main(
+                capsys, "tokenize", str(tmp_path / f"{name}.mkv"), "-o", str(tmp_path / name), *m
+            )
+            assert code == 0, err
+    assert "vfr.mkv: variable frame rate (frames 100.0 to 200.0 ms apart)" in caplog.text
+    assert "cfr.mkv" not in caplog.text
+
+
+def test_full_disk_errors_name_the_output(tmp_path, model_dir):
+    """A write the disk refuses (here: over the file-size limit, EFBIG, as ENOSPC and EROFS are
+    handled) is one line naming the output, for shards, videos and PNG frame folders."""
+    script = (
+        "import resource, signal, sys\n"
+        "from magvit2.cli.main import main\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), int(sys.argv[1])))\n"
+        "sys.exit(main(sys.argv[2:]))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    clip, tok, m = tmp_path / "c.mkv", tmp_path / "c.safetensors", ("--model", str(model_dir), "-q")
+    write_video(clip, np.random.default_rng(0).integers(0, 255, (5, 32, 32, 3), dtype=np.uint8), fps=10)
+    assert main(["tokenize", str(clip), "-o", str(tok), *m]) == 0
+    for limit, args, name in (
+        (
+            1000,
+            ("tokenize", str(clip), "-o", str(tmp_path / "sh"), "--shard-size", "1"),
+            "sh/shard-00000.parquet",
+        ),
+        (100, ("detokenize", str(tok), "-o", str(tmp_path / "v.mp4")), "v.mp4"),
+        (100, ("detokenize", str(tok), "-o", str(tmp_path / "frames")), "frames"),
+    ):
+        cmd = [sys.executable, "-c", script, str(limit), *args, *m]
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        _one_line_error(r.returncode, r.stderr, f"{tmp_path / name}: cannot write (")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from magvit2.fileio import atomic_path
@@ -34,3 +36,23 @@ def test_folder_replaces_an_existing_folder_only_when_asked(tmp_path):
         (tmp / "b.txt").write_text("new")
     assert [p.name for p in path.iterdir()] == ["b.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_no_torch_load_can_unpickle():
+    """Every ``torch.load`` call in the package and the benchmarks passes ``weights_only=True``: on
+    torch < 2.6 (which the package allows) the default unpickles arbitrary code."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1]
+    unsafe = []
+    for path in [*(root / "src").rglob("*.py"), *(root / "benchmarks").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                continue
+            if node.func.attr == "load" and getattr(node.func.value, "id", None) == "torch":
+                safe = any(
+                    k.arg == "weights_only" and getattr(k.value, "value", None) is True for k in node.keywords
+                )
+                if not safe:
+                    unsafe.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert not unsafe, unsafe

@@ -177,3 +177,62 @@ def test_shard_row_keeps_unequal_padding(tmp_path):
     got = read_row(tmp_path / "s.parquet", 0)
     assert (got.height, got.width, got.pad_bottom, got.pad_right) == (37, 43, 3, 5)
     assert torch.equal(got.ids, tf.ids)
+
+
+def _flip_first_id_bit(path) -> None:
+    """Flip the lowest bit of the first stored byte of a safetensors file's data (the first id stays in
+    range): the damage a bad disk or copy does, which no range check can see."""
+    data = bytearray(path.read_bytes())
+    start = 8 + int.from_bytes(data[:8], "little")
+    data[start] ^= 1
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_flipped_byte_in_ids_is_refused_as_damaged(tmp_path, packed):
+    """A token file whose ids changed after writing (ids still in range) is refused as damaged; so is
+    one whose header field that decoding uses changed; a file from before checksums still reads."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    path = tmp_path / "t.safetensors"
+    save_tokens(path, _tf(bits=10), packed=packed)
+    _flip_first_id_bit(path)
+    with pytest.raises(TokenFileError, match=r"t\.safetensors: damaged token file"):
+        load_tokens(path)
+    save_tokens(path, _tf(bits=10), packed=packed)
+    with safe_open(str(path), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    save_file(tensors, str(path), metadata={**meta, "height": "29"})
+    with pytest.raises(TokenFileError, match="damaged"):
+        load_tokens(path)
+    old = {k: v for k, v in meta.items() if k != "checksum"}
+    save_file(tensors, str(path), metadata={**old, "height": "29"})
+    assert load_tokens(path).height == 29  # no checksum, nothing to verify
+
+
+def test_changed_shard_row_is_refused_as_damaged(tmp_path):
+    """A shard row whose ids changed after writing is refused as damaged by read_row and verify_shard
+    (which ``magvit2 info`` runs); a shard without the checksum column (older) still reads."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from magvit2.tokens.shards import read_row, token_row, verify_shard, write_shard
+
+    path = tmp_path / "s.parquet"
+    rows = [token_row(_tf(bits=10)), token_row(_tf(bits=10, shape=(1, 2, 2)))]
+    write_shard(path, rows, model="abc123", vocabulary=1024, spatial_factor=8)
+    assert verify_shard(path) == 2
+    table = pq.read_table(path)
+    ids = table.column("ids").to_pylist()
+    ids[1][0] ^= 1
+    pq.write_table(
+        table.set_column(table.schema.get_field_index("ids"), "ids", pa.array(ids, pa.list_(pa.int32()))),
+        path,
+    )
+    assert read_row(path, 0).frames == 9
+    for check in (lambda: read_row(path, 1), lambda: verify_shard(path)):
+        with pytest.raises(TokenFileError, match=r"s\.parquet row 1: damaged shard row"):
+            check()
+    pq.write_table(table.drop_columns(["checksum"]), path)
+    assert verify_shard(path) == 0 and read_row(path, 1).ids.shape == (1, 2, 2)

@@ -181,36 +181,66 @@ def test_cli_print_config(tmp_path):
 # ------------------------------------------------------------------------------------ resume after SIGKILL
 
 
-def test_sigkill_and_resume_ends_with_identical_weights(tmp_path):
-    """Kill -9 a run once it has written 3 checkpoints, resume it; the final raw, EMA and discriminator
-    weights equal those of an uninterrupted run bit for bit."""
-    max_steps = 9
-    ref_cfg = write_config(tmp_path / "ref.yaml", tiny_config(tmp_path / "ref", max_steps=max_steps))
-    run_cfg = write_config(tmp_path / "run.yaml", tiny_config(tmp_path / "run", max_steps=max_steps))
-    ckpts = tmp_path / "run" / "checkpoints"
-    proc = subprocess.Popen(cli(str(run_cfg)), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+QUANTIZERS = {
+    "lfq": {"kind": "lfq", "bits": 6},
+    "vq": {"kind": "vq", "codebook_size": 64, "dim": 8},
+    "cvq": {"kind": "cvq", "codebook_size": 64, "dim": 8},
+    "fsq": {"kind": "fsq", "levels": [4, 4, 4]},
+}
+
+
+def checkpoint_files(step_dir: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """Every tensor of a checkpoint folder (weights, EMA, discriminator, optimiser and RNG states), and
+    its state.json as a byte tensor (python's RNG state, schedulers, step)."""
+    out = {f.name: load_file(str(f)) for f in sorted(step_dir.glob("*.safetensors"))}
+    out["state.json"] = {"bytes": torch.tensor(list((step_dir / "state.json").read_bytes()))}
+    return out
+
+
+def kill_after_step(cfg: Path, ckpts: Path, step: int) -> int:
+    """Start ``magvit2 train CFG``, SIGKILL it once checkpoint ``step`` exists; the step it reached."""
+    proc = subprocess.Popen(cli(str(cfg)), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         done = list_checkpoints(ckpts)
-        if done and int(done[-1].name.split("-")[1]) >= 3:
+        if done and int(done[-1].name.split("-")[1]) >= step:
             break
         time.sleep(0.02)
     assert proc.poll() is None, f"run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    killed_at = int(latest_checkpoint(ckpts).name.split("-")[1])
+    return int(latest_checkpoint(ckpts).name.split("-")[1])
+
+
+@pytest.mark.parametrize("quantizer", list(QUANTIZERS))
+def test_sigkill_and_resume_ends_with_identical_weights(tmp_path, quantizer):
+    """Kill -9 a run once it has written 3 checkpoints, resume it; the final raw, EMA and discriminator
+    weights, the optimiser states and the saved RNG states equal those of an uninterrupted run bit for
+    bit, for every quantizer (CVQ draws random anchors from torch's global RNG)."""
+    max_steps = 6
+    model = {**TINY_MODEL, "config": {**TINY_MODEL["config"], "quantizer": QUANTIZERS[quantizer]}}
+    ref_cfg = write_config(
+        tmp_path / "ref.yaml", tiny_config(tmp_path / "ref", max_steps=max_steps, model=model)
+    )
+    run_cfg = write_config(
+        tmp_path / "run.yaml", tiny_config(tmp_path / "run", max_steps=max_steps, model=model)
+    )
+    ckpts = tmp_path / "run" / "checkpoints"
+    ref = subprocess.Popen(cli(str(ref_cfg)), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    killed_at = kill_after_step(run_cfg, ckpts, 3)
     assert 3 <= killed_at < max_steps
     assert not (tmp_path / "run" / "final").exists()
-    # without --resume the existing run is protected
-    refused = subprocess.run(cli(str(run_cfg)), env=env(), capture_output=True, text=True)
-    assert refused.returncode == 1 and "--resume" in refused.stderr
+    if quantizer == "lfq":  # without --resume the existing run is protected
+        refused = subprocess.run(cli(str(run_cfg)), env=env(), capture_output=True, text=True)
+        assert refused.returncode == 1 and "--resume" in refused.stderr
     resumed = subprocess.run(cli(str(run_cfg), "--resume"), env=env(), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"(step {killed_at})" in resumed.stderr
-    ref = subprocess.run(cli(str(ref_cfg)), env=env(), capture_output=True, text=True)
-    assert ref.returncode == 0, ref.stderr[-3000:]
+    assert ref.wait() == 0, ref.stderr.read().decode()[-3000:]
     a, b = weights(tmp_path / "ref"), weights(tmp_path / "run")
     assert_same(a, b, exact=True)
+    last = f"checkpoints/step-{max_steps:08d}"
+    assert_same(checkpoint_files(tmp_path / "ref" / last), checkpoint_files(tmp_path / "run" / last))
     # the run moved: the weights are not the initial ones, and EMA differs from raw
     assert not torch.equal(
         a["raw"]["encoder.conv_out.conv_1.weight"], a["ema"]["encoder.conv_out.conv_1.weight"]
@@ -572,3 +602,93 @@ def test_discriminator_optimizer_takes_its_own_options(tmp_path):
     assert d["initial_lr"] == 3e-5 and g["initial_lr"] == 2e-3
     assert d["betas"] == (0.0, 0.99) and g["betas"] != (0.0, 0.99)
     assert d["weight_decay"] == 0.01 and g["weight_decay"] == 0.0
+
+
+# ------------------------------------------------------------------ damaged checkpoints and full disks
+
+
+def _dead_pid() -> int:
+    """The id of a process that has ended."""
+    proc = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    return int(proc.stdout)
+
+
+def test_resume_falls_back_to_the_newest_checkpoint_that_verifies(tmp_path, caplog, capsys):
+    """--resume skips a truncated model.safetensors, a damaged state.json and a checkpoint without
+    ema.safetensors (saying which and why) and resumes from the newest complete one, EMA included;
+    when none verifies it refuses in one line."""
+    from magvit2.cli.main import main
+    from magvit2.training.trainer import Trainer
+
+    _train(tmp_path, "run", max_steps=4, keep_checkpoints=4)
+    ckpts = tmp_path / "run" / "checkpoints"
+    cfg = load_train_config(tmp_path / "run.yaml")
+    model = ckpts / "step-00000004" / "model.safetensors"
+    model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])
+    (ckpts / "step-00000003" / "state.json").write_text("{")
+    (ckpts / "step-00000002" / "ema.safetensors").unlink()
+    (ckpts / "step-00000002" / "manifest.json").unlink()  # as a checkpoint written before manifests
+    with caplog.at_level("INFO", logger="magvit2.train"):
+        trainer = Trainer(cfg, resume=True)
+    assert trainer.step == 1
+    log = caplog.text
+    assert "skipped checkpoint step-00000004" in log and "model.safetensors" in log and "truncated" in log
+    assert "skipped checkpoint step-00000003" in log and "state.json" in log
+    assert "skipped checkpoint step-00000002" in log and "lacks ema.safetensors" in log
+    ema = load_file(str(ckpts / "step-00000001" / "ema.safetensors"))
+    assert all(torch.equal(v, trainer.ema.state_dict()[k]) for k, v in ema.items())  # not reset to raw
+    (ckpts / "step-00000001" / "loss.safetensors").write_bytes(b"\0" * 10)
+    code = main(["train", str(tmp_path / "run.yaml"), "--resume"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 1 and err.startswith("magvit2 train: error:") and "no checkpoint verifies" in err
+    assert "loss.safetensors" in err
+
+
+@pytest.mark.parametrize("during", ["checkpoint", "final"])
+def test_full_disk_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch, capsys, during):
+    """A full disk while writing checkpoint 2 (or final/) is one line naming the path; checkpoint 1
+    still verifies and nothing half-written is left (final/ is written to a temporary folder)."""
+    from safetensors import SafetensorError
+
+    from magvit2.cli.main import main
+    from magvit2.training import checkpoint, trainer
+    from magvit2.training.checkpoint import verify_checkpoint
+
+    def full_disk(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    real_save = checkpoint.save_file
+    if during == "checkpoint":
+        fill = lambda t, f, **k: full_disk() if "step-00000002" in f else real_save(t, f, **k)
+        monkeypatch.setattr(checkpoint, "save_file", fill)
+    else:
+        monkeypatch.setattr(trainer.VideoTokenizer, "save_pretrained", lambda self, d: full_disk())
+    path = write_config(tmp_path / "run.yaml", tiny_config(tmp_path / "run", max_steps=2))
+    code = main(["train", str(path)])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 1 and err.startswith("magvit2 train: error:") and "No space left on device" in err, err
+    assert ("step-00000002" if during == "checkpoint" else str(tmp_path / "run" / "final")) in err
+    verify_checkpoint(tmp_path / "run" / "checkpoints" / "step-00000001")
+    assert not list((tmp_path / "run").rglob("*.tmp-*")) and not (tmp_path / "run" / "final").exists()
+
+
+def test_next_run_removes_what_killed_runs_left(tmp_path):
+    """Half-written checkpoint folders, final/ temporaries and safetensors' own temporary files of a
+    process that is gone are removed by the next run; a live process's are kept."""
+    run, dead = tmp_path / "run", _dead_pid()
+    stale = [run / "checkpoints" / f"step-00000009.tmp-{dead}", run / f".final.tmp-{dead}"]
+    for folder in stale:
+        folder.mkdir(parents=True)
+        (folder / "model.safetensors").write_bytes(b"\0" * 100)
+    orphan = run / "final" / ".tmpAbC123"
+    orphan.parent.mkdir()
+    orphan.write_bytes(b"\0" * 100)
+    live = run / "checkpoints" / "step-00000008.tmp-1"  # pid 1 runs
+    live.mkdir()
+    write_config(tmp_path / "run.yaml", tiny_config(run, max_steps=1))
+    from magvit2.training.trainer import Trainer
+
+    Trainer(load_train_config(tmp_path / "run.yaml"), resume=True)
+    assert not any(p.exists() for p in [*stale, orphan]) and live.exists()

@@ -7,8 +7,10 @@ such dataclasses), so it can be written as JSON or YAML next to the weights and 
 from __future__ import annotations
 
 import dataclasses
+import importlib.machinery
 import importlib.util
 import os
+import sys
 import types
 import typing
 from pathlib import Path
@@ -61,9 +63,11 @@ def _scalar(value: Any, tp: Any, where: str) -> Any:
         str: isinstance(value, str),
         list: isinstance(value, (list, tuple)),
         tuple: isinstance(value, (list, tuple)),
+        dict: isinstance(value, dict),
     }.get(kind, True)
     if not ok:
-        name = {list: "list", tuple: "list"}.get(kind, getattr(kind, "__name__", str(kind)))
+        words = {list: "list", tuple: "list", dict: "a mapping"}
+        name = words.get(kind, getattr(kind, "__name__", str(kind)))
         raise ValueError(f"{where}: expected {name}, got {type(value).__name__} {value!r}")
     return float(value) if base is float else value
 
@@ -89,6 +93,88 @@ def from_dict(cls: type[T], data: dict[str, Any], *, where: str = "config", fiel
             value = _scalar(value, types_[name], f"{where}: {field}.{name}" if field else f"{where}: {name}")
         kwargs[name] = value
     return cls(**kwargs)
+
+
+def describe_type(tp: Any) -> str:
+    """A field type in words: ``int``, ``list of int``, ``int or list of int``, ``a mapping``."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(describe_type(a) for a in args if a is not type(None))
+    if origin in (list, tuple) or tp in (list, tuple):
+        elems = [a for a in args if a is not Ellipsis]
+        return f"list of {describe_type(elems[0])}" if elems else "list"
+    if origin is dict or tp is dict or _is_dataclass_type(tp):
+        return "a mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def check_value(value: Any, tp: Any, where: str) -> Any:
+    """``value`` checked against the type annotation ``tp`` (ints, floats, bools, strings, lists and
+    tuples of them, unions, optional, mappings; a dataclass type accepts an instance or a mapping);
+    floats given as ints or numeric strings become floats. A ValueError says ``where``, what was
+    expected and what was found."""
+    if tp is Any:
+        return value
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for member in (a for a in args if a is not type(None)):
+            try:
+                return check_value(value, member, where)
+            except ValueError:
+                continue
+        raise ValueError(f"{where}: expected {describe_type(tp)}, got {type(value).__name__} {value!r}")
+    wrong = ValueError(f"{where}: expected {describe_type(tp)}, got {type(value).__name__} {value!r}")
+    if origin in (list, tuple) or tp in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise wrong
+        elems = [a for a in args if a is not Ellipsis]
+        items = [check_value(v, elems[0], f"{where}[{i}]") if elems else v for i, v in enumerate(value)]
+        return tuple(items) if isinstance(value, tuple) else items
+    if origin is dict or tp is dict or _is_dataclass_type(tp):
+        if not isinstance(value, dict) and not (_is_dataclass_type(tp) and isinstance(value, tp)):
+            raise wrong
+        return value
+    if tp is float and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            raise wrong from None
+    ok = {
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        bool: isinstance(value, bool),
+        str: isinstance(value, str),
+    }.get(tp, True)
+    if not ok:
+        raise wrong
+    return float(value) if tp is float else value
+
+
+def check_fields(
+    cls: type, data: Any, where: str, field: str = "", positive: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """``data`` checked as the fields of dataclass ``cls``: a mapping, known names only, each value of
+    its field's type (:func:`check_value`), the ``positive`` ones > 0. Returns the normalised mapping.
+    A ValueError names ``where`` (the file or source), the field (dotted path under ``field``) and the
+    expectation, e.g. ``m/config.json: quantizer.bits: expected int, got str 'x'``."""
+    at = f"{where}: {field}" if field else where
+    if not isinstance(data, dict):
+        raise ValueError(f"{at}: expected a mapping of {cls.__name__} fields, got {type(data).__name__}")
+    hints = _field_types(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(str(k) for k in data if k not in names)
+    if unknown:
+        raise ValueError(f"{at}: unknown field(s) {unknown} for {cls.__name__}; known: {sorted(names)}")
+    out = {}
+    for name, value in data.items():
+        location = f"{where}: {field}.{name}" if field else f"{where}: {name}"
+        value = check_value(value, hints[name], location)
+        if name in positive and value is not None and not value > 0:
+            raise ValueError(f"{location}: expected a number > 0, got {value!r}")
+        out[name] = value
+    return out
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -117,7 +203,11 @@ def save_yaml(cfg: Any, path: str | Path) -> None:
 
 def _coerce(text: str, tp: Any, key: str) -> Any:
     """Parse the text of an override as YAML, then check it fits the field's type."""
-    value = yaml.safe_load(text)
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as err:  # unbalanced brackets, python tags, ...
+        problem = " ".join(str(getattr(err, "problem", None) or err).split())
+        raise ValueError(f"--set {key}={text}: expected a plain YAML value ({problem})") from None
     if _unwrap_optional(tp) is str and value is not None and not isinstance(value, str):
         return text  # a string field given "123" or "true": the text as written
     return _scalar(value, tp, f"--set {key}={text}")
@@ -148,15 +238,43 @@ def apply_overrides(cfg: T, overrides: list[str]) -> T:
     return from_dict(type(cfg), data)
 
 
+def package_folder(name: str, where: str = "") -> Path:
+    """The folder of installed package ``name`` (``a`` or ``a.b.c``), found without importing anything.
+
+    Only the top-level name is looked up by the import system's finders (which read folders and
+    metadata, and run no code of the package); sub-packages are folders below it. A ValueError naming
+    ``where`` (the path as written) if there is no such package.
+    """
+    parts = name.split(".")
+    if not name or not all(part.isidentifier() for part in parts):
+        raise ValueError(f"path {where!r}: expected pkg://PACKAGE/path with a package name, got {name!r}")
+    spec = importlib.machinery.PathFinder.find_spec(parts[0]) if parts[0] not in sys.modules else None
+    if spec is None:  # already imported, or found by another finder (e.g. an editable install)
+        spec = _top_level_spec(parts[0])
+    folders = [Path(p) for p in (spec.submodule_search_locations or [])] if spec is not None else []
+    for part in parts[1:]:
+        folders = [f / part for f in folders if (f / part).is_dir()]
+    if not folders:
+        raise ValueError(f"path {where!r}: expected an installed package {name!r}, found none")
+    return folders[0]
+
+
+def _top_level_spec(name: str) -> importlib.machinery.ModuleSpec | None:
+    """The spec of top-level module ``name`` from every finder on ``sys.meta_path``; finding a
+    top-level name imports nothing (only a dotted name imports its parents)."""
+    try:
+        return importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+
+
 def resolve_path(path: str) -> str:
     """``pkg://package/rest`` -> the file inside the installed package; ``~`` expanded; else unchanged.
 
-    Raises ValueError if the package is not installed.
+    The package is found without importing it or anything else (:func:`package_folder`), so a path in a
+    command line or a config never runs code. Raises ValueError if the package is not installed.
     """
     if not path.startswith("pkg://"):
         return os.path.expanduser(path)
     package, _, rest = path[len("pkg://") :].partition("/")
-    spec = importlib.util.find_spec(package) if package else None
-    if spec is None or not spec.submodule_search_locations:
-        raise ValueError(f"path {path!r}: expected an installed package {package!r}, found none")
-    return str(Path(list(spec.submodule_search_locations)[0]) / rest)
+    return str(package_folder(package, path) / rest)

@@ -16,10 +16,11 @@ from tqdm import tqdm
 
 from magvit2.config_io import resolve_path
 from magvit2.data.media import media_in_folder
-from magvit2.fileio import atomic_path
+from magvit2.fileio import atomic_path, remove_path, stale_temps
 from magvit2.inference.refine import DEFAULT_LR
 from magvit2.inference.streaming import InferenceOptions, TokenizerRunner
 from magvit2.models import VideoTokenizer
+from magvit2.models.checks import read_model_config
 from magvit2.models.tokenizer import PRETRAINED_DIR
 
 #: The built-in model (package data), used when no --model is given; named by path, so that a folder
@@ -155,6 +156,7 @@ def load_model(model: str | None, device: str = "cpu") -> VideoTokenizer:
                 f"{model}: not a tokenizer folder (expected config.json and model.safetensors written by "
                 "VideoTokenizer.save_pretrained)"
             )
+        read_model_config(path)  # a malformed config.json: one line naming the file and the field
         return VideoTokenizer.from_pretrained(path, device=device)
     if not (BUILTIN_DIR / "config.json").is_file():
         raise ValueError(
@@ -213,6 +215,31 @@ def discover_inputs(inputs: list[str]) -> list[tuple[Path, Path]]:
     return sorted(found.items(), key=lambda kv: str(kv[0]))
 
 
+def output_names(files: list[tuple[Path, Path]]) -> tuple[list[str], Path | None]:
+    """The output name of each ``(file, root)`` pair from :func:`discover_inputs` (same order), and the
+    folder they are relative to when it is not each input's own.
+
+    Names are paths relative to each input's folder (``clips/a.mp4`` -> ``a.mp4``). When two inputs
+    would share a name (``A/clip.mp4`` and ``B/clip.mp4``), every name is taken relative to the
+    inputs' common parent instead (``A/clip.mp4``, ``B/clip.mp4``), which is returned. Two inputs
+    that are the same file are refused, listing them.
+    """
+    names = [str(path.relative_to(root)) for path, root in files]
+    if len(set(names)) == len(names):
+        return names, None
+    absolute = [Path(os.path.abspath(path)) for path, _ in files]
+    parent = Path(os.path.commonpath([str(p.parent) for p in absolute]))
+    names = [str(p.relative_to(parent)) for p in absolute]
+    seen: dict[str, list[str]] = {}
+    for name, (path, _) in zip(names, files, strict=True):
+        seen.setdefault(name, []).append(str(path))
+    same = [paths for paths in seen.values() if len(paths) > 1]
+    if same:
+        listed = "; ".join(" and ".join(paths) for paths in same)
+        raise ValueError(f"inputs name the same file more than once ({listed}); give each file once")
+    return names, parent
+
+
 def progress(total: int | None, unit: str, desc: str, quiet: bool) -> tqdm:
     """A tqdm bar on stderr (rate and ETA), off with ``--quiet`` or when stderr is not a terminal."""
     return tqdm(
@@ -235,17 +262,27 @@ def check_output(path: Path, overwrite: bool) -> None:
 @contextlib.contextmanager
 def atomic_output(path: Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (same suffix); on success it is renamed to ``path``, on
-    any failure it is deleted, so no partial output is ever left. Works for files and folders."""
+    any failure it is deleted, so no partial output is ever left. Works for files and folders.
+    Temporaries of the same output left by a killed run are removed first."""
     check_output(path, overwrite)
+    for stale in stale_temps(path.parent):  # this output's temporaries left by a killed run
+        if stale.name.startswith(f".{path.stem}.tmp-"):
+            remove_path(stale)
     with atomic_path(path, replace_dir=overwrite) as tmp:
         yield tmp
+
+
+def printable(text: str) -> str:
+    """``text`` with the bytes of file names that are not valid UTF-8 written as ``\\xff`` escapes,
+    so that any stream can print it."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def one_line(path: Path | str, err: BaseException) -> str:
     """``<file>: <what>`` on one line (the file is not repeated if the message already names it)."""
     msg = " ".join(str(err).split())
     name = os.fspath(path)
-    return msg if name in msg else f"{name}: {msg}"
+    return printable(msg if name in msg else f"{name}: {msg}")
 
 
 def dist_rank_world() -> tuple[int, int]:

@@ -12,7 +12,13 @@ from magvit2.cli.common import add_model_args, load_model
 from magvit2.data.video_io import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from magvit2.tokens import load_tokens, model_fingerprint
 from magvit2.tokens.format import ONE_PASS
-from magvit2.tokens.shards import MANIFEST_NAME, TOKEN_FOLDER_MANIFEST, read_shard, shard_metadata
+from magvit2.tokens.shards import (
+    TOKEN_FOLDER_MANIFEST,
+    manifest_path,
+    read_shard,
+    shard_metadata,
+    verify_shard,
+)
 
 EXAMPLE = """examples:
   magvit2 info my_tokenizer/            (config, parameters, factors, vocabulary, fingerprint)
@@ -91,14 +97,16 @@ def token_file_info(path: Path) -> dict:
 
 
 def shards_info(paths: list[Path], where: Path) -> dict:
-    """Clips, tokens, models and failed files of Parquet shards."""
-    clips = tokens = 0
+    """Clips, tokens, models and failed files of Parquet shards; every row with a checksum is verified
+    (a damaged one is an error)."""
+    clips = tokens = verified = 0
     models, encodings, failed = set(), set(), []
     for p in paths:
         meta = shard_metadata(p)
         models.add(meta.get("magvit2.model"))
         encodings.add(meta.get("magvit2.encoding", ONE_PASS))
         failed += json.loads(meta.get("magvit2.failed", "[]"))
+        verified += verify_shard(p)
         table = read_shard(p).select(["shape"])
         clips += table.num_rows
         for shape in table.column("shape").to_pylist():
@@ -115,8 +123,9 @@ def shards_info(paths: list[Path], where: Path) -> dict:
         "models": sorted(m for m in models if m),
         "encodings": sorted(encodings),
         "failed": failed,
+        "checksums_verified": verified,
     }
-    manifest = where / MANIFEST_NAME if where.is_dir() else None
+    manifest = manifest_path(where) if where.is_dir() else None
     if manifest is not None and manifest.is_file():
         out["manifest"] = json.loads(manifest.read_text())
     return out

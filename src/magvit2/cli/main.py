@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from magvit2.cli import convert, demo, detokenize, evaluate, info, reconstruct, tokenize, train, trainset
+from magvit2.cli.common import printable
 from magvit2.inference.streaming import bound_heap_growth
 
 
@@ -22,6 +23,12 @@ def build_parser() -> argparse.ArgumentParser:
     for module in (tokenize, detokenize, reconstruct, info, evaluate, train, trainset, convert, demo):
         module.register(sub)
     return parser
+
+
+def out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is an allocator's failure (CPU or GPU) rather than another runtime error."""
+    text = str(err).lower()
+    return isinstance(err, MemoryError) or "out of memory" in text or "can't allocate memory" in text
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -39,8 +46,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (ValueError, OSError) as err:  # FileNotFoundError, FileExistsError are OSErrors
-        message = " ".join(str(err).split())  # one line
+        message = printable(" ".join(str(err).split()))  # one line, any file name printable
         print(f"magvit2 {args.command}: error: {message}", file=sys.stderr)
+        return 1
+    except (MemoryError, RuntimeError) as err:  # torch.OutOfMemoryError is a RuntimeError
+        if not out_of_memory(err):
+            raise
+        print(f"magvit2 {args.command}: error: out of memory ({' '.join(str(err).split())[:200]}); "
+              "pass --tile PX to process large frames in tiles of PX pixels", file=sys.stderr)  # fmt: skip
         return 1
     except KeyboardInterrupt:
         print(

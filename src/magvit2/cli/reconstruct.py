@@ -18,12 +18,14 @@ from magvit2.cli.common import (
     at_least,
     atomic_output,
     make_runner,
+    one_line,
     progress,
 )
 from magvit2.cli.detokenize import exact_size_writer, output_kind
 from magvit2.config_io import resolve_path
 from magvit2.data.video_io import VideoWriter, iter_frames, probe, write_png
 from magvit2.evaluation import bits_per_pixel
+from magvit2.inference.memory import FrameTooLargeError
 from magvit2.inference.metrics import ReconstructionMetrics
 
 EXAMPLE = """examples:
@@ -133,7 +135,10 @@ def run(args: argparse.Namespace) -> int:
     outs = _check_outputs(args, path, n_frames)
     runner = make_runner(args)
     metrics, ids = ReconstructionMetrics(), []
-    h, w = _stream(args, runner, path, info.fps, outs, n_frames, metrics, ids)
+    try:
+        h, w = _stream(args, runner, path, info.fps, outs, n_frames, metrics, ids)
+    except FrameTooLargeError as err:
+        raise FrameTooLargeError(one_line(path, err)) from err
     tokens, bits = sum(int(t.numel()) for t in ids), math.log2(runner.vocabulary)
     result = {
         "psnr": round(metrics.psnr, 4),

@@ -4,7 +4,9 @@ Output modes:
 
 * one input file and ``-o X.safetensors``: one token file (refused if it exists, unless ``--overwrite``);
 * otherwise ``-o DIR``: one token file per input, ``DIR/<path relative to its folder>.safetensors``
-  (``clips/a.mp4`` -> ``DIR/a.mp4.safetensors``); files already there are skipped (a rerun resumes);
+  (``clips/a.mp4`` -> ``DIR/a.mp4.safetensors``); when two inputs would share a name (``A/clip.mp4``,
+  ``B/clip.mp4``), all are named by their path under the inputs' common folder instead
+  (``DIR/A/clip.mp4.safetensors``); files already there are skipped (a rerun resumes);
 * with ``--shard-size N``: Parquet shards ``DIR/shard-00000.parquet``, N clips each (see
   :mod:`magvit2.tokens.shards`); finished shards are skipped on a rerun.
 
@@ -14,6 +16,8 @@ Under ``torchrun`` each rank takes every WORLD_SIZE-th shard (or file), starting
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import sys
 from pathlib import Path
 
@@ -27,9 +31,12 @@ from magvit2.cli.common import (
     dist_rank_world,
     make_runner,
     one_line,
+    output_names,
     progress,
 )
-from magvit2.data.video_io import iter_frames, probe
+from magvit2.data.video_io import frame_intervals, is_variable_rate, iter_frames, probe
+from magvit2.fileio import remove_stale_temps
+from magvit2.inference.memory import FrameTooLargeError
 from magvit2.inference.streaming import EncodedClip, TokenizerRunner
 from magvit2.tokens import TokenFile, save_tokens
 from magvit2.tokens.shards import (
@@ -37,10 +44,13 @@ from magvit2.tokens.shards import (
     check_manifest,
     manifest,
     plan_shards,
+    shard_metadata,
     token_folder_manifest,
     token_row,
     write_shard,
 )
+
+log = logging.getLogger("magvit2.tokenize")
 
 EXAMPLE = """examples:
   magvit2 tokenize clip.mp4 -o clip.safetensors --model my_tokenizer/
@@ -74,6 +84,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-frames", type=at_least(1), default=None, metavar="N", help="tokenize at most N frames a clip"
     )
+    p.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="shards: redo the finished shards that record inputs which failed in an earlier run",
+    )
     add_model_args(p)
     add_refine_args(p)
     add_output_args(p)
@@ -94,8 +109,26 @@ def encode_file(
                 yield frame
                 bar.update(1)
 
-        clip = runner.encode_frames(frames())
+        try:
+            clip = runner.encode_frames(frames())
+        except FrameTooLargeError as err:
+            raise FrameTooLargeError(one_line(path, err)) from err
+    if not info.is_image:
+        warn_if_variable_rate(path, info.fps, max_frames)
     return clip, info.fps
+
+
+def warn_if_variable_rate(path: Path, fps, max_frames: int | None) -> None:
+    """Say so when ``path`` has a variable frame rate: its tokens record one rate (the stream's), so
+    decoding spaces the frames evenly."""
+    intervals = frame_intervals(path, max_frames)
+    if is_variable_rate(intervals):
+        short, long = intervals
+        log.warning(
+            "%s: variable frame rate (frames %.1f to %.1f ms apart); the tokens record one rate, "
+            "%.3f fps, so decoded frames are evenly spaced",
+            path, 1000 * short, 1000 * long, float(fps),
+        )  # fmt: skip
 
 
 def _token_file(runner: TokenizerRunner, clip: EncodedClip, fps, source: str) -> TokenFile:
@@ -142,13 +175,21 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_files(args, runner: TokenizerRunner, files: list[tuple[Path, Path]], out: Path) -> int:
     rank, world = dist_rank_world()
-    mine = [pair for i, pair in enumerate(files) if i % world == rank]
+    names, common = output_names(files)
+    if common is not None and rank == 0 and not args.quiet:
+        print(f"magvit2 tokenize: inputs share file names; outputs are named by their path under {common}",
+              file=sys.stderr)  # fmt: skip
+    pairs = [(path, name) for (path, _), name in zip(files, names, strict=True)]
+    mine = pairs[rank::world]
     failed = skipped = 0
-    settings = token_folder_manifest(runner.fingerprint, runner.encoding, args.max_frames, args.packed)
+    settings = token_folder_manifest(
+        runner.fingerprint, runner.encoding, args.max_frames, args.packed, nested=common is not None
+    )
     check_manifest(out, settings, args.overwrite, TOKEN_FOLDER_MANIFEST, "token files")
+    remove_stale_temps(out, recursive=True)  # token files half-written by a killed run
     with progress(len(mine), "clip", "tokenize", args.quiet) as bar:
-        for path, root in mine:
-            dest = out / (str(path.relative_to(root)) + ".safetensors")
+        for path, name in mine:
+            dest = out / (name + ".safetensors")
             if dest.exists() and not args.overwrite:
                 skipped += 1
                 bar.update(1)
@@ -172,20 +213,15 @@ def _run_shards(args, runner: TokenizerRunner, files: list[tuple[Path, Path]], o
     paths = [p for p, _ in files]
     expected = manifest(paths, args.shard_size, runner.fingerprint, runner.encoding, args.max_frames)
     check_manifest(out, expected, args.overwrite)
+    remove_stale_temps(out)  # shards half-written by a killed run
     plans = plan_shards(paths, out, args.shard_size, rank=rank, world_size=world)
-    todo = [plan for plan in plans if args.overwrite or not plan.path.exists()]
+    earlier = {plan.index: _failed_in(plan.path) for plan in plans if plan.path.exists()}
+    retry = {i for i, bad in earlier.items() if bad} if args.retry_failed else set()
+    todo = [plan for plan in plans if args.overwrite or plan.index not in earlier or plan.index in retry]
     failed = 0
     with progress(sum(len(p.files) for p in todo), "clip", f"tokenize[{rank}]", args.quiet) as bar:
         for plan in todo:
-            rows, bad = [], []
-            for path in plan.files:
-                try:
-                    clip, fps = encode_file(runner, path, args.max_frames)
-                    rows.append(token_row(_token_file(runner, clip, fps, str(path))))
-                except (ValueError, OSError) as err:
-                    bad.append(str(path))
-                    bar.write(f"magvit2 tokenize: error: {one_line(path, err)}", file=sys.stderr)
-                bar.update(1)
+            rows, bad = _encode_shard(args, runner, plan.files, bar)
             failed += len(bad)
             write_shard(
                 plan.path,
@@ -196,4 +232,38 @@ def _run_shards(args, runner: TokenizerRunner, files: list[tuple[Path, Path]], o
                 failed=bad,
                 encoding=runner.encoding,
             )
-    return 1 if failed else 0
+    done = {plan.index for plan in todo}
+    left = [name for i, bad in sorted(earlier.items()) if i not in done for name in bad]
+    if left:
+        shown = ", ".join(left[:5]) + (f" and {len(left) - 5} more" if len(left) > 5 else "")
+        print(f"magvit2 tokenize: {len(left)} inputs failed in an earlier run and are not in the shards "
+              f"({shown}); --retry-failed tries them again", file=sys.stderr)  # fmt: skip
+    return 1 if failed or left else 0
+
+
+def _failed_in(shard: Path) -> list[str]:
+    """The inputs a finished shard records as failed (its ``magvit2.failed`` metadata)."""
+    return list(json.loads(shard_metadata(shard).get("magvit2.failed", "[]")))
+
+
+def _encode_shard(args, runner: TokenizerRunner, files, bar) -> tuple[list[dict], list[str]]:
+    """One shard's rows and the inputs that failed, each failure reported on its own line."""
+    rows, bad = [], []
+    for path in files:
+        try:
+            _check_utf8_name(path)
+            clip, fps = encode_file(runner, path, args.max_frames)
+            rows.append(token_row(_token_file(runner, clip, fps, str(path))))
+        except (ValueError, OSError) as err:
+            bad.append(str(path).encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
+            bar.write(f"magvit2 tokenize: error: {one_line(path, err)}", file=sys.stderr)
+        bar.update(1)
+    return rows, bad
+
+
+def _check_utf8_name(path: Path) -> None:
+    """Shards store each input's path as UTF-8 text: a name that is not valid UTF-8 is refused."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("the file name is not valid UTF-8 (shards store names as text); rename it") from None

@@ -289,9 +289,12 @@ def make_loader(
     """DataLoader yielding the batch dicts of steps ``start_step, start_step+1, ...`` in order.
 
     Worker processes each build whole steps; the DataLoader returns them in step order, so the output
-    does not depend on ``num_workers`` (default: ``config.num_workers``).
+    does not depend on ``num_workers`` (default: ``config.num_workers``). The loader draws its worker
+    seeds from its own generator (seeded with ``config.seed`` and ``start_step``), never from torch's
+    global RNG, so building it leaves a restored RNG state untouched (exact resume).
     """
     workers = dataset.config.num_workers if num_workers is None else num_workers
+    generator = torch.Generator().manual_seed((dataset.config.seed * 1_000_003 + start_step) % 2**63)
     return DataLoader(
         dataset,
         batch_size=None,
@@ -301,6 +304,7 @@ def make_loader(
         worker_init_fn=_worker_init if workers else None,
         prefetch_factor=2 if workers else None,
         persistent_workers=False,
+        generator=generator,
     )
 
 

@@ -112,6 +112,34 @@ def _fps(stream: av.video.stream.VideoStream) -> Fraction:
     return Fraction(rate) if rate else Fraction(25)
 
 
+def frame_intervals(path: PathLike, max_frames: int | None = None) -> tuple[float, float] | None:
+    """The shortest and longest time between consecutive frames (seconds, from the packets'
+    presentation timestamps, nothing decoded) of the first ``max_frames`` frames; None when there are
+    fewer than three frames or no timestamps. Equal for a constant frame rate; a variable-rate video
+    (a phone's, a screen recording) shows unequal ones, which one fps value cannot keep."""
+    container, stream = _open(path)
+    try:
+        pts = sorted(pk.pts for pk in container.demux(stream) if pk.pts is not None and pk.size > 0)
+    except av.FFmpegError:
+        return None
+    finally:
+        container.close()
+    pts = pts[: max_frames + 1] if max_frames else pts
+    if len(pts) < 3 or stream.time_base is None:
+        return None
+    steps = [b - a for a, b in zip(pts, pts[1:], strict=False)]
+    tb = float(stream.time_base)
+    return min(steps) * tb, max(steps) * tb
+
+
+def is_variable_rate(intervals: tuple[float, float] | None, tolerance: float = 0.1) -> bool:
+    """Whether :func:`frame_intervals` differ by more than ``tolerance`` (and a millisecond)."""
+    if intervals is None:
+        return False
+    short, long = intervals
+    return long - short > max(tolerance * long, 1e-3)
+
+
 def _is_image_format(container_name: str) -> bool:
     return container_name.endswith("_pipe") or container_name in _IMAGE_FORMATS
 

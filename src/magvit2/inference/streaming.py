@@ -26,6 +26,7 @@ from torch import Tensor
 
 from magvit2.data.video_io import to_tensor, to_uint8
 from magvit2.inference.global_norm import StopPass, WholeFrameNorm, copy_cache
+from magvit2.inference.memory import check_fits
 from magvit2.inference.refine import DEFAULT_LR, RefineOptions, refine_ids
 from magvit2.inference.tiling import (
     Tile,
@@ -229,6 +230,12 @@ class TokenizerRunner:
         b = self.options.batch_size
         return [range(i, min(i + b, n_tiles)) for i in range(0, n_tiles, b)]
 
+    def check_memory(self, height: int, width: int, frames: int, encode: bool) -> None:
+        """Refuse (:class:`~magvit2.inference.memory.FrameTooLargeError`, suggesting a tile size) a
+        chunk of ``frames`` frames of this size whose pass is estimated not to fit in the memory
+        available (:mod:`magvit2.inference.memory`)."""
+        check_fits(self.model, self.device, height, width, frames, encode, self.tile, self.options.batch_size)
+
     # ------------------------------------------------------------------ chunking
     def _time_chunks(self, frames: Iterable[np.ndarray]) -> Iterator[tuple[np.ndarray, int]]:
         """Group frames into model chunks ``(T, H, W, 3)``; the last is padded by repeating its last
@@ -263,6 +270,7 @@ class TokenizerRunner:
             video = to_tensor(chunk).unsqueeze(0).to(self.device)
             video, pad_b, pad_r = pad_to_multiple(video, self.s)
             if tiles is None:
+                self.check_memory(chunk.shape[1], chunk.shape[2], chunk.shape[0], encode=True)
                 tiles = self._tiles(video.shape[-2] // self.s, video.shape[-1] // self.s)
                 caches = [CausalCache() for _ in self._groups(len(tiles))]
                 refine_caches = [CausalCache() for _ in tiles]
@@ -449,6 +457,9 @@ class TokenizerRunner:
                 f"{clip.height}x{clip.width}"
             )
 
+        first = self.chunk_frames(first=True)
+        self.check_memory(clip.height, clip.width, min(clip.frames, first or clip.frames), encode=False)
+
         def chunks():
             done = 0
             for a, b in self.latent_chunks(n_latent):
@@ -469,6 +480,7 @@ class TokenizerRunner:
             if sink is not None:
                 sink.append(ids[0].cpu())
             if tiles is None:
+                self.check_memory(chunk.shape[1], chunk.shape[2], chunk.shape[0], encode=False)
                 tiles = self._tiles(ids.shape[-2], ids.shape[-1])
                 caches = [CausalCache() for _ in self._groups(len(tiles))]
             rec = crop_padding(self._decode_tiles(ids, tiles, caches), pad_b, pad_r)

