@@ -55,7 +55,7 @@ class SynthConfig:
     """
 
     p_video: float = 0.3
-    p_flat: float = 0.15
+    p_flat: float = 0.12
     p_static: float = 0.1
     p_cut: float = 0.1
     p_fade: float = 0.08
@@ -212,7 +212,7 @@ class ClipSynth:
     def _flat(self, frames: int, size: int) -> Tensor:
         """A flat colour, a ramp or a fine texture, still or moving ``(3, frames, size, size)``."""
         kind = self._i(3)
-        colour = self._on(self._colour_pick())[:, None, None]
+        colour = self._on(self._u(n=3))[:, None, None]
         if kind == 0:
             image = colour.expand(3, size * 2, size * 2)
         elif kind == 1:
@@ -229,15 +229,6 @@ class ClipSynth:
             texture = wave[None] * 0.5 + 0.5 if self._p(0.5) else noise
             image = colour * (1 - 0.5 * float(self._u())) + (texture - 0.5) * float(self._u(0.1, 0.6))
         return self._camera(image.clamp(0, 1), frames, size)
-
-    def _colour_pick(self) -> Tensor:
-        """An RGB colour in [0, 1]: a grey, a saturated corner of the colour cube, or any colour."""
-        r = float(self._u())
-        if r < 0.25:
-            return self._u().expand(3).clone()
-        if r < 0.5:
-            return torch.randint(2, (3,), generator=self.gen).float()
-        return self._u(n=3)
 
     def _stamp(self, x: Tensor) -> Tensor:
         """``x`` ``(3, T, S, S)`` with one cut-out object moving over it in a straight line."""
