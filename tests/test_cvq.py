@@ -199,5 +199,7 @@ def test_bad_options_and_inputs():
 
 
 def test_factory_builds_cvq_with_options():
-    q = build_quantizer(QuantizerConfig(kind="cvq", dim=4, codebook_size=16, options={"anchor": "closest"}))
+    q = build_quantizer(
+        QuantizerConfig.from_dict(dict(kind="cvq", dim=4, codebook_size=16, options={"anchor": "closest"}))
+    )
     assert isinstance(q, CVQ) and q.anchor == "closest" and q.usage_ema.shape == (16,)

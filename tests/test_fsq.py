@@ -151,5 +151,5 @@ def test_eps_keeps_extreme_inputs_on_the_grid():
 
 
 def test_factory_builds_fsq():
-    q = build_quantizer(QuantizerConfig(kind="fsq", levels=[8, 8, 8, 5, 5, 5]))
+    q = build_quantizer(QuantizerConfig.from_dict(dict(kind="fsq", levels=[8, 8, 8, 5, 5, 5])))
     assert isinstance(q, FSQ) and q.codebook_size == 64000 and q.dim == 6

@@ -271,7 +271,7 @@ def test_errors() -> None:
 
 def test_factory_builds_lfq() -> None:
     lfq = build_quantizer(
-        QuantizerConfig(kind="lfq", bits=6, options={"temperature": 0.1, "bit_order": "lsb"})
+        QuantizerConfig.from_dict(dict(kind="lfq", bits=6, options={"temperature": 0.1, "bit_order": "lsb"}))
     )
     assert isinstance(lfq, LFQ) and lfq.temperature == 0.1 and lfq.bit_order == "lsb"
 

@@ -12,10 +12,10 @@ import torch
 
 from magvit2.cli.main import main
 from magvit2.data.video_io import read_video, to_tensor, write_video
-from magvit2.inference.refine import RefineOptions, refine_ids
+from magvit2.inference.refine import RefineOptions, encode_refined, refine_ids
 from magvit2.inference.streaming import InferenceOptions, TokenizerRunner
-from magvit2.inference.tiling import pad_to_multiple
 from magvit2.models import TokenizerConfig, VideoTokenizer
+from magvit2.models.tiling import pad_to_multiple
 from magvit2.modules.causal import CausalCache
 
 SMALL = {"ch": 8, "ch_mult": [1, 2], "num_res_blocks": 1, "norm_groups": 4, "temporal_downsample": [True]}
@@ -103,13 +103,12 @@ def test_bad_refine_options():
         InferenceOptions(refine_steps=3, refine_lr=0.0)
 
 
-@pytest.mark.parametrize("whole_frame_norm", [True, False], ids=["whole-norm", "tile-norm"])
-def test_tiled_refinement_refines_each_tile_and_keeps_the_tiled_grid(frames, whole_frame_norm):
+def test_tiled_refinement_refines_each_tile_and_keeps_the_tiled_grid(frames):
     """--tile with --refine-steps (35x45 frames in 16-pixel tiles, 5-frame chunks): every tile's owned
     tokens are those a search on that tile alone finds, and the tiled reconstruction is closer to the
     source than tiled plain encoding."""
     model = _model({"kind": "lfq", "bits": 6})
-    opts = {"tile": 16, "overlap": 8, "max_chunk_frames": 5, "whole_frame_norm": whole_frame_norm}
+    opts = {"tile": 16, "overlap": 8, "max_chunk_frames": 5}
     plain_runner = TokenizerRunner(model, InferenceOptions(**opts))
     runner = TokenizerRunner(model, InferenceOptions(**opts, refine_steps=10))
     plain = np.concatenate([r for _, r in plain_runner.reconstruct(iter(frames))])
@@ -119,14 +118,12 @@ def test_tiled_refinement_refines_each_tile_and_keeps_the_tiled_grid(frames, who
     assert ids.shape == plain_runner.encode_frames(iter(frames)).ids.shape
     assert _psnr(refined, frames) > _psnr(plain, frames) + 0.5
 
-    if whole_frame_norm:
-        return  # the encoder's norms then use the whole frame's statistics: no tile-alone reference
     # the first tile and the last (whose bottom row and right column are padding), each encoded and
     # refined on its own chunk by chunk over its real pixels only, give the tokens they own
     s = model.spatial_factor
     padded, pad_b, pad_r = pad_to_multiple(to_tensor(frames).unsqueeze(0), s)
     assert pad_b and pad_r  # 35x45 frames: the last tile's loss must leave the padding out
-    tiles = runner._tiles(ids.shape[-2], ids.shape[-1])
+    tiles = runner._plan(ids.shape[-2], ids.shape[-1]).tiles
     for tile in (tiles[0], tiles[-1]):
         rows, cols = (
             slice(tile.top * s, (tile.top + tile.size_h) * s),
@@ -185,14 +182,14 @@ def test_chunk_error_is_measured_in_the_context_of_the_chosen_earlier_tokens(fra
 
 
 def test_python_api_matches_the_streaming_runner(frames):
-    """``VideoTokenizer.encode_refined`` (whole tensor, 5-frame chunks) gives the runner's tokens; with
-    0 steps it gives ``encode``'s."""
+    """``encode_refined`` (whole tensor, 5-frame chunks) gives the runner's tokens; with 0 steps it
+    gives ``encode``'s."""
     model = _model({"kind": "lfq", "bits": 6})
     video = to_tensor(frames[:, :32, :44]).unsqueeze(0)
-    assert torch.equal(model.encode_refined(video, steps=0), model.encode(video))
+    assert torch.equal(encode_refined(model, video, steps=0), model.encode(video))
     runner = TokenizerRunner(model, InferenceOptions(max_chunk_frames=5, refine_steps=4))
     clip = runner.encode_frames(iter(frames[:, :32, :44]))
-    assert torch.equal(model.encode_refined(video, steps=4, max_chunk_frames=5)[0], clip.ids)
+    assert torch.equal(encode_refined(model, video, steps=4, max_chunk_frames=5)[0], clip.ids)
 
 
 def test_token_files_and_shards_record_how_tokens_were_found(tmp_path, capsys, frames):

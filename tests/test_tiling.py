@@ -1,8 +1,29 @@
-"""Padding and spatial tiling: exact where the maths says so, seamless blending."""
+"""Spatial tiling: the tile plan covers the grid once, channel-norm models tile exactly, decoded tiles
+blend along linear ramps, and model, chunking and runner agree."""
 
+import numpy as np
+import pytest
 import torch
 
-from magvit2.inference.tiling import crop_padding, decode_tiled, encode_tiled, pad_to_multiple, plan_tiles
+from magvit2.inference.streaming import InferenceOptions, TokenizerRunner
+from magvit2.models import TokenizerConfig, VideoTokenizer
+from magvit2.models.tiling import Tiling, crop_padding, pad_to_multiple, plan_tiles
+
+#: 2x spatial, 2x temporal, channel norm: a receptive field of a few latent positions, fast on a CPU.
+CHANNEL = {"quantizer": {"kind": "lfq", "bits": 6}, "ch": 8, "ch_mult": [1, 2], "num_res_blocks": 1,
+           "temporal_downsample": [True], "norm": "channel"}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def model() -> VideoTokenizer:
+    torch.manual_seed(0)
+    return VideoTokenizer(TokenizerConfig.from_dict(CHANNEL)).eval()
+
+
+@pytest.fixture(scope="module")
+def video() -> torch.Tensor:
+    torch.manual_seed(1)
+    return torch.rand(1, 3, 5, 64, 80) * 2 - 1
 
 
 def test_pad_crop_round_trip():
@@ -23,50 +44,50 @@ def test_tiles_cover_grid_once():
         assert torch.equal(owned, torch.ones_like(owned))
 
 
-def test_pointwise_encoder_tiles_exactly():
-    # an "encoder" that sees only its own 4x4 block: tiled ids must equal untiled ids exactly
-    f = 4
-    video = torch.randn(1, 3, 2, 40, 56)
-
-    def enc(v, _i=0):
-        return (v.unfold(-2, f, f).unfold(-2, f, f).mean((1, -1, -2)) > 0).long()
-
-    assert torch.equal(encode_tiled(video, enc, f, tile=16, overlap=8), enc(video))
-
-
-def test_decode_blending_is_seamless_for_consistent_tiles():
-    # a decoder that is pointwise in the latent: every tile agrees on overlaps, so blending is exact
-    f = 2
-    ids = torch.randint(0, 5, (1, 3, 9, 11))
-
-    def dec(t, _i=0):
-        return t.float().repeat_interleave(f, -1).repeat_interleave(f, -2)[:, None].expand(-1, 3, -1, -1, -1)
-
-    out = decode_tiled(ids, dec, f, tile=8, overlap=4)
-    assert torch.allclose(out, dec(ids), atol=1e-6)
+def test_channel_norm_tiles_give_the_whole_frame_tokens(model, video):
+    """Overlapping tiles whose half overlap covers the receptive field give exactly the whole-frame
+    tokens, whole or in time chunks; without overlap the tokens near the inner borders differ (so the
+    check has teeth)."""
+    whole = model.encode(video)
+    tiled = model.encode(video, tile=48, overlap=24)  # 2 x 3 tiles of 24 x 24 latent positions
+    assert len(Tiling(48, 24).plan(32, 40, 2).tiles) == 6
+    assert torch.equal(tiled, whole)
+    assert torch.equal(model.encode(video, max_chunk_frames=3, tile=48, overlap=24), whole)
+    assert not torch.equal(model.encode(video, tile=48, overlap=0), whole)
+    model.enable_tiling(tile=48, overlap=24)
+    try:
+        assert torch.equal(model.encode(video), whole)
+        assert torch.equal(model.encode(video[:, :, 0]), whole[:, :1])  # an image
+    finally:
+        model.disable_tiling()
 
 
-def test_blend_moves_smoothly_between_disagreeing_tiles():
-    # tiles that disagree by a constant (tile i outputs i): the blend ramps linearly across each overlap
-    def dec(t, i):
-        return torch.full((1, 1, 1, 1, t.shape[-1]), float(i))
-
-    ids = torch.zeros(1, 1, 1, 20)
-    row = decode_tiled(ids, dec, 1, tile=12, overlap=4)[0, 0, 0, 0]
-    expected = torch.cat([torch.zeros(8), torch.arange(1, 5) / 5, torch.ones(8)])
-    assert torch.allclose(row, expected)
-    row = decode_tiled(ids, dec, 1, tile=12, overlap=8)[0, 0, 0, 0]  # three tiles, overlaps overlap
-    steps = row[1:] - row[:-1]
-    assert row[0] == 0 and row[-1] == 2 and steps.min() >= 0 and steps.max() < 0.34
+def test_tiled_decode_blends_close_to_whole_and_chunks_agree(model, video):
+    ids = model.encode(video)
+    whole = model.decode(ids)
+    tiled = model.decode(ids, tile=48, overlap=24)
+    assert tiled.shape == whole.shape
+    assert (tiled - whole).abs().mean() < 0.02 * whole.abs().mean()
+    torch.testing.assert_close(model.decode(ids, max_chunk_frames=3, tile=48, overlap=24), tiled)
+    codes = model.quantizer.indices_to_codes(ids)
+    torch.testing.assert_close(model.decode_codes(codes, tile=48, overlap=24), tiled)
 
 
-def test_decode_margin_drops_inner_border_pixels():
-    """Two tiles that disagree (0 and 1) over a 4-pixel overlap: with margin 1 the blend ramp skips the
-    outermost overlap pixel of each tile, so the row reads 0 (tile 0 only), 0, 1/3, 2/3, 1, then 1."""
-
-    def dec(t, i):
-        return torch.full((1, 1, 1, 1, t.shape[-1]), float(i))
-
-    row = decode_tiled(torch.zeros(1, 1, 1, 20), dec, 1, tile=12, overlap=4, margin=1)[0, 0, 0, 0]
+def test_blend_ramps_linearly_between_disagreeing_tiles():
+    """Tiles that output their own index: the blend ramps from one to the next across each overlap,
+    leaving out the quarter of the overlap next to each tile's inner border."""
+    plan = Tiling(12, 4).plan(1, 20, 1)
+    row = plan.decode(torch.zeros(1, 1, 1, 20), lambda crop, i: torch.full_like(crop, float(i)))[0, 0, 0]
     expected = torch.cat([torch.zeros(8), torch.tensor([0.0, 1 / 3, 2 / 3, 1.0]), torch.ones(8)])
     torch.testing.assert_close(row, expected)
+
+
+def test_runner_tiles_as_the_model_does(model, video):
+    """The streaming runner (CLI ``--tile``) tiles with the same plan: same tokens as the model."""
+    frames = ((video[0].permute(1, 2, 3, 0) + 1) * 127.5).round().to(torch.uint8).numpy()
+    opts = InferenceOptions(tile=48, overlap=24, max_chunk_frames=3, batch_size=3)
+    clip = TokenizerRunner(model, opts).encode_frames(iter(frames))
+    from magvit2.data.video_io import to_tensor
+
+    expected = model.encode(to_tensor(np.asarray(frames))[None])[0]
+    assert torch.equal(clip.ids, expected)

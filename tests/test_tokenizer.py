@@ -323,3 +323,35 @@ def test_from_pretrained_unknown_name_lists_builtin_models(tmp_path):
     with pytest.raises(ValueError, match="not a model directory.*built-in models"):
         VideoTokenizer.from_pretrained(tmp_path / "missing")
     assert resolve_pretrained(tmp_path) == tmp_path
+
+
+def test_old_config_files_load(tmp_path):
+    """config.json files of earlier versions, which carried every quantizer kind's fields and the
+    feedback fields switched off, still load; ``feedback: true`` is refused in one line naming the
+    loader of the previous built-in model; a quantizer field of another kind at a non-default value is
+    refused. New files hold the quantizer kind's own fields only."""
+    torch.manual_seed(0)
+    model = VideoTokenizer.from_config({"quantizer": {"kind": "lfq", "bits": 6}, "ch": 8, "ch_mult": [1, 2],
+                                        "num_res_blocks": 1, "norm_groups": 4})  # fmt: skip
+    folder = model.save_pretrained(tmp_path / "m")
+    meta = json.loads((folder / "config.json").read_text())
+    assert meta["quantizer"] == {"kind": "lfq", "bits": 6, "options": {}}
+    unused = {"codebook_size": 65536, "dim": 8, "levels": [8, 8, 8, 5, 5, 5]}  # other kinds' old defaults
+    old = {**meta, "feedback": False, "feedback_stages": 1, "feedback_last_repeats": 1,
+           "quantizer": {**meta["quantizer"], **unused}}  # fmt: skip
+    (folder / "config.json").write_text(json.dumps(old))
+    assert torch.equal(
+        VideoTokenizer.from_pretrained(folder).encoder.conv_in.weight, model.encoder.conv_in.weight
+    )
+    for bad, match in (
+        (
+            {**old, "feedback": True, "feedback_stages": 4},
+            r"config.json: .*feedback.*removed.*previous_model.py",
+        ),
+        ({**old, "quantizer": {**old["quantizer"], "dim": 4}}, r"quantizer 'lfq': unknown field 'dim'"),
+    ):
+        (folder / "config.json").write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match=match):
+            VideoTokenizer.from_pretrained(folder)
+    vq = TokenizerConfig.from_dict({"quantizer": {"kind": "cvq", "codebook_size": 16, "dim": 4, "bits": 18}})
+    assert vq.to_dict()["quantizer"] == {"kind": "cvq", "codebook_size": 16, "dim": 4, "options": {}}

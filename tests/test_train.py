@@ -22,10 +22,9 @@ from safetensors.torch import load_file
 import magvit2
 from magvit2 import VideoTokenizer
 from magvit2.config_io import resolve_path
-from magvit2.models.grow import load_growing
 from magvit2.training.checkpoint import latest_checkpoint, list_checkpoints
 from magvit2.training.config import TrainConfig, load_train_config, tokenizer_config
-from magvit2.training.trainer import freeze_parameters
+from magvit2.training.trainer import freeze_parameters, load_weights
 
 SRC = Path(magvit2.__file__).resolve().parents[1]
 
@@ -477,9 +476,9 @@ def test_freeze_keeps_named_parameters_fixed(tmp_path):
         Trainer(load_train_config(bad)).setup()
 
 
-def test_init_from_a_shallower_model_adds_identity_blocks(tmp_path):
-    """``model.init_from`` with more blocks in ``model.config``: the run's model starts as the folder's
-    model (same reconstruction), with the added blocks listed."""
+def test_init_from_starts_from_the_folders_weights(tmp_path):
+    """``model.init_from``: the run's model starts as the folder's model (same reconstruction); a
+    folder of another architecture is refused naming the tensor that differs."""
     from magvit2.models import TokenizerConfig, VideoTokenizer
     from magvit2.training.trainer import Trainer
 
@@ -489,83 +488,19 @@ def test_init_from_a_shallower_model_adds_identity_blocks(tmp_path):
         for p in source.parameters():
             p.add_(torch.randn_like(p) * 0.1)
     source.save_pretrained(tmp_path / "source")
-    deeper = {**TINY_MODEL, "config": {**TINY_MODEL["config"], "num_mid_blocks": 3},
-              "init_from": str(tmp_path / "source")}  # fmt: skip
-    path = write_config(tmp_path / "g.yaml", tiny_config(tmp_path / "g", model=deeper))
-    trainer = Trainer(load_train_config(path))
-    assert len(trainer.model.encoder.mid_block) == 3
+    same = {**TINY_MODEL, "init_from": str(tmp_path / "source")}
+    trainer = Trainer(
+        load_train_config(write_config(tmp_path / "g.yaml", tiny_config(tmp_path / "g", model=same)))
+    )
     video = torch.rand(1, 3, 5, 16, 16) * 2 - 1
     with torch.no_grad():
         expected = source.eval()(video).reconstruction
         got = trainer.model.eval()(video).reconstruction
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
-    wider = {**TINY_MODEL, "config": {**TINY_MODEL["config"], "ch": 16}, "init_from": deeper["init_from"]}
+    wider = {**TINY_MODEL, "config": {**TINY_MODEL["config"], "ch": 16}, "init_from": same["init_from"]}
     bad = write_config(tmp_path / "w.yaml", tiny_config(tmp_path / "w", model=wider))
     with pytest.raises(ValueError, match="model.init_from .*has shape"):
         Trainer(load_train_config(bad))
-
-
-def test_feedback_run_from_a_plain_model_trains_only_the_feedback(tmp_path):
-    """``model.config: {feedback: true}`` + ``init_from`` a model without feedback + ``freeze: [encoder,
-    decoder]``: the run starts from exactly the folder's model, only the feedback network moves, and
-    the final folder is a feedback model whose encoder and decoder are the folder's."""
-    from magvit2.models import TokenizerConfig, VideoTokenizer
-    from magvit2.training.trainer import Trainer
-
-    torch.manual_seed(0)
-    source = VideoTokenizer(TokenizerConfig(**TINY_MODEL["config"]))
-    source.save_pretrained(tmp_path / "source")
-    model = {**TINY_MODEL, "config": {**TINY_MODEL["config"], "feedback": True},
-             "init_from": str(tmp_path / "source"), "freeze": ["encoder", "decoder"]}  # fmt: skip
-    path = write_config(tmp_path / "f.yaml", tiny_config(tmp_path / "f", model=model, max_steps=3))
-    trainer = Trainer(load_train_config(path))
-    video = torch.rand(1, 3, 5, 16, 16) * 2 - 1
-    with torch.no_grad():
-        assert torch.equal(trainer.model.eval().encode(video), source.eval().encode(video))
-    trainer.model.train()
-    final = VideoTokenizer.from_pretrained(trainer.fit())
-    assert final.config.feedback
-    state, before = final.state_dict(), source.state_dict()
-    assert all(torch.equal(state[k], v) for k, v in before.items())
-    assert torch.count_nonzero(final.feedback.conv_out.conv_1.weight) > 0
-
-
-def test_refinement_distillation_moves_the_encoder_toward_refined_tokens(tmp_path, clips_dir):
-    """With only the distillation loss (decoder frozen), training moves the encoder's one pass toward
-    the tokens refinement finds: on a fixed clip its tokens agree more with the refined ones and decode
-    closer than before. Without distillation (all other weights 0 as well) nothing moves."""
-    from magvit2.data.video_io import read_video, to_tensor
-    from magvit2.inference.refine import RefineOptions, refine_ids
-
-    clip = to_tensor(read_video(clips_dir / "bigbuckbunny.mp4", max_frames=5)[:, 300:332, 600:632])[None]
-    only = {"l1_weight": 0.0, "l2_weight": 0.0, "perceptual_weight": 0.0, "adversarial_weight": 0.0,
-            "quantizer_weight": 0.0, "distill_steps": 5, "distill_lr": 0.2}  # fmt: skip
-    common = {"max_steps": 20, "model": {**TINY_MODEL, "freeze": ["decoder"]}, "data__image_ratio": 0.0}
-
-    def measure(model):
-        model.eval()
-        with torch.no_grad():
-            latent = model.encoder(clip)
-        ids, _ = refine_ids(model, latent, clip, RefineOptions(steps=20, lr=0.2))
-        plain = model.encode(clip)
-        agree = float((model.quantizer.indices_to_codes(plain) == model.quantizer.indices_to_codes(ids))
-                      .float().mean())  # fmt: skip
-        return agree, float(((model.decode(plain) - clip) ** 2).mean())
-
-    from magvit2.models import VideoTokenizer
-    from magvit2.training.config import tokenizer_config
-
-    fresh = VideoTokenizer(tokenizer_config(load_train_config(None, [f"model.config={TINY_MODEL['config']}",
-                                                                     "model.preset=null"])))  # fmt: skip
-    fresh.load_state_dict(_fresh_model_state())
-    before = measure(fresh)
-    loss = {**tiny_config(tmp_path)["loss"], **only}
-    still = _train(tmp_path, "nodistill", loss={**loss, "distill_weight": 0.0}, **common)
-    assert torch.equal(still.model.encode(clip), fresh.encode(clip))  # nothing moved without it
-    trained = _train(tmp_path, "distill", loss={**loss, "distill_weight": 1.0}, **common)
-    after = measure(trained.model)
-    assert after[0] > before[0] + 0.02
-    assert after[1] < 0.95 * before[1]
 
 
 def test_shipped_configs_load_and_name_existing_files():
@@ -573,7 +508,7 @@ def test_shipped_configs_load_and_name_existing_files():
     from magvit2.training.config import TrainConfig
 
     paths = sorted((SRC.parent / "configs").glob("*.yaml"))
-    assert len(paths) >= 2
+    assert paths
     for path in paths:
         cfg = load_train_config(path)
         assert isinstance(cfg, TrainConfig)
@@ -583,10 +518,8 @@ def test_shipped_configs_load_and_name_existing_files():
         if init:  # the model section fits the weights it starts from (as the trainer loads them)
             model = VideoTokenizer.from_config(tokenizer_config(cfg))
             source = VideoTokenizer.from_pretrained(resolve_path(init[0]))
-            assert load_growing(model, source.state_dict(), source=path.name) == [], path.name
+            load_weights(model, source, path.name)
             freeze_parameters(model, cfg.model.freeze)
-    distill = load_train_config(SRC.parent / "configs" / "tiny_distill.yaml")
-    assert distill.loss.distill_weight > 0 and distill.model.freeze == ["decoder"]
 
 
 def test_discriminator_optimizer_takes_its_own_options(tmp_path):

@@ -194,5 +194,7 @@ def test_bad_inputs_raise_value_error():
 
 
 def test_factory_builds_vq_with_options():
-    q = build_quantizer(QuantizerConfig(kind="vq", dim=6, codebook_size=32, options={"ema": True}))
+    q = build_quantizer(
+        QuantizerConfig.from_dict(dict(kind="vq", dim=6, codebook_size=32, options={"ema": True}))
+    )
     assert isinstance(q, VQ) and q.ema and q.codebook.shape == (32, 6) and q.dim == 6

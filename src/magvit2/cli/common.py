@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from magvit2.cli.allocator import release_free_memory
 from magvit2.config_io import resolve_path
 from magvit2.data.media import media_in_folder
 from magvit2.fileio import atomic_path, remove_path, stale_temps
@@ -68,31 +69,12 @@ def add_model_args(p: argparse.ArgumentParser, inference: bool = True) -> None:
             type=at_least(1),
             default=None,
             metavar="PX",
-            help="encode/decode frames larger than PX pixels in overlapping tiles (default: no tiling)",
+            help="encode/decode frames larger than PX pixels in overlapping tiles, so memory depends on "
+            "the tile, not the frame (default: no tiling); exact for channel-norm models such as the "
+            "built-in one when the overlap covers the receptive field, approximate for GroupNorm models",
         )
         g.add_argument(
             "--tile-overlap", type=at_least(0), default=None, metavar="PX", help="tile overlap (tile/4)"
-        )
-        g.add_argument(
-            "--tile-norm",
-            choices=["whole", "tile"],
-            default="whole",
-            help="normalisation statistics with tiles: 'whole' frame (exact, equals untiled; one extra "
-            "partial pass per norm layer) or each 'tile' its own (one pass; seams)",
-        )
-        g.add_argument(
-            "--no-feedback",
-            action="store_true",
-            help="models with a feedback network (the built-in one): encode with the encoder alone, "
-            "faster (built-in model: about half the time of encode + decode) and lower quality",
-        )
-        g.add_argument(
-            "--feedback-stages",
-            type=at_least(0),
-            default=None,
-            metavar="K",
-            help="models with several feedback stages: run only the first K (0: as --no-feedback); "
-            "each stage skipped saves one decoder and one encoder pass (default: all)",
         )
         g.add_argument(
             "--flat-memory",
@@ -168,19 +150,8 @@ def load_model(model: str | None, device: str = "cpu") -> VideoTokenizer:
 
 def make_runner(args: argparse.Namespace) -> TokenizerRunner:
     """Model + inference options from the parsed arguments."""
-    stages = getattr(args, "feedback_stages", None)
-    if getattr(args, "no_feedback", False) and stages is not None:
-        raise ValueError("--no-feedback and --feedback-stages: give one (--feedback-stages 0 is the former)")
     device = resolve_device(args.device)
     model = load_model(args.model, device)
-    model.use_feedback = not getattr(args, "no_feedback", False)
-    if stages is not None:
-        have = model.config.feedback_passes if model.feedback is not None else 0
-        if not 0 <= stages <= have:
-            raise ValueError(
-                f"--feedback-stages: expected 0..{have} (this model's feedback stages), got {stages}"
-            )
-        model.feedback_stages_used = stages
     mcf = args.max_chunk_frames or None  # 0: whole clips
     options = InferenceOptions(
         device=device,
@@ -188,11 +159,10 @@ def make_runner(args: argparse.Namespace) -> TokenizerRunner:
         max_chunk_frames=mcf,
         tile=args.tile,
         overlap=args.tile_overlap,
-        whole_frame_norm=args.tile_norm == "whole",
         refine_steps=getattr(args, "refine_steps", 0),
         refine_lr=getattr(args, "refine_lr", DEFAULT_LR),
     )
-    return TokenizerRunner(model, options)
+    return TokenizerRunner(model, options, after_chunk=release_free_memory)
 
 
 def discover_inputs(inputs: list[str]) -> list[tuple[Path, Path]]:

@@ -70,14 +70,6 @@ def _add_checkpoint(sources: argparse._SubParsersAction) -> None:
         default="float32",
         help="storage type of the floating weights (float16 halves the file; default float32)",
     )
-    c.add_argument(
-        "--int8",
-        nargs="+",
-        default=[],
-        metavar="PREFIX",
-        help="store the weights under these parameter-name prefixes (e.g. more_feedback) in 8 bits with "
-        "a scale per output channel: half of float16's size for them, loaded back as float32",
-    )
     c.add_argument("--overwrite", action="store_true", help="replace an existing model in OUT_DIR")
     c.set_defaults(func=run_checkpoint)
 
@@ -111,8 +103,6 @@ def run_checkpoint(args: argparse.Namespace) -> int:
         ema=not args.raw,
         dtype=getattr(torch, args.dtype),
         overwrite=args.overwrite,
-        int8=args.int8,
     )
-    int8 = f", int8: {' '.join(args.int8)}" if args.int8 else ""
-    print(f"wrote {args.out_dir}: {group} weights of step {step} from {path} ({args.dtype}{int8})")
+    print(f"wrote {args.out_dir}: {group} weights of step {step} from {path} ({args.dtype})")
     return 0

@@ -7,7 +7,14 @@ import json
 
 import torch
 
-from magvit2.quantizers import QUANTIZER_KINDS, QuantizerConfig, build_quantizer
+from magvit2.quantizers import (
+    QUANTIZER_KINDS,
+    FSQConfig,
+    LFQConfig,
+    QuantizerConfig,
+    VQConfig,
+    build_quantizer,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,10 +35,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _configs(bits: int) -> dict[str, QuantizerConfig]:
     return {
-        "lfq": QuantizerConfig(kind="lfq", bits=bits),
-        "vq": QuantizerConfig(kind="vq", dim=8, codebook_size=2 ** min(bits, 14)),
-        "cvq": QuantizerConfig(kind="cvq", dim=8, codebook_size=2 ** min(bits, 14)),
-        "fsq": QuantizerConfig(kind="fsq", levels=[8, 8, 8, 5, 5, 5]),
+        "lfq": LFQConfig(bits=bits),
+        "vq": VQConfig(kind="vq", dim=8, codebook_size=2 ** min(bits, 14)),
+        "cvq": VQConfig(kind="cvq", dim=8, codebook_size=2 ** min(bits, 14)),
+        "fsq": FSQConfig(levels=[8, 8, 8, 5, 5, 5]),
     }
 
 

@@ -8,8 +8,8 @@ import sys
 from collections.abc import Sequence
 
 from magvit2.cli import convert, demo, detokenize, evaluate, info, reconstruct, tokenize, train, trainset
+from magvit2.cli.allocator import bound_heap_growth
 from magvit2.cli.common import printable
-from magvit2.inference.streaming import bound_heap_growth
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,9 +10,8 @@ to 512 pixels, 1 and 5 frames, a small random model and the built-in one) is
     bytes = K * C * 4 * pixels * (frames + 2) + 16 * frame_pixels * frames
 
 with ``C`` the channels at full resolution (``ch * ch_mult[0]``), ``frames`` the frames of one chunk
-(+2: the causal convolutions' padding in time), ``K`` = 9 for an encoder pass, times
-``1 + feedback passes`` for models with feedback networks (each stage runs a decoder and an encoder),
-and 14 for a decoder pass; the last term holds whole frames (input, output, ids). The measured peaks
+(+2: the causal convolutions' padding in time), ``K`` = 9 for an encoder pass and 14 for a decoder
+pass; the last term holds whole frames (input, output, ids). The measured peaks
 were 0.6 to 1.0 times it (it errs high, most with several frames a chunk). With tiles, ``pixels`` is
 what one batch of tiles covers.
 """
@@ -45,9 +44,7 @@ def estimate_bytes(
     ``pixels``; the formula in this module's docstring)."""
     cfg = model.config
     channels = cfg.ch * cfg.ch_mult[0]
-    feedback = getattr(model, "feedback_nets", list)  # models without feedback networks: none
-    passes = 1 + (len(feedback()) if encode else 0)
-    k = ENCODE_K * passes if encode else DECODE_K
+    k = ENCODE_K if encode else DECODE_K
     whole = pixels if frame_pixels is None else frame_pixels
     return int(k * channels * 4 * pixels * (frames + 2) + 16 * whole * frames)
 

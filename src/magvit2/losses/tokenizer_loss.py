@@ -24,7 +24,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from magvit2.inference.refine import RefineOptions
 from magvit2.losses.adversarial import (
     ADVERSARIAL_LOSSES,
     LeCam,
@@ -80,10 +79,6 @@ class LossConfig:
             constant 0.1 every MAGVIT-v2 experiment used; its annealing numbers are unpublished.
         disc_channels, disc_channel_multipliers, disc_input_size: :class:`DiscriminatorConfig` sizes
             (MAGVIT-v2: 128, (2, 4, 4, 4, 4)).
-        distill_weight: weight of refinement distillation (:mod:`magvit2.losses.distillation`; 0 =
-            off): the encoder is also trained toward the tokens that ``distill_steps`` refinement
-            steps of step size ``distill_lr`` find for each batch. Each step costs one decoder forward
-            and backward pass more.
     """
 
     l1_weight: float = 1.0
@@ -111,9 +106,6 @@ class LossConfig:
     disc_channels: int = 128
     disc_channel_multipliers: tuple[int, ...] = field(default_factory=lambda: (2, 4, 4, 4, 4))
     disc_input_size: tuple[int, int, int] | None = None
-    distill_weight: float = 0.0
-    distill_steps: int = 5
-    distill_lr: float = 0.2
 
     def __post_init__(self) -> None:
         if self.adversarial_loss not in ADVERSARIAL_LOSSES:
@@ -126,7 +118,7 @@ class LossConfig:
                 f"LossConfig.generator_loss must be one of {ADVERSARIAL_LOSSES}, got {self.generator_loss!r}"
             )
         for name in ("l1_weight", "l2_weight", "perceptual_weight", "adversarial_weight", "lecam_weight",
-                     "r1_weight", "quantizer_weight", "distill_weight"):  # fmt: skip
+                     "r1_weight", "quantizer_weight"):  # fmt: skip
             if getattr(self, name) < 0:
                 raise ValueError(f"LossConfig.{name} must be >= 0, got {getattr(self, name)}")
         if self.r1_every < 1 or self.disc_start < 0:
@@ -135,15 +127,6 @@ class LossConfig:
             )
         self.disc_channel_multipliers = tuple(self.disc_channel_multipliers)
         self.entropy_schedule()  # validate
-        if self.distill_weight > 0 and (self.distill_steps < 1 or not self.distill_lr > 0):
-            raise ValueError(
-                "LossConfig with distill_weight > 0 needs distill_steps >= 1 and distill_lr > 0, "
-                f"got {self.distill_steps} and {self.distill_lr}"
-            )
-
-    def distill_options(self) -> RefineOptions:
-        """The refinement that produces the distillation targets."""
-        return RefineOptions(steps=self.distill_steps, lr=self.distill_lr)
 
     def entropy_schedule(self) -> EntropyWeightSchedule:
         """The quantizer entropy-weight schedule these settings describe."""

@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from magvit2.config_io import check_fields
-from magvit2.models.config import TokenizerConfig
-from magvit2.quantizers.config import QuantizerConfig, build_quantizer, check_options
+from magvit2.models.config import TokenizerConfig, drop_removed_keys
+from magvit2.quantizers.config import QuantizerConfig, build_quantizer, check_options, config_class
 
 #: Fields that must be > 0 (a zero ``norm_groups`` would divide by zero).
-POSITIVE = ("in_channels", "ch", "norm_groups", "norm_eps", "feedback_stages", "feedback_last_repeats")
+POSITIVE = ("in_channels", "ch", "norm_groups", "norm_eps")
 QUANTIZER_POSITIVE = ("bits", "codebook_size", "dim")
 
 
@@ -21,11 +21,23 @@ def parse_tokenizer_config(data: Any, where: str, field: str = "") -> TokenizerC
     """``data`` (a mapping of :class:`TokenizerConfig` fields, ``quantizer`` a mapping too) ->
     the config, its quantizer built once to check ``options``; ``where``: the file or source and
     ``field`` the path of ``data`` inside it, for the messages."""
+    if isinstance(data, dict):
+        try:
+            data = drop_removed_keys(data)
+        except ValueError as err:
+            raise ValueError(f"{where}: {field + ': ' if field else ''}{err}") from err
     fields = check_fields(TokenizerConfig, data, where, field, POSITIVE)
     at = f"{field}.quantizer" if field else "quantizer"
     if "quantizer" in fields and not isinstance(fields["quantizer"], QuantizerConfig):
-        quantizer = check_fields(QuantizerConfig, fields["quantizer"], where, at, QUANTIZER_POSITIVE)
-        fields["quantizer"] = _quantizer(quantizer, where, at)
+        quantizer = fields["quantizer"]
+        try:
+            cls, quantizer = (
+                config_class(quantizer) if isinstance(quantizer, dict) else (QuantizerConfig, quantizer)
+            )
+        except ValueError as err:
+            raise ValueError(f"{where}: {at}.kind: {err}") from err
+        quantizer = check_fields(cls, quantizer, where, at, QUANTIZER_POSITIVE)
+        fields["quantizer"] = _quantizer(cls, quantizer, where, at)
     try:
         cfg = TokenizerConfig.from_dict(fields)
     except (ValueError, TypeError, ZeroDivisionError) as err:
@@ -33,10 +45,11 @@ def parse_tokenizer_config(data: Any, where: str, field: str = "") -> TokenizerC
     return cfg
 
 
-def _quantizer(fields: dict[str, Any], where: str, at: str) -> QuantizerConfig:
-    """A :class:`QuantizerConfig` from checked fields, its options checked and the quantizer built."""
+def _quantizer(cls: type[QuantizerConfig], fields: dict[str, Any], where: str, at: str) -> QuantizerConfig:
+    """A quantizer config of class ``cls`` from checked fields, its options checked and the quantizer
+    built."""
     try:
-        cfg = QuantizerConfig(**fields)
+        cfg = cls(**fields)
     except ValueError as err:
         raise ValueError(f"{where}: {at}: {err}") from err
     check_options(cfg.kind, cfg.options, f"{where}: {at}.options")

@@ -2,10 +2,28 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from magvit2.quantizers.config import QuantizerConfig
+from magvit2.quantizers.config import LFQConfig, QuantizerConfig
+
+#: Keys of feedback encoding (removed) and the value each had when it was off.
+_REMOVED = {"feedback": False, "feedback_stages": 1, "feedback_last_repeats": 1}
+
+
+def drop_removed_keys(d: dict[str, Any]) -> dict[str, Any]:
+    """``d`` without the feedback-encoding keys earlier versions wrote when it was off; a ValueError
+    when it was on (the feature was removed)."""
+    d = dict(d)
+    for key, off in _REMOVED.items():
+        if key in d and d[key] == off:
+            del d[key]
+        elif key in d:
+            raise ValueError(
+                f"TokenizerConfig: {key}={d[key]!r}: feedback encoding was removed from magvit2; the "
+                "previous built-in model loads through benchmarks/previous_model.py"
+            )
+    return d
 
 
 def _per_level(value: int | list[int] | tuple[int, ...], levels: int, name: str) -> tuple[int, ...]:
@@ -51,24 +69,9 @@ class TokenizerConfig:
         time_pooled_norm: False (default): normalisation statistics per frame, strictly causal, chunked
             processing exact. True: statistics pooled over time as Open-MAGVIT2's video model (not
             causal; chunked processing is refused).
-        feedback: False (default, Open-MAGVIT2's layout): the encoder's latent is quantized as it is.
-            True: analysis by synthesis, as a video codec's encoder runs its own decoder: the
-            decoder reconstructs the encoder's tokens, and a second encoder of the same shape (the
-            ``feedback`` network, input: the video and that reconstruction, ``2 * in_channels``
-            channels) adds a correction to the latent before it is quantized. One fixed pass, no
-            per-clip search; encoding costs one decoder pass and one encoder pass more (for
-            ``tiny`` about 5x the encoder's FLOPs: its decoder is the larger network). Decoding is
-            unchanged; ``VideoTokenizer.use_feedback = False`` (CLI ``--no-feedback``) skips it.
-        feedback_stages: with ``feedback``, how many times the loop runs, each time with its own
-            feedback network: stage ``k`` decodes the latent corrected by the stages before it and
-            adds its own correction. Each stage costs one decoder and one encoder pass more.
-        feedback_last_repeats: with ``feedback``, how many times the last stage's network runs (1:
-            once). Runs after the first are further stages that share its weights: more correction
-            for one decoder and one encoder pass each, and no more parameters. The loop then has
-            ``feedback_passes`` stages.
     """
 
-    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+    quantizer: QuantizerConfig = field(default_factory=LFQConfig)
     in_channels: int = 3
     ch: int = 128
     ch_mult: tuple[int, ...] = (1, 2, 2, 4)
@@ -80,19 +83,10 @@ class TokenizerConfig:
     norm_groups: int = 32
     norm_eps: float = 1e-6
     time_pooled_norm: bool = False
-    feedback: bool = False
-    feedback_stages: int = 1
-    feedback_last_repeats: int = 1
 
     def __post_init__(self) -> None:
-        if self.feedback_stages < 1:
-            raise ValueError(f"TokenizerConfig.feedback_stages: expected >= 1, got {self.feedback_stages}")
-        if self.feedback_last_repeats < 1:
-            raise ValueError(
-                f"TokenizerConfig.feedback_last_repeats: expected >= 1, got {self.feedback_last_repeats}"
-            )
         if isinstance(self.quantizer, dict):
-            self.quantizer = QuantizerConfig(**self.quantizer)
+            self.quantizer = QuantizerConfig.from_dict(self.quantizer)
         self.ch_mult = tuple(int(m) for m in self.ch_mult)
         levels = len(self.ch_mult)
         if levels < 1 or min(self.ch_mult) < 1:
@@ -129,18 +123,6 @@ class TokenizerConfig:
         """Latent channels (the quantizer's input width)."""
         return self.quantizer.latent_dim
 
-    def feedback_config(self) -> TokenizerConfig:
-        """Config of the feedback network: this encoder's, fed the video and its reconstruction."""
-        return replace(
-            self, in_channels=2 * self.in_channels, feedback=False, feedback_stages=1, feedback_last_repeats=1
-        )
-
-    @property
-    def feedback_passes(self) -> int:
-        """Feedback stages encoding runs (0 without ``feedback``): the distinct networks, plus the
-        last one's repeats."""
-        return self.feedback_stages + self.feedback_last_repeats - 1 if self.feedback else 0
-
     @property
     def spatial_factor(self) -> int:
         return 2 ** (len(self.ch_mult) - 1)
@@ -152,6 +134,7 @@ class TokenizerConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (tuples become lists)."""
         d = asdict(self)
+        d["quantizer"] = self.quantizer.to_dict()
         for k, v in d.items():
             if isinstance(v, tuple):
                 d[k] = list(v)
@@ -159,14 +142,15 @@ class TokenizerConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TokenizerConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise a ValueError."""
+        """Inverse of :meth:`to_dict`; unknown keys raise a ValueError. The keys of feedback encoding,
+        which earlier versions wrote, are ignored when it is off."""
+        d = drop_removed_keys(d)
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
             raise ValueError(
                 f"TokenizerConfig: unknown keys {sorted(unknown)}; expected a subset of {sorted(known)}"
             )
-        d = dict(d)
         if isinstance(d.get("quantizer"), dict):
-            d["quantizer"] = QuantizerConfig(**d["quantizer"])
+            d["quantizer"] = QuantizerConfig.from_dict(d["quantizer"])
         return cls(**d)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,9 +13,9 @@ from torch import Tensor, nn
 
 from magvit2.fileio import set_default_permissions
 from magvit2.models.config import TokenizerConfig
-from magvit2.models.int8 import dequantize_int8, quantize_int8
 from magvit2.models.networks import Decoder, Encoder
 from magvit2.models.presets import get_preset
+from magvit2.models.tiling import TilePlan, Tiling
 from magvit2.modules import CausalCache
 from magvit2.quantizers import QuantizerOutput, build_quantizer
 
@@ -115,16 +115,8 @@ class VideoTokenizer(nn.Module):
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
         self.quantizer = build_quantizer(config.quantizer)
-        self.feedback = Encoder(config.feedback_config()) if config.feedback else None
-        #: the feedback networks of stages 2.. (``config.feedback_stages``); empty for one stage.
-        stages = config.feedback_stages if config.feedback else 1
-        self.more_feedback = nn.ModuleList(Encoder(config.feedback_config()) for _ in range(stages - 1))
-        #: False: encode with the encoder alone although the model has a feedback network (faster,
-        #: lower quality; right after ``init_from`` added the network, the source model's tokens).
-        self.use_feedback = True
-        #: how many feedback stages encoding runs: None all of them, ``k`` the first ``k`` (0: as
-        #: ``use_feedback = False``); a speed/quality choice, the tokens stay this model's vocabulary.
-        self.feedback_stages_used: int | None = None
+        #: tile size and overlap that encode/decode use when not given one (:meth:`enable_tiling`).
+        self.tiling: Tiling | None = None
 
     # ------------------------------------------------------------------ construction and files
     @classmethod
@@ -143,15 +135,11 @@ class VideoTokenizer(nn.Module):
             )
         return cls(config)
 
-    def save_pretrained(
-        self, directory: str | Path, dtype: torch.dtype | None = None, int8: Sequence[str] = ()
-    ) -> Path:
+    def save_pretrained(self, directory: str | Path, dtype: torch.dtype | None = None) -> Path:
         """Write ``config.json`` and ``model.safetensors`` (every parameter and persistent buffer).
 
         ``dtype`` (e.g. ``torch.float16``) stores floating tensors in that type to halve the file;
-        ``int8`` (parameter-name prefixes, e.g. ``["more_feedback"]``) stores the weights under them
-        in 8 bits with a scale per output channel (:mod:`magvit2.models.int8`).
-        :meth:`from_pretrained` loads both back into the model's float32 parameters.
+        :meth:`from_pretrained` loads them back into the model's float32 parameters.
         """
         if dtype is not None and not dtype.is_floating_point:
             raise ValueError(f"VideoTokenizer.save_pretrained: expected a floating dtype, got {dtype}")
@@ -161,7 +149,6 @@ class VideoTokenizer(nn.Module):
         (directory / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n")
         cast = lambda v: v.to(dtype) if dtype is not None and v.is_floating_point() else v
         tensors = {k: cast(v.detach()).contiguous().cpu() for k, v in self.state_dict().items()}
-        tensors = quantize_int8(tensors, list(int8)) if int8 else tensors
         save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
         set_default_permissions(directory / WEIGHTS_NAME)
         return directory
@@ -186,15 +173,14 @@ class VideoTokenizer(nn.Module):
         meta.pop("model", None)
         if version != FORMAT_VERSION:
             raise ValueError(f"{config_path}: expected format_version {FORMAT_VERSION}, got {version}")
-        model = cls(TokenizerConfig.from_dict(meta))
+        try:
+            model = cls(TokenizerConfig.from_dict(meta))
+        except ValueError as err:
+            raise ValueError(f"{config_path}: {err}") from err
         try:
             state = load_file(str(weights_path), device=str(device))
         except Exception as err:  # safetensors raises its own error type (not an OSError)
             raise ValueError(f"{weights_path}: not a readable safetensors file (truncated?): {err}") from err
-        try:
-            state = dequantize_int8(state)
-        except ValueError as err:
-            raise ValueError(f"{weights_path}: {err}") from err
         expected = model.state_dict()
         missing = [k for k in expected if k not in state]
         unexpected = [k for k in state if k not in expected]
@@ -223,20 +209,6 @@ class VideoTokenizer(nn.Module):
     def codebook_size(self) -> int:
         """Number of distinct token ids."""
         return self.quantizer.codebook_size
-
-    def feedback_nets(self) -> list[nn.Module]:
-        """The feedback networks encoding runs, in order (``use_feedback``, ``feedback_stages_used``);
-        empty: the encoder alone."""
-        if self.feedback is None or not self.use_feedback:
-            return []
-        nets = [self.feedback, *self.more_feedback]
-        nets += [nets[-1]] * (self.config.feedback_last_repeats - 1)
-        return nets if self.feedback_stages_used is None else nets[: self.feedback_stages_used]
-
-    @property
-    def feeds_back(self) -> bool:
-        """Whether encoding runs a feedback network (the model has one and it is switched on)."""
-        return bool(self.feedback_nets())
 
     @property
     def z_channels(self) -> int:
@@ -315,29 +287,41 @@ class VideoTokenizer(nn.Module):
             )
         return bounds
 
-    # ------------------------------------------------------------------ encoding step
-    def latent(self, x: Tensor, cache: CausalCache | None = None) -> Tensor:
-        """Latent before quantization of a 5-D video chunk ``(B, C, T, H, W)`` -> ``(B, Z, n, h, w)``.
+    # ------------------------------------------------------------------ the architecture
+    def forward(self, video: Tensor) -> TokenizerOutput:
+        """Encode, quantize, decode (differentiable, for training): the reconstruction (same shape as
+        ``video``), the quantizer's output and the latent."""
+        x, image = self._check_video(video, "forward")
+        latent = self.encoder(x)
+        q = self.quantizer(latent)
+        rec = self.decoder(q.codes)
+        return TokenizerOutput(rec[:, :, 0] if image else rec, q, latent)
 
-        The encoder's output; with ``config.feedback`` that output's tokens are decoded (without
-        gradients) and the feedback network adds a correction computed from the video and that
-        reconstruction. ``cache`` carries every network's causal state to the next chunk (encoder,
-        decoder and feedback network are distinct modules, so one cache serves all three). No input
-        checks: the public methods make them.
+    # ------------------------------------------------------------------ tiling
+    def enable_tiling(self, tile: int = 256, overlap: int | None = None) -> None:
+        """Encode and decode frames larger than ``tile`` pixels in overlapping tiles of that size
+        (``overlap`` pixels, default a quarter of the tile; :mod:`magvit2.models.tiling`), so memory
+        depends on the tile, not on the frame. The ``tile``/``overlap`` arguments of the encode and
+        decode methods override this setting for one call.
+
+        For ``norm="channel"`` models the tokens equal a whole-frame pass when half the overlap
+        covers the encoder's receptive field; for ``norm="group"`` models each tile normalises with
+        its own statistics (an approximation). Decoded tiles are blended with linear ramps.
         """
-        u = self.encoder(x, cache)
-        if not self.feeds_back:
-            return u
-        nets = self.feedback_nets()
-        for stage, net in enumerate(nets):
-            dec_cache = cache if cache is None or stage == 0 else cache.scope(("decoder", stage))
-            repeat = cache is not None and net in nets[:stage]  # a repeated last stage: its own state
-            net_cache = cache.scope(("feedback", stage)) if repeat else cache
-            with torch.no_grad():
-                ids = self.quantizer.codes_to_indices(u)
-                rec = self.decoder(self.quantizer.indices_to_codes(ids).to(u.dtype), dec_cache)
-            u = u + net(torch.cat([x, rec.to(x.dtype)], dim=1), net_cache)
-        return u
+        self.tiling = Tiling(tile, overlap)
+
+    def disable_tiling(self) -> None:
+        """Encode and decode whole frames (the default)."""
+        self.tiling = None
+
+    def _tile_plan(self, tile: int | None, overlap: int | None, h: int, w: int) -> TilePlan | None:
+        """Tiles of an ``h`` x ``w`` latent grid (``tile`` given, else :meth:`enable_tiling`'s), or
+        None when the frame fits in one tile."""
+        tiling = self.tiling if tile is None else Tiling(tile, overlap)
+        if tiling is None:
+            return None
+        plan = tiling.plan(h, w, self.spatial_factor)
+        return plan if len(plan.tiles) > 1 else None
 
     # ------------------------------------------------------------------ inference
     def _video_chunks(self, x: Tensor, bounds: list[tuple[int, int]]) -> Iterator[Tensor]:
@@ -347,106 +331,113 @@ class VideoTokenizer(nn.Module):
             yield x[:, :, video_frames(a, t) : video_frames(b, t)]
 
     @torch.inference_mode()
-    def encode_latent(self, video: Tensor, max_chunk_frames: int | None = None) -> Tensor:
+    def encode_latent(
+        self,
+        video: Tensor,
+        max_chunk_frames: int | None = None,
+        tile: int | None = None,
+        overlap: int | None = None,
+    ) -> Tensor:
         """Continuous encoder output before quantization: ``(B, Z, 1+k, h, w)`` (``(B, Z, 1, h, w)``
-        for an image)."""
+        for an image). Arguments as in :meth:`encode`."""
         x, _ = self._check_video(video, "encode_latent")
         n_latent = 1 + (x.shape[2] - 1) // self.temporal_factor
         bounds = self._check_chunking(max_chunk_frames, n_latent, "encode")
-        if len(bounds) == 1:
-            return self.latent(x)
-        cache = CausalCache()
-        return torch.cat([self.latent(chunk, cache) for chunk in self._video_chunks(x, bounds)], dim=2)
+        s = self.spatial_factor
+        plan = self._tile_plan(tile, overlap, x.shape[3] // s, x.shape[4] // s)
+        chunked = len(bounds) > 1  # one cache per tile carries each tile's causal state across chunks
+        caches = [CausalCache() if chunked else None for _ in (plan.tiles if plan else [None])]
+        if plan is None:
+            parts = [self.encoder(chunk, caches[0]) for chunk in self._video_chunks(x, bounds)]
+        else:
+            run = lambda crops, i: self.encoder(crops, caches[i])
+            parts = [plan.encode(chunk, run) for chunk in self._video_chunks(x, bounds)]
+        return torch.cat(parts, dim=2) if chunked else parts[0]
 
     @torch.inference_mode()
-    def encode(self, video: Tensor, max_chunk_frames: int | None = None) -> Tensor:
+    def encode(
+        self,
+        video: Tensor,
+        max_chunk_frames: int | None = None,
+        tile: int | None = None,
+        overlap: int | None = None,
+    ) -> Tensor:
         """Token ids, int64 ``(B, 1+k, H/s, W/s)`` for a video ``(B, 3, 1+t*k, H, W)`` in [-1, 1];
         ``(B, 1, H/s, W/s)`` for an image ``(B, 3, H, W)``.
 
         ``max_chunk_frames``: process at most that many frames at a time (first chunk ``1 + t*m``,
         later chunks ``t*m`` frames, rounded down; see :func:`latent_chunks`); the ids equal a
         whole-video pass and peak memory does not grow with the video's length.
+        ``tile``/``overlap``: process the frame in overlapping tiles of that many pixels (default:
+        as :meth:`enable_tiling` set, else whole frames).
         """
-        return self.quantizer.codes_to_indices(self.encode_latent(video, max_chunk_frames))
+        return self.quantizer.codes_to_indices(self.encode_latent(video, max_chunk_frames, tile, overlap))
 
-    def encode_refined(
-        self, video: Tensor, steps: int = 30, lr: float | None = None, max_chunk_frames: int | None = None
+    @torch.inference_mode()
+    def encode_codes(
+        self,
+        video: Tensor,
+        max_chunk_frames: int | None = None,
+        tile: int | None = None,
+        overlap: int | None = None,
     ) -> Tensor:
-        """Token ids like :meth:`encode`, then searched for ``steps`` Adam steps for tokens that decode
-        closer to ``video`` (:mod:`magvit2.inference.refine`; never worse than :meth:`encode`'s, same
-        vocabulary). Costs ``steps`` decoder forward + backward passes per chunk; the weights are not
-        changed. ``max_chunk_frames`` as in :meth:`encode` (each chunk is refined given the chosen
-        tokens of the chunks before it)."""
-        from magvit2.inference.refine import DEFAULT_LR, RefineOptions, refine_ids  # builds on models
-
-        x, _ = self._check_video(video, "encode_refined")
-        n_latent = 1 + (x.shape[2] - 1) // self.temporal_factor
-        bounds = self._check_chunking(max_chunk_frames, n_latent, "encode")
-        options = RefineOptions(steps, DEFAULT_LR if lr is None else lr)
-        chunked = len(bounds) > 1  # one chunk needs no caches (and no decode to advance one)
-        enc_cache, dec_cache = (CausalCache(), CausalCache()) if chunked else (None, None)
-        parts = []
-        for chunk in self._video_chunks(x, bounds):
-            with torch.inference_mode():
-                latent = self.latent(chunk, enc_cache)
-            parts.append(refine_ids(self, latent, chunk, options, dec_cache)[0])
-        return torch.cat(parts, dim=1)
-
-    @torch.inference_mode()
-    def encode_codes(self, video: Tensor, max_chunk_frames: int | None = None) -> Tensor:
         """Quantized codes ``(B, Z, 1+k, h, w)`` (for LFQ: +-1) of a video or image."""
-        return self.quantizer.indices_to_codes(self.encode(video, max_chunk_frames)).to(
-            self.last_layer_weight().dtype
-        )
+        ids = self.encode(video, max_chunk_frames, tile, overlap)
+        return self.quantizer.indices_to_codes(ids).to(self.last_layer_weight().dtype)
 
     @torch.inference_mode()
-    def decode_codes(self, codes: Tensor, max_chunk_frames: int | None = None) -> Tensor:
+    def decode_codes(
+        self,
+        codes: Tensor,
+        max_chunk_frames: int | None = None,
+        tile: int | None = None,
+        overlap: int | None = None,
+    ) -> Tensor:
         """Codes ``(B, Z, 1+k, h, w)`` -> video ``(B, 3, 1+t*k, h*s, w*s)``; image codes
-        ``(B, Z, h, w)`` -> image ``(B, 3, h*s, w*s)``."""
+        ``(B, Z, h, w)`` -> image ``(B, 3, h*s, w*s)``. Arguments as in :meth:`decode`."""
         q, image = self._check_codes(codes, "decode_codes")
         q = q.to(self.last_layer_weight().dtype)
-        out = self._decode_chunked(
-            lambda a, b: q[:, :, a:b], q.shape[0], q.shape[2], q.shape[3:], q.device, max_chunk_frames
-        )
+        out = self._decode_chunked(lambda a, b: q[:, :, a:b], q.shape, max_chunk_frames, tile, overlap)
         return out[:, :, 0] if image else out
 
     @torch.inference_mode()
-    def decode(self, ids: Tensor, max_chunk_frames: int | None = None) -> Tensor:
+    def decode(
+        self,
+        ids: Tensor,
+        max_chunk_frames: int | None = None,
+        tile: int | None = None,
+        overlap: int | None = None,
+    ) -> Tensor:
         """Token ids ``(B, 1+k, h, w)`` -> video ``(B, 3, 1+t*k, h*s, w*s)`` (float, about [-1, 1]);
-        ids ``(B, h, w)`` -> image ``(B, 3, h*s, w*s)``. ``max_chunk_frames`` counts output frames."""
+        ids ``(B, h, w)`` -> image ``(B, 3, h*s, w*s)``. ``max_chunk_frames`` counts output frames;
+        ``tile``/``overlap`` in output pixels (overlapping tiles blended with linear ramps)."""
         ids, image = self._check_ids(ids, "decode")
         dtype = self.last_layer_weight().dtype
         get = lambda a, b: self.quantizer.indices_to_codes(ids[:, a:b]).to(dtype)
-        out = self._decode_chunked(
-            get, ids.shape[0], ids.shape[1], ids.shape[2:], ids.device, max_chunk_frames
-        )
+        b, n, h, w = ids.shape
+        out = self._decode_chunked(get, (b, self.z_channels, n, h, w), max_chunk_frames, tile, overlap)
         return out[:, :, 0] if image else out
 
-    def _decode_chunked(self, get_codes, batch: int, n_latent: int, hw, device, max_chunk_frames) -> Tensor:
-        """Decode latent frames chunk by chunk into one preallocated output video."""
+    def _decode_chunked(self, get_codes, shape, max_chunk_frames, tile, overlap) -> Tensor:
+        """Decode latent frames (``get_codes(a, b)``: codes of latent frames ``[a, b)``; ``shape``:
+        ``(B, Z, n, h, w)`` of all of them) chunk by chunk and tile by tile into one output video."""
+        batch, _, n_latent, h, w = shape
         bounds = self._check_chunking(max_chunk_frames, n_latent, "decode")
-        if len(bounds) == 1:
-            return self.decoder(get_codes(0, n_latent))
-        t, s = self.temporal_factor, self.spatial_factor
-        out = torch.empty(
-            batch,
-            self.config.in_channels,
-            video_frames(n_latent, t),
-            hw[0] * s,
-            hw[1] * s,
-            device=device,
-            dtype=self.last_layer_weight().dtype,
-        )
-        cache = CausalCache()
-        for a, b in bounds:
-            out[:, :, video_frames(a, t) : video_frames(b, t)] = self.decoder(get_codes(a, b), cache)
-        return out
+        plan = self._tile_plan(tile, overlap, h, w)
+        chunked = len(bounds) > 1
+        caches = [CausalCache() if chunked else None for _ in (plan.tiles if plan else [None])]
 
-    # ------------------------------------------------------------------ training
-    def forward(self, video: Tensor) -> TokenizerOutput:
-        """Encode, quantize, decode (differentiable): reconstruction (same shape) and quantizer output."""
-        x, image = self._check_video(video, "forward")
-        latent = self.latent(x)
-        q = self.quantizer(latent)
-        rec = self.decoder(q.codes)
-        return TokenizerOutput(rec[:, :, 0] if image else rec, q, latent)
+        def decode(a: int, b: int) -> Tensor:
+            q = get_codes(a, b)
+            if plan is None:
+                return self.decoder(q, caches[0])
+            return plan.decode(q, lambda crops, i: self.decoder(crops, caches[i]))
+
+        if not chunked:
+            return decode(0, n_latent)
+        t, s, weight = self.temporal_factor, self.spatial_factor, self.last_layer_weight()
+        frames = video_frames(n_latent, t)
+        out = weight.new_empty(batch, self.config.in_channels, frames, h * s, w * s)
+        for a, b in bounds:
+            out[:, :, video_frames(a, t) : video_frames(b, t)] = decode(a, b)
+        return out

@@ -25,7 +25,6 @@ class CausalCache:
     def __init__(self) -> None:
         self._state: dict[int, object] = {}
         self._owners: dict[int, nn.Module] = {}  # keeps ids valid while the cache lives
-        self._scopes: dict[object, CausalCache] = {}
 
     def get(self, module: nn.Module) -> object | None:
         """The state ``module`` stored after the previous chunk, or ``None`` before the first chunk."""
@@ -40,17 +39,12 @@ class CausalCache:
         """Whether ``module`` has already processed an earlier chunk of this video."""
         return id(module) in self._state
 
-    def scope(self, key: object) -> CausalCache:
-        """A separate cache stored inside this one under ``key`` (created on first use), for a module
-        that runs more than once per chunk on different inputs (e.g. the decoder inside a multi-stage
-        feedback encoding): each run keeps its own state."""
-        if key not in self._scopes:
-            self._scopes[key] = CausalCache()
-        return self._scopes[key]
-
-    def scopes(self) -> list[tuple[object, CausalCache]]:
-        """The ``(key, cache)`` pairs made by :meth:`scope`."""
-        return list(self._scopes.items())
+    def copy(self) -> CausalCache:
+        """A copy that a trial pass can advance without touching this cache (modules replace their
+        entries, never modify them in place, so a shallow copy suffices)."""
+        new = CausalCache()
+        new._state, new._owners = dict(self._state), dict(self._owners)
+        return new
 
 
 def conv3d(conv: nn.Conv3d, x: Tensor) -> Tensor:

@@ -77,15 +77,9 @@ class TokenFile:
         return max(1, (self.vocabulary - 1).bit_length())
 
 
-def encoding_name(refine_steps: int = 0, refine_lr: float = 0.0, feedback: tuple[int, int] = (0, 0)) -> str:
-    """The ``encoding`` recorded with tokens: ``encoder`` or ``refined steps=N lr=X``, with
-    `` (feedback off)`` when a feedback model encoded with its encoder alone and
-    `` (feedback stages K of N)`` with some of its stages; ``feedback``: (stages run, stages it has)."""
-    name = ONE_PASS if refine_steps == 0 else f"refined steps={refine_steps} lr={refine_lr:g}"
-    used, total = feedback
-    if used == total:
-        return name
-    return f"{name} (feedback off)" if used == 0 else f"{name} (feedback stages {used} of {total})"
+def encoding_name(refine_steps: int = 0, refine_lr: float = 0.0) -> str:
+    """The ``encoding`` recorded with tokens: ``encoder`` or ``refined steps=N lr=X``."""
+    return ONE_PASS if refine_steps == 0 else f"refined steps={refine_steps} lr={refine_lr:g}"
 
 
 def model_fingerprint(config: dict, state_dict: dict[str, torch.Tensor]) -> str:

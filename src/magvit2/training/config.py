@@ -43,9 +43,8 @@ class ModelSection:
         config: :class:`magvit2.models.TokenizerConfig` fields that replace the preset's (e.g.
             ``{ch: 32, quantizer: {kind: lfq, bits: 10}}``; a ``quantizer`` mapping replaces the
             preset's quantizer fields it names).
-        init_from: a ``save_pretrained`` folder whose weights start the run (null: random init). The run's
-            model may have more residual blocks than the folder's (``model.config``: ``num_res_blocks``,
-            ``num_mid_blocks``, ...); those start as identities (:mod:`magvit2.models.grow`).
+        init_from: a ``save_pretrained`` folder whose weights start the run (null: random init); its
+            architecture must be the run's.
         activation_checkpointing: recompute each residual block's activations in the backward pass
             instead of storing them (less memory, about 30% more compute).
         freeze: parameter-name prefixes kept fixed (e.g. ``[decoder]`` fine-tunes only the encoder

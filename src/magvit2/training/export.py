@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -35,10 +34,9 @@ def export_checkpoint(
     ema: bool = True,
     dtype: torch.dtype | None = None,
     overwrite: bool = False,
-    int8: Sequence[str] = (),
 ) -> tuple[Path, int, str]:
-    """Write the checkpoint's tokenizer (EMA copy unless ``ema=False``) to ``out_dir``; ``dtype`` and
-    ``int8`` as :meth:`VideoTokenizer.save_pretrained` takes them.
+    """Write the checkpoint's tokenizer (EMA copy unless ``ema=False``) to ``out_dir``; ``dtype`` as
+    :meth:`VideoTokenizer.save_pretrained` takes it.
 
     The architecture comes from the checkpoint's own ``config.yaml``. Returns (checkpoint folder, its
     step, weight group exported: ``"ema"`` or ``"model"``).
@@ -61,5 +59,5 @@ def export_checkpoint(
             f"{path}/{group}.safetensors: does not match config.yaml; missing {missing[:5]}, "
             f"unexpected {unexpected[:5]}"
         )
-    model.save_pretrained(out_dir, dtype=dtype, int8=int8)
+    model.save_pretrained(out_dir, dtype=dtype)
     return path, step, group

@@ -50,12 +50,9 @@ from magvit2.data.media import resized_size
 from magvit2.data.video_io import probe
 from magvit2.fileio import atomic_path, remove_path, remove_stale_temps
 from magvit2.losses import TokenizerLoss
-from magvit2.losses.distillation import distillation_loss, refined_target_codes
 from magvit2.models import VideoTokenizer
 from magvit2.models.checks import read_model_config
-from magvit2.models.grow import load_growing
 from magvit2.modules.blocks import ResBlock
-from magvit2.quantizers import LFQ
 from magvit2.training.checkpoint import (
     CheckpointError,
     latest_checkpoint,
@@ -173,6 +170,22 @@ def load_clip(
 # ------------------------------------------------------------------------------------------------ trainer
 
 
+def load_weights(model: VideoTokenizer, source: VideoTokenizer, where: str) -> None:
+    """Copy ``source``'s weights into ``model``; a ValueError naming ``where`` unless the two have
+    the same architecture."""
+    expected, state = model.state_dict(), source.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [f"{k} has shape {list(v.shape)} (model.config: {list(expected[k].shape)})"
+             for k, v in state.items() if k in expected and v.shape != expected[k].shape]  # fmt: skip
+    if missing or unexpected or wrong:
+        raise ValueError(
+            f"{where}: its architecture differs from model.config; missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}, {'; '.join(wrong[:3]) or 'no shape differs'}"
+        )
+    model.load_state_dict(state)
+
+
 class Trainer:
     """Trains a :class:`VideoTokenizer` as a :class:`TrainConfig` says.
 
@@ -226,21 +239,14 @@ class Trainer:
             self.resume()  # last: nothing may draw from the restored RNG states before the first step
 
     def _build_model(self) -> VideoTokenizer:
-        """The configured tokenizer: started from ``model.init_from`` (grown where the config is
-        larger), ``model.freeze`` applied, activation checkpointing on if asked."""
+        """The configured tokenizer: started from ``model.init_from``'s weights if given,
+        ``model.freeze`` applied, activation checkpointing on if asked."""
         cfg = self.cfg
         model = VideoTokenizer.from_config(tokenizer_config(cfg))
         if cfg.model.init_from:
             source = resolve_path(cfg.model.init_from)
             read_model_config(source)  # a malformed config.json: one line naming the file and the field
-            pretrained = VideoTokenizer.from_pretrained(source)
-            added = load_growing(model, pretrained.state_dict(), source=f"model.init_from {source}")
-            if added and self.info.is_main:
-                log.info(
-                    "model.init_from: %d parts added as identities (residual blocks, feedback): %s",
-                    len(added),
-                    ", ".join(added),
-                )
+            load_weights(model, VideoTokenizer.from_pretrained(source), f"model.init_from {source}")
         freeze_parameters(model, cfg.model.freeze)
         if cfg.model.activation_checkpointing:
             enable_activation_checkpointing(model)
@@ -428,10 +434,6 @@ class Trainer:
                     loss, chunk_logs = self.loss_fn(
                         x, out.reconstruction, out.quantizer, step, last_layer=self.model.last_layer_weight()
                     )
-                if self.cfg.loss.distill_weight > 0:
-                    distill = self.distill_loss(x, out.latent)
-                    loss = loss + self.cfg.loss.distill_weight * distill
-                    chunk_logs["distill"] = distill.detach()
                 (loss * weight).backward()
             pairs.append((x, out.reconstruction.detach()))
             for k, v in chunk_logs.items():
@@ -444,14 +446,6 @@ class Trainer:
             self.ema.update(self.model)
         logs["entropy_weight"] = torch.tensor(float(getattr(self.model.quantizer, "entropy_weight", 0.0)))
         return logs, pairs
-
-    def distill_loss(self, x: Tensor, latent: Tensor) -> Tensor:
-        """Refinement distillation (:mod:`magvit2.losses.distillation`) for clips ``x`` ``(B, 3, T, H, W)``
-        (or images ``(B, 3, H, W)``) whose encoder latent is ``latent`` ``(B, Z, n, h, w)``."""
-        video = x.unsqueeze(2) if x.dim() == 4 else x
-        with self._autocast():
-            targets = refined_target_codes(self.model, latent, video, self.cfg.loss.distill_options())
-        return distillation_loss(latent, targets, binary=isinstance(self.model.quantizer, LFQ))
 
     def disc_step(self, pairs: list[tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
         """One discriminator update on (real, detached fake) pairs; no-op before ``disc_start``."""
