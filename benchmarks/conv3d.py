@@ -65,9 +65,14 @@ def main() -> None:
     p.add_argument("--frames", type=int, default=33)
     p.add_argument("--chunk", type=int, default=17, help="max_chunk_frames")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--smoke", action="store_true", help="a random tiny model, 5 frames of one clip")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    model = VideoTokenizer.from_pretrained(args.model)
+    if args.smoke:
+        args.model, args.clips, args.frames, args.chunk = "tiny (random)", ["carphone_pristine"], 5, 5
+        model = VideoTokenizer.from_config("tiny").eval()
+    else:
+        model = VideoTokenizer.from_pretrained(args.model)
     report = {"model": args.model, "frames": args.frames, "chunk": args.chunk, "threads": args.threads,
               "torch": torch.__version__, "clips": {}}  # fmt: skip
     for clip in args.clips:

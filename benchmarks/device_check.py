@@ -13,8 +13,7 @@
 3. **Inference throughput**: `benchmarks/throughput.py` on the device (its own JSON, embedded).
 
     PYTHONPATH=src python benchmarks/device_check.py --out $OUT/device_check.json     # on a GPU
-    PYTHONPATH=src python benchmarks/device_check.py --device cpu --steps 3 --warmup 1 --frames 5 \\
-        --resolution 32 --skip-throughput --clip-frames 5                           # a dry run anywhere
+    PYTHONPATH=src python benchmarks/device_check.py --smoke                        # a dry run anywhere
 """
 
 from __future__ import annotations
@@ -101,13 +100,19 @@ def training_run(precision: str, args: argparse.Namespace, out_dir: Path) -> dic
     return result
 
 
-def held_out_clip(device: torch.device, frames: int) -> dict:
-    """The built-in model on carphone's first ``frames`` frames on ``device`` and on the CPU."""
+def held_out_clip(device: torch.device, frames: int, model_name: str = "default") -> dict:
+    """The built-in model (or ``model_name``: a folder or preset) on carphone's first ``frames``
+    frames on ``device`` and on the CPU."""
     frames_u8 = read_video(resolve_path(CLIP), max_frames=frames)
     video = to_tensor(frames_u8)[None]
     out = {}
     for where in ("cpu", str(device)) if device.type != "cpu" else ("cpu",):
-        model = VideoTokenizer.from_pretrained("default").to(where).eval()
+        if model_name == "default" or Path(model_name).is_dir():
+            model = VideoTokenizer.from_pretrained(model_name)
+        else:
+            torch.manual_seed(0)  # a random preset: the same weights on every device
+            model = VideoTokenizer.from_config(model_name)
+        model = model.to(where).eval()
         x = video.to(where)
         with torch.inference_mode():
             model.decode(model.encode(x[:, :, :1]))  # warm-up (kernels, allocator)
@@ -157,7 +162,13 @@ def main() -> None:
     p.add_argument("--skip-throughput", action="store_true")
     p.add_argument("--throughput-timeout", type=int, default=240)
     p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    p.add_argument("--smoke", action="store_true", help="CPU, one step of 5x32x32 clips, a random tiny model")
     args = p.parse_args()
+    model = "default"
+    if args.smoke:
+        args.device, args.steps, args.warmup, args.last, args.frames = "cpu", 1, 0, 1, 5
+        args.resolution, args.batch, args.clip_frames, args.skip_throughput = 32, 1, 5, True
+        model = "tiny"
     device = torch.device(args.device)
     report: dict = {"environment": environment(device)}
     with tempfile.TemporaryDirectory() as tmp:
@@ -165,7 +176,7 @@ def main() -> None:
     runs["bf16_speedup"] = round(runs["fp32"]["seconds_per_step"] / runs["bf16"]["seconds_per_step"], 2)
     runs["bf16_loss_ratio"] = round(runs["bf16"]["mean_last_losses"] / runs["fp32"]["mean_last_losses"], 4)
     report["training"] = runs
-    report["held_out_clip"] = held_out_clip(device, args.clip_frames)
+    report["held_out_clip"] = held_out_clip(device, args.clip_frames, model)
     if not args.skip_throughput:
         report["throughput"] = throughput(args)
     text = json.dumps(report, indent=1)

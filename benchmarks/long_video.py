@@ -10,6 +10,7 @@ resident size in each tenth of its time (does it creep, and does it level?).
 
     PYTHONPATH=src python benchmarks/long_video.py [--short-seconds 10] [--long-minutes 10] [--fps 4]
         [--size 32] [--mmap-threshold default|flat|BYTES]
+    PYTHONPATH=src python benchmarks/long_video.py --smoke      # seconds: checks the script runs
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ import json, os, resource, sys, threading, time
 import magvit2.cli.main as cli
 threshold = sys.argv[1]
 if threshold not in ("default", "flat"):  # another fixed mmap threshold than --flat-memory's
-    from magvit2.inference.streaming import bound_heap_growth
+    from magvit2.cli.allocator import bound_heap_growth
     cli.bound_heap_growth = lambda: bound_heap_growth(int(threshold))
 samples = []  # resident set size every 0.25 s (Linux /proc; empty elsewhere)
 def sample():
@@ -106,7 +107,10 @@ def main() -> None:
         help="'default' (glibc's allocator, as magvit2 reconstruct runs), 'flat' (its --flat-memory: "
         "a fixed 256 KiB mmap threshold) or another fixed threshold in bytes",
     )
+    p.add_argument("--smoke", action="store_true", help="clips of 2 and 4 seconds: checks the script runs")
     args = p.parse_args()
+    if args.smoke:
+        args.short_seconds, args.long_minutes, args.size, args.max_chunk_frames = 2, 4 / 60, 16, 5
     base = read_video(clips_dir() / "bigbuckbunny.mp4", max_frames=64, size=(args.size, args.size))
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

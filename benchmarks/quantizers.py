@@ -23,6 +23,7 @@ Rows: vocabularies 2^10 .. 2^18 at 1,024 tokens for both sides; ours alone at 2^
 Usage::
 
     PYTHONPATH=src python benchmarks/quantizers.py [--tokens 1024] [--repeats 3] [--peer-large]
+    PYTHONPATH=src python benchmarks/quantizers.py --smoke     # seconds: checks the script runs
 
 Prints one JSON object on stdout (a markdown table on stderr).
 """
@@ -174,6 +175,8 @@ def run(args: argparse.Namespace) -> dict:
     base = {"repeats": args.repeats, "threads": args.threads}
     plan = [(bits, args.tokens, True, False) for bits in args.bits]
     plan += [(18, 2560, args.peer_large, False), (24, 2560, False, False), (32, 2560, False, True)]
+    if args.smoke:
+        plan = [(10, 64, True, False), (32, 64, False, True)]
     for bits, tokens, with_peer, grouped in plan:
         row = {"bits": bits, "vocabulary": f"2^{bits}", "tokens": tokens}
         row["mode"] = "grouped (16-bit groups)" if grouped else "exact"
@@ -248,7 +251,10 @@ def main() -> None:
         "--peer-large", action="store_true", help="also run the peer at 2^18 x 2560 (needs ~19 GB)"
     )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--smoke", action="store_true", help="64 tokens, 2^10 and 2^32 (grouped), one run")
     args = parser.parse_args()
+    if args.smoke:
+        args.repeats = 1
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return

@@ -9,7 +9,7 @@ Prints JSON, writes it and a plot (PSNR against N) to ``--out-dir``.
 
     PYTHONPATH=src python benchmarks/refine.py --steps 0 10 20 30 50 --clips carphone_pristine
     PYTHONPATH=src python benchmarks/refine.py --steps 0 30 --clips bikes --plot-with OUT/refine.json
-    PYTHONPATH=src python benchmarks/refine.py --steps 0 --no-feedback   # a feedback model's encoder alone
+    PYTHONPATH=src python benchmarks/refine.py --smoke --out-dir /tmp/refine   # seconds: a random model
 """
 
 from __future__ import annotations
@@ -100,19 +100,24 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=DEFAULT_LR)
     p.add_argument("--max-chunk-frames", type=int, default=17)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    p.add_argument("--no-feedback", action="store_true", help="feedback models: the encoder's tokens alone")
     p.add_argument("--out-dir", type=Path, default=Path("benchmarks/results"))
     p.add_argument("--plot-with", type=Path, nargs="*", default=[],
                    help="earlier refine.json files whose clips join this run's JSON and plot")  # fmt: skip
+    p.add_argument("--smoke", action="store_true", help="a random tiny model, 5 frames, 1 step")
     args = p.parse_args()
+    if args.smoke:
+        args.model, args.clips, args.frames, args.steps = "tiny", ["carphone_pristine"], 5, [1]
+        args.max_chunk_frames = 5
     if args.threads:
         torch.set_num_threads(args.threads)
     steps = sorted(set([0, *args.steps]))  # N = 0 is the reference
-    model = VideoTokenizer.from_pretrained(args.model)
-    model.use_feedback = not args.no_feedback
+    model = (
+        VideoTokenizer.from_config("tiny").eval()
+        if args.smoke
+        else VideoTokenizer.from_pretrained(args.model)
+    )
     results = {
         "model": args.model,
-        "feedback": model.feeds_back,
         "device": f"CPU, {torch.get_num_threads()} threads",
         "frames": args.frames,
         "lr": args.lr,

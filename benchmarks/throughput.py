@@ -8,6 +8,8 @@ long clip in time chunks versus a short clip whole, each in a fresh subprocess.
 
     PYTHONPATH=src python benchmarks/throughput.py                      # full table (GPU advised)
     PYTHONPATH=src python benchmarks/throughput.py --models tiny --sizes 128 --repeats 1
+    PYTHONPATH=src python benchmarks/throughput.py --skip-speed --skip-memory --threads 2 --previous DIR
+    PYTHONPATH=src python benchmarks/throughput.py --smoke               # seconds: checks the script runs
 
 Peak memory: CUDA ``max_memory_allocated``; on CPU the peak resident set size above the one after
 the warm-up call (sampled from /proc every 2 ms), which includes the input and the output.
@@ -194,6 +196,30 @@ def train_step_seconds(name: str, batch: int, frames: int, size: int, device, re
     }
 
 
+def previous_vs_builtin(folder: str, device: torch.device, repeats: int, size: int = 256) -> dict:
+    """Seconds to encode one 17-frame clip of ``size`` x ``size`` with the built-in model and with the
+    previous one (four feedback stages, loaded from ``folder`` by ``benchmarks/previous_model.py``)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from previous_model import PreviousModel
+
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 17, size, size, device=device) * 2 - 1
+    out = {"clip": f"17x{size}x{size}", "threads": torch.get_num_threads()}
+    for name, model in (
+        ("builtin", VideoTokenizer.from_pretrained("default")),
+        ("previous", PreviousModel.from_folder(folder)),
+    ):
+        model = model.to(device).eval()
+        seconds, peak = time_call(model.encode, x, device, repeats)
+        out[name] = {
+            "encode_s": round(seconds, 3),
+            "encode_fps": round(17 / seconds, 2),
+            "peak_mem_mb": round(peak / 2**20, 1),
+        }
+    out["previous_over_builtin"] = round(out["previous"]["encode_s"] / out["builtin"]["encode_s"], 2)
+    return out
+
+
 def child_memory(args: argparse.Namespace) -> None:
     """Subprocess: encode + decode one clip, print peak memory above the model's baseline (JSON)."""
     torch.set_num_threads(args.threads)
@@ -278,10 +304,26 @@ def main() -> None:
         metavar="MODEL",
         help="also time a training step of MODEL at batch 4 x 17 x 64 x 64",
     )
+    p.add_argument(
+        "--previous",
+        metavar="DIR",
+        help="also time encoding 17x256x256 with the previous built-in model in DIR (see "
+        "benchmarks/previous_model.py) beside the built-in model (run with --threads 2)",
+    )
+    p.add_argument("--smoke", action="store_true", help="tiny at 32x32, one variant, one repeat")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--child-frames", type=int, default=17, help=argparse.SUPPRESS)
     p.add_argument("--child-chunked", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.smoke:
+        args.models, args.sizes, args.frames, args.variants, args.repeats = (
+            ["tiny"],
+            [32],
+            5,
+            ["inference_mode"],
+            1,
+        )
+        args.matmul_size, args.long_frames, args.chunk, args.memory_size = 256, 9, 5, 32
     if args.child:
         child_memory(args)
         return
@@ -311,6 +353,8 @@ def main() -> None:
         report["train_step"] = train_step_seconds(args.train_step, 4, 17, 64, device, args.repeats)
     if not args.skip_memory:
         report["chunked_memory"] = chunked_memory(args)
+    if args.previous:
+        report["previous_vs_builtin"] = previous_vs_builtin(args.previous, device, args.repeats)
     print(json.dumps(report, indent=2))
 
 

@@ -7,6 +7,7 @@ bigbuckbunny.mp4 and scikit-image's photographs), then measures on the held-out 
 the perplexity of the ids. Prints JSON and writes a plot.
 
     python benchmarks/vocabulary.py --steps 400 --jobs 2 --out-dir benchmarks/results/vocabulary
+    python benchmarks/vocabulary.py --smoke --out-dir /tmp/vocabulary     # checks the script runs
 
 A run whose ``OUT_DIR/<quantizer>-<bits>/result.json`` exists (with the same ``--quantizer-weight``)
 is not trained again, so an interrupted benchmark continues where it stopped.
@@ -206,7 +207,11 @@ def main() -> None:
     parser.add_argument(
         "--plot-with", nargs="*", default=[], help="vocabulary.json of other invocations to draw as well"
     )
+    parser.add_argument("--smoke", action="store_true", help="LFQ and FSQ at 2^10, one step, small clips")
     args = parser.parse_args()
+    if args.smoke:
+        args.quantizers, args.bits, args.steps, args.batch_size = ["lfq", "fsq"], [10], 1, 1
+        args.resolution, args.eval_frames, args.eval_size = 16, 5, 32
     Path(args.out_dir).mkdir(parents=True, exist_ok=True)
     grid = [(kind, bits) for kind in args.quantizers for bits in args.bits]
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
