@@ -5,6 +5,7 @@ token file, then times (median of many runs) the checksum alone, ``load_tokens``
 and one decode of the clip. Prints JSON.
 
     PYTHONPATH=src python benchmarks/checksum_cost.py [--frames 17]
+    PYTHONPATH=src python benchmarks/checksum_cost.py --smoke       # seconds: a random tiny model
 """
 
 from __future__ import annotations
@@ -40,8 +41,12 @@ def main() -> None:
     """Measure and print the three times and the checksum's share of a decode."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=17)
+    parser.add_argument("--smoke", action="store_true", help="a random tiny model on 5 frames")
     args = parser.parse_args()
-    runner = TokenizerRunner(VideoTokenizer.from_pretrained("default"))
+    if args.smoke:
+        args.frames = 5
+    model = VideoTokenizer.from_config("tiny") if args.smoke else VideoTokenizer.from_pretrained("default")
+    runner = TokenizerRunner(model)
     clip = runner.encode_frames(iter_frames(resolve_path(CLIP), max_frames=args.frames))
     tf = TokenFile(clip.ids, runner.fingerprint, runner.vocabulary, clip.frames, clip.height, clip.width,
                    clip.pad_bottom, clip.pad_right)  # fmt: skip

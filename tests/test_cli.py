@@ -716,7 +716,7 @@ MALFORMED_MODEL_CONFIGS = {
     "ch_mult an int": ({"ch_mult": 5}, "ch_mult: expected list of int"),
     "norm_groups 0": ({"norm_groups": 0}, "norm_groups: expected a number > 0"),
     "norm_eps not a number": ({"norm_eps": "abc"}, "norm_eps: expected float"),
-    "feedback_stages a string": ({"feedback_stages": "2"}, "feedback_stages"),  # (or an unknown field)
+    "feedback on": ({"feedback": True}, "feedback encoding was removed"),  # the previous built-in model
     "quantizer null": ({"quantizer": None}, "quantizer: expected a mapping"),
     "bits not a number": ({"quantizer": {"kind": "lfq", "bits": "x"}}, "quantizer.bits: expected int"),
     "unknown quantizer key": ({"quantizer": {**LFQ10, "colour": 1}}, "unknown field(s) ['colour']"),
