@@ -103,8 +103,10 @@ class VideoTokenizer(nn.Module):
     time, so latent frame ``j`` depends only on frames ``<= t*j`` and a video can be processed in
     time chunks (``max_chunk_frames``) with the same result as a whole-video pass.
 
-    ``encode``/``decode``/``encode_codes``/``decode_codes``/``encode_latent`` run in inference mode
-    (no gradients); use ``forward`` for training.
+    ``forward`` is the architecture: encode, quantize, decode (differentiable, for training).
+    ``encode``/``decode``/``encode_codes``/``decode_codes``/``encode_latent`` run the same parts in
+    inference mode; their arguments choose time chunks (``max_chunk_frames``) and spatial tiles
+    (``tile``, ``overlap``; :meth:`enable_tiling` sets a default).
     """
 
     def __init__(self, config: TokenizerConfig) -> None:
