@@ -9,7 +9,11 @@ ramps, a fade through black, and colour casts.
   and a photograph fading to black and back.
 
     PYTHONPATH=src python benchmarks/builtin_checks.py                       # the built-in model
-    PYTHONPATH=src python benchmarks/builtin_checks.py --model DIR --previous OLD_DIR
+    PYTHONPATH=src python benchmarks/builtin_checks.py --model DIR --previous OLD_DIR --trainset data/trainset
+
+``--previous`` loads the previous built-in model (four feedback stages) through
+``benchmarks/previous_model.py``; ``--trainset`` adds each model's PSNR on clips synthesised from the
+training set's validation split (the score models are chosen by; 16 clips of 17x128x128, seed 1234).
     PYTHONPATH=src python benchmarks/builtin_checks.py --smoke               # seconds: a random tiny model
 """
 
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -25,10 +30,12 @@ import numpy as np
 import torch
 
 from magvit2 import VideoTokenizer
+from magvit2.data.synthetic import ClipSynth
 from magvit2.data.video_io import read_image, read_video
 from magvit2.evaluation import ssim
 from magvit2.evaluation.baselines import block_average
 from magvit2.evaluation.sanity import channel_mean_error, psnr_uint8, reconstruct, sanity_report
+from magvit2.models.presets import PRESETS
 
 HELD_OUT = ("carphone_pristine.mp4", "carphone_distorted.mp4", "bikes.mp4")
 
@@ -64,20 +71,34 @@ def held_out(model: VideoTokenizer, frames: int, clips: tuple[str, ...]) -> dict
     return rows
 
 
-def report(model: VideoTokenizer, args: argparse.Namespace) -> dict:
+def validation_psnr(model, clips: torch.Tensor) -> float:
+    """Mean PSNR (dB, values in [-1, 1]) of one encode + decode pass over ``clips`` ``(N, 3, T, H, W)``."""
+    values = []
+    with torch.inference_mode():
+        for part in clips.split(4):
+            mse = (model.decode(model.encode(part)).clamp(-1, 1) - part).pow(2).flatten(1).mean(1)
+            values += (10 * torch.log10(4 / mse)).tolist()
+    return round(sum(values) / len(values), 3)
+
+
+def report(model, args: argparse.Namespace, val: torch.Tensor | None) -> dict:
     """Every check for one model."""
     image = read_image(data_dir("skimage", "data") / "astronaut.png", size=(args.size * 2, args.size * 2))
-    return {
+    out = {
         "parameters": sum(p.numel() for p in model.parameters()),
         "held_out": held_out(model, args.frames, args.clips),
         **sanity_report(model, image, frames=17, size=args.size),
     }
+    if val is not None:
+        out["validation_psnr"] = validation_psnr(model, val)
+    return out
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="default", help="model folder or built-in name")
-    p.add_argument("--previous", default=None, help="another model folder, measured the same way")
+    p.add_argument("--previous", default=None, help="the previous built-in model's folder (see above)")
+    p.add_argument("--trainset", default=None, help="a `magvit2 trainset` folder: also score its validation")
     p.add_argument("--frames", type=int, default=33)
     p.add_argument("--size", type=int, default=64, help="side of the flat and ramp clips")
     p.add_argument("--clips", nargs="+", default=list(HELD_OUT))
@@ -87,19 +108,19 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.smoke:
         args.frames, args.size, args.clips = 5, 32, ["carphone_pristine.mp4"]
-        models = {"random": VideoTokenizer.from_config({**_tiny(), "norm": "channel"})}
+        models = {"random": VideoTokenizer.from_config(dict(PRESETS["tiny"], norm="channel"))}
     else:
         models = {"model": VideoTokenizer.from_pretrained(args.model)}
         if args.previous:
-            models["previous"] = VideoTokenizer.from_pretrained(args.previous)
-    out = {name: report(m.eval(), args) for name, m in models.items()}
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            from previous_model import PreviousModel
+
+            models["previous"] = PreviousModel.from_folder(args.previous)
+    val = None
+    if args.trainset:
+        val = ClipSynth.from_folder(args.trainset, "val", seed=1234).batch(16, 17, 128)
+    out = {name: report(m.eval(), args, val) for name, m in models.items()}
     print(json.dumps(out, indent=2))
-
-
-def _tiny() -> dict:
-    from magvit2.models.presets import PRESETS
-
-    return dict(PRESETS["tiny"], norm_groups=8)
 
 
 if __name__ == "__main__":
