@@ -1,0 +1,389 @@
+"""The language-model trainer: ``LMTrainer(config).fit()``, or ``magvit2 lm train CONFIG.yaml``.
+
+It keeps the tokenizer trainer's guarantees with the same parts (:mod:`magvit2.training`): atomic
+checkpoints holding the model, EMA, optimiser, schedule, step and every rank's RNG states, and
+training windows that are a pure function of the step (:class:`~magvit2.lm.data.WindowSampler`),
+so a run killed at any moment and resumed with ``resume=True`` ends with exactly the weights of an
+uninterrupted run; torchrun DDP, bf16 autocast, gradient accumulation, warm-up + cosine, tqdm and
+TensorBoard, SIGTERM/SIGINT/time-limit stops after the step under way.
+
+One optimiser step: ``optim.grad_accum_steps`` micro-batches of windows (length and batch size from
+the progressive schedule, ``data.stages``), loss = weighted mean negative log-likelihood (weights:
+``loss``), gradient clipping, AdamW, schedule, EMA. Reported: bits per token (unweighted).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
+
+from magvit2.config_io import resolve_path
+from magvit2.lm.config import LMTrainConfig, lm_config_to_yaml
+from magvit2.lm.data import TokenClips, WindowSampler, class_names, eval_windows, load_clips
+from magvit2.lm.transformer import VideoLM
+from magvit2.models import VideoTokenizer
+from magvit2.models.tokenizer import resolve_pretrained
+from magvit2.tokens import model_fingerprint
+from magvit2.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from magvit2.training.distributed import DistInfo, barrier, broadcast_module, init_distributed
+from magvit2.training.ema import EMA
+from magvit2.training.monitor import Monitor
+from magvit2.training.schedule import warmup_cosine
+from magvit2.training.stopping import REASONS, StopRequests
+from magvit2.training.trainer import rng_state, seed_everything, set_rng_state
+
+log = logging.getLogger("magvit2.lm")
+LN2 = math.log(2.0)
+UNIGRAM_NAME = "unigram.safetensors"
+
+
+def load_tokenizer(name: str, device: str | torch.device = "cpu") -> tuple[VideoTokenizer, str]:
+    """``default`` or a tokenizer folder -> (model in eval mode, its fingerprint)."""
+    model = VideoTokenizer.from_pretrained(resolve_pretrained(resolve_path(name)), device=device).eval()
+    return model, model_fingerprint(model.config.to_dict(), model.state_dict())
+
+
+def frame_weights(frames: int, tokens_per_frame: int, full: int, later: float) -> Tensor:
+    """Loss weight of each token of a window ``(frames * tokens_per_frame,)``: 1 for the first
+    ``full`` latent frames, ``later`` after them."""
+    per_frame = torch.tensor([1.0 if f < full else later for f in range(frames)])
+    return per_frame.repeat_interleave(tokens_per_frame)
+
+
+class LMTrainer:
+    """Trains a :class:`VideoLM` as an :class:`LMTrainConfig` says; ``fit`` returns ``final/``."""
+
+    def __init__(self, cfg: LMTrainConfig, resume: bool = False, info: DistInfo | None = None) -> None:
+        self.cfg, self.resume_requested = cfg, resume
+        self.info = info if info is not None else init_distributed(cfg.device)
+        self.out = Path(resolve_path(cfg.output_dir))
+        self.step = 0
+        self.monitor: Monitor | None = None
+        self.last_validation: dict[str, float] = {}
+        self.stopped_by: str | None = None
+        self.final: Path | None = None
+        self.setup()
+
+    # ------------------------------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        """Tokenizer fingerprint, data, model, EMA, optimiser, schedule; resume if asked."""
+        cfg, info = self.cfg, self.info
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
+        seed_everything(cfg.seed)
+        self.device = info.device
+        self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda")
+        tokenizer, self.fingerprint = load_tokenizer(cfg.tokenizer)
+        self.tokenizer_facts = {
+            "tokenizer": cfg.tokenizer,
+            "tokenizer_fingerprint": self.fingerprint,
+            "temporal_factor": tokenizer.temporal_factor,
+            "spatial_factor": tokenizer.spatial_factor,
+        }
+        self.clips = load_clips(cfg.data.paths, self.fingerprint, cfg.tokenizer)
+        self.class_names = class_names(self.clips) if cfg.data.class_from == "folder" else []
+        self.model_config = self._model_config(tokenizer.codebook_size, self.clips)
+        del tokenizer
+        self.model = VideoLM(self.model_config).to(self.device).train()
+        self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema_decay is not None else None
+        broadcast_module(self.model, info)
+        self.ddp = (
+            DistributedDataParallel(
+                self.model, device_ids=[self.device] if self.device.type == "cuda" else None
+            )
+            if info.distributed
+            else None
+        )
+        self.opt, self.sched = self._optimizer()
+        self._prepare_output()
+        if self.resume_requested:
+            self.resume()
+        labels = None
+        if self.class_names:
+            labels = [self.class_names.index(Path(s).parent.name) for s in self.clips.sources]
+        m = self.model_config
+        self.sampler = WindowSampler(
+            self.clips, m.height, m.width, cfg.data.seed, labels, info.rank, info.world_size
+        )
+
+    def _model_config(self, vocabulary: int, clips: TokenClips):
+        """The configured network with the sizes taken from the tokenizer and data filled in."""
+        cfg = self.cfg
+        m = cfg.model
+        if m.vocabulary and m.vocabulary != vocabulary:
+            raise ValueError(
+                f"model.vocabulary {m.vocabulary}: the tokenizer {cfg.tokenizer} has {vocabulary}"
+            )
+        if clips.vocabulary != vocabulary:
+            raise ValueError(
+                f"data.paths: shards of vocabulary {clips.vocabulary}, the tokenizer has {vocabulary}"
+            )
+        h, w = clips.grid
+        if self.class_names and m.num_classes not in (0, len(self.class_names)):
+            raise ValueError(
+                f"model.num_classes {m.num_classes}: the data has {len(self.class_names)} class folders"
+            )
+        return dataclasses.replace(
+            m,
+            vocabulary=vocabulary,
+            height=m.height or h,
+            width=m.width or w,
+            max_frames=max(m.max_frames, cfg.data.max_frames),
+            num_classes=len(self.class_names) or m.num_classes,
+        ).complete()
+
+    def _optimizer(self):
+        """AdamW (weight decay on matrices only) + warm-up/cosine LambdaLR."""
+        o = self.cfg.optim
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.ndim >= 2], "weight_decay": o.weight_decay},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        ]
+        opt = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps)
+        fn = functools.partial(
+            warmup_cosine,
+            warmup_steps=o.warmup_steps,
+            total_steps=self.cfg.max_steps,
+            min_ratio=o.min_lr_ratio,
+        )
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, fn)
+
+    def _prepare_output(self) -> None:
+        if not self.resume_requested and latest_checkpoint(self.out / "checkpoints") is not None:
+            raise FileExistsError(
+                f"{self.out} already holds checkpoints; pass --resume to continue that run, or choose another output_dir"
+            )
+        if self.info.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.yaml").write_text(lm_config_to_yaml(self.cfg))
+        barrier(self.info)
+
+    # ------------------------------------------------------------------------------------------ state
+    def state_dict(self) -> tuple[dict[str, dict[str, Tensor]], dict[str, Any]]:
+        """(weight groups, other state) for a checkpoint; RNG states gathered from every rank."""
+        weights = {"model": self.model.state_dict()}
+        if self.ema is not None:
+            weights["ema"] = self.ema.state_dict()
+        rngs = [rng_state()]
+        if self.info.distributed:
+            rngs = [None] * self.info.world_size
+            dist.all_gather_object(rngs, rng_state())
+        state = {
+            "step": self.step,
+            "world_size": self.info.world_size,
+            "opt": self.opt.state_dict(),
+            "sched": self.sched.state_dict(),
+            "rng": rngs,
+            "data_seed": self.cfg.data.seed,
+        }
+        return weights, state
+
+    def load_state_dict(self, weights: dict[str, dict[str, Tensor]], state: dict[str, Any]) -> None:
+        self.model.load_state_dict(weights["model"])
+        if self.ema is not None:
+            self.ema.load_state_dict(weights.get("ema", weights["model"]))
+        self.opt.load_state_dict(state["opt"])
+        self.sched.load_state_dict(state["sched"])
+        rngs = state["rng"]
+        if len(rngs) != self.info.world_size:
+            log.warning(
+                "checkpoint written by %d processes, now %d: RNG streams differ",
+                len(rngs),
+                self.info.world_size,
+            )
+        set_rng_state(rngs[self.info.rank % len(rngs)])
+        self.step = int(state["step"])
+
+    def save(self) -> Path | None:
+        weights, state = self.state_dict()
+        path = None
+        if self.info.is_main:
+            path = save_checkpoint(
+                self.out / "checkpoints", self.step, weights, state, keep_last=self.cfg.keep_checkpoints,
+                extra_files={"config.yaml": lm_config_to_yaml(self.cfg)},
+            )  # fmt: skip
+        barrier(self.info)
+        return path
+
+    def resume(self) -> int:
+        path = latest_checkpoint(self.out / "checkpoints")
+        if path is None:
+            log.info("no checkpoint in %s: starting a new run", self.out / "checkpoints")
+            return 0
+        _, weights, state = load_checkpoint(path)
+        self.load_state_dict(weights, state)
+        log.info("resumed from %s (step %d)", path, self.step)
+        return self.step
+
+    # ------------------------------------------------------------------------------------------ steps
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
+    def train_step(self) -> dict[str, float]:
+        """One optimiser step over ``grad_accum_steps`` micro-batches -> logs."""
+        cfg, m = self.cfg, self.model_config
+        stage = cfg.data.stage(self.step)
+        accum = cfg.optim.grad_accum_steps
+        net = self.ddp if self.ddp is not None else self.model
+        weights = frame_weights(stage.frames, m.tokens_per_frame, cfg.loss.full_weight_frames,
+                                cfg.loss.later_frame_weight).to(self.device)  # fmt: skip
+        self.opt.zero_grad(set_to_none=True)
+        nats = 0.0
+        for micro in range(accum):
+            ids, classes = self.sampler.batch(self.step, micro, stage.frames, stage.batch_size)
+            ids = ids.to(self.device)
+            if classes is not None:
+                drop = torch.rand(classes.shape[0]) < cfg.class_dropout
+                classes = classes.masked_fill(drop, m.num_classes).to(self.device)
+            sync = self.ddp is None or micro == accum - 1
+            with contextlib.nullcontext() if sync else self.ddp.no_sync():
+                with self._autocast():
+                    logp = net(ids, classes).reshape(ids.shape[0], -1).float()
+                loss = -(logp * weights).sum(-1).mean() / weights.sum()
+                (loss / accum).backward()
+            nats += float(-logp.detach().mean()) / accum
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if cfg.optim.grad_clip > 0:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip))
+        else:
+            grad_norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])))
+        lr = self.opt.param_groups[0]["lr"]
+        self.opt.step()
+        self.sched.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        return {"bits_per_token": nats / LN2, "grad_norm": grad_norm, "lr": lr, "frames": stage.frames}
+
+    # ------------------------------------------------------------------------------------------ validation
+    def eval_model(self) -> VideoLM:
+        """A copy holding the EMA weights (raw weights when EMA is off), in eval mode."""
+        model = VideoLM(self.model_config).to(self.device)
+        model.load_state_dict(self.ema.state_dict() if self.ema is not None else self.model.state_dict())
+        return model.eval()
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Bits per token on the held-out shards (rank 0; {} without validation paths)."""
+        v, m = self.cfg.validation, self.model_config
+        if not v.paths or not self.info.is_main:
+            return {}
+        if not hasattr(self, "_val_windows"):
+            clips = load_clips(v.paths, self.fingerprint, self.cfg.tokenizer, "validation.paths")
+            frames = v.frames or m.max_frames
+            self._val_windows = eval_windows(clips, frames, m.height, m.width, v.max_windows)
+        model = self.eval_model()
+        total = 0.0
+        windows = self._val_windows
+        for i in range(0, windows.shape[0], 8):
+            batch = windows[i : i + 8].to(self.device)
+            with self._autocast():
+                total += float(-model.log_prob(batch).float().sum())
+        return {"bits_per_token": total / windows.numel() / LN2}
+
+    def _run_validation(self) -> dict[str, float]:
+        result = self.validate()
+        if result:
+            self.monitor.scalars(self.step, {f"val/{k}": v for k, v in result.items()})
+            self.monitor.message(f"step {self.step}: held-out {result['bits_per_token']:.4f} bits per token")
+        barrier(self.info)
+        return result
+
+    # ------------------------------------------------------------------------------------------ loop
+    def fit(self) -> Path:
+        """Train up to ``max_steps`` (checkpoints, validation); write ``final/``; return it."""
+        cfg = self.cfg
+        self.stopped_by = None
+        self.monitor = Monitor(
+            self.info.is_main, self.out, self.step, cfg.max_steps, cfg.progress, cfg.tensorboard
+        )
+        limit = cfg.time_limit_minutes * 60 if cfg.time_limit_minutes is not None else None
+        t0 = time.perf_counter()
+        try:
+            with StopRequests(limit) as requests:
+                while self.step < cfg.max_steps and self.stopped_by is None:
+                    self._fit_step()
+                    self.stopped_by = self._agreed_stop(requests) if self.step < cfg.max_steps else None
+            if self.stopped_by is not None:
+                if self.step % cfg.checkpoint_every:
+                    self.save()
+                self.monitor.message(
+                    f"stopped by {self.stopped_by} at step {self.step} of {cfg.max_steps}; continue with --resume"
+                )
+            else:
+                self.last_validation = self._run_validation()
+            self.final = self.write_final()
+        finally:
+            self.monitor.close()
+        log.info("trained to step %d in %.1f s; LM in %s", self.step, time.perf_counter() - t0, self.final)
+        return self.final
+
+    def _fit_step(self) -> None:
+        cfg = self.cfg
+        t = time.perf_counter()
+        logs = self.train_step()
+        self.step += 1
+        self.monitor.advance()
+        if not math.isfinite(logs["bits_per_token"]):
+            raise FloatingPointError(f"training loss is {logs['bits_per_token']} at step {self.step}")
+        if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+            stage = cfg.data.stage(self.step - 1)
+            tokens = stage.frames * self.model_config.tokens_per_frame * stage.batch_size
+            logs["tokens_per_s"] = (
+                tokens * cfg.optim.grad_accum_steps * self.info.world_size / (time.perf_counter() - t)
+            )
+            self.monitor.scalars(
+                self.step, {f"train/{k}": float(v) for k, v in logs.items()},
+                {"bits/token": f"{logs['bits_per_token']:.3f}", "frames": str(logs["frames"])},
+            )  # fmt: skip
+        every = cfg.validation.every
+        if every and self.step % every == 0 and self.step < cfg.max_steps:
+            self.last_validation = self._run_validation()
+        if self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps:
+            self.save()
+
+    def _agreed_stop(self, requests: StopRequests) -> str | None:
+        code = requests.code()
+        if self.info.distributed:
+            flag = torch.tensor([code], device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            code = int(flag.item())
+        return REASONS[code]
+
+    def write_final(self) -> Path:
+        """``final/``: the LM folder (EMA weights when EMA is on), with the tokenizer's name and
+        fingerprint, class names, and the unigram counts of the training tokens (``lm eval``'s
+        baseline)."""
+        final = self.out / "final"
+        if self.info.is_main:
+            extra = {**self.tokenizer_facts, "class_names": self.class_names, "trained_steps": self.step}
+            counts = self.clips.counts()
+            seen = counts.nonzero()[:, 0]
+            unigram = {UNIGRAM_NAME: {"ids": seen, "counts": counts[seen]}}
+            self.eval_model().save_pretrained(final, extra, unigram)
+        barrier(self.info)
+        return final
+
+
+def run_lm_training(cfg: LMTrainConfig, resume: bool = False) -> LMTrainer:
+    """Run training as ``cfg`` says (under torchrun: one process of the group)."""
+    from magvit2.training.distributed import shutdown
+
+    info = init_distributed(cfg.device)
+    try:
+        trainer = LMTrainer(cfg, resume=resume, info=info)
+        trainer.fit()
+        return trainer
+    finally:
+        shutdown(info)
