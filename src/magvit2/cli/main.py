@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from magvit2.cli import convert, demo, detokenize, evaluate, info, reconstruct, tokenize, train, trainset
+from magvit2.cli import convert, demo, detokenize, evaluate, info, lm, reconstruct, tokenize, train, trainset
 from magvit2.cli.allocator import bound_heap_growth
 from magvit2.cli.common import printable
 
@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (tokenize, detokenize, reconstruct, info, evaluate, train, trainset, convert, demo):
+    for module in (tokenize, detokenize, reconstruct, info, evaluate, train, trainset, convert, demo, lm):
         module.register(sub)
     return parser
 

@@ -86,7 +86,7 @@ class LMTrainer:
         self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda")
         tokenizer, self.fingerprint = load_tokenizer(cfg.tokenizer)
         self.tokenizer_facts = {
-            "tokenizer": cfg.tokenizer,
+            "tokenizer": cfg.tokenizer if cfg.tokenizer == "default" else str(Path(resolve_path(cfg.tokenizer)).resolve()),
             "tokenizer_fingerprint": self.fingerprint,
             "temporal_factor": tokenizer.temporal_factor,
             "spatial_factor": tokenizer.spatial_factor,
