@@ -61,10 +61,14 @@ def make_clips(out: Path) -> tuple[Path, Path]:
             for x in range(0, frames.shape[2] - CROP + 1, STRIDE):
                 crop = frames[:, y : y + CROP, x : x + CROP]
                 write_video(train / f"s{short}_y{y:03d}_x{x:03d}.mp4", crop, fps=25, lossless=True)
-                write_video(train / f"s{short}_y{y:03d}_x{x:03d}_flip.mp4", crop[:, :, ::-1], fps=25, lossless=True)
+                write_video(
+                    train / f"s{short}_y{y:03d}_x{x:03d}_flip.mp4", crop[:, :, ::-1], fps=25, lossless=True
+                )
     frames = scaled(src, 128, VAL_START, VAL_FRAMES)
     for x in (0, 41, 82, 123, 164):
-        write_video(val / f"s128_y032_x{x:03d}.mp4", frames[:, 32 : 32 + CROP, x : x + CROP], fps=25, lossless=True)
+        write_video(
+            val / f"s128_y032_x{x:03d}.mp4", frames[:, 32 : 32 + CROP, x : x + CROP], fps=25, lossless=True
+        )
     return train, val
 
 
@@ -102,7 +106,9 @@ def picture(generated: Path, truth: Path, prompt_frames: int, path: Path) -> Non
             if j == 0:
                 ax.set_ylabel(name)
         kind = "prompt" if f < prompt_frames else "continued"
-        axes[0, j].set_title(f"{kind}\nframe {f}", fontsize=8, color="black" if f < prompt_frames else "tab:red")
+        axes[0, j].set_title(
+            f"{kind}\nframe {f}", fontsize=8, color="black" if f < prompt_frames else "tab:red"
+        )
     fig.suptitle("prompt | generated | truth (held-out frames 100-128 of bigbuckbunny)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -129,13 +135,16 @@ def main() -> None:
             "--max-frames", str(VAL_FRAMES), "-q", *model, log=log)  # fmt: skip
     run = out / "run"
     sets = [f"output_dir={run}", f"tokenizer={args.model}", f"data.paths=[{shards / 'train'}]",
-            f"validation.paths=[{shards / 'val'}]", f"time_limit_minutes={args.minutes}", "progress=false"]  # fmt: skip
+            f"validation.paths=[{shards / 'val'}]", f"time_limit_minutes={args.minutes}",
+            "progress=false"]  # fmt: skip
     if args.steps:
         sets.append(f"max_steps={args.steps}")
     resume = ["--resume"] if (run / "checkpoints").is_dir() else []
     magvit2("lm", "train", args.config, *[a for s in sets for a in ("--set", s)], *resume, log=log)
     lm = str(run / "final")
-    evaluation = magvit2("lm", "eval", "--lm", lm, str(shards / "val"), "--json", log=log, stdout=subprocess.PIPE)
+    evaluation = magvit2(
+        "lm", "eval", "--lm", lm, str(shards / "val"), "--json", log=log, stdout=subprocess.PIPE
+    )
     prompt = val / "s128_y032_x082.mp4"
     continuation = out / "continuation.mp4"
     magvit2("lm", "generate", "--lm", lm, "--prompt", str(prompt), "--prompt-frames", "13", "--frames",

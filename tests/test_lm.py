@@ -39,7 +39,10 @@ def test_factorised_distribution_sums_to_one_and_scores_whole_ids():
     ids = torch.randint(0, 64, (5,))
     torch.testing.assert_close(head.log_prob(h, ids), full.gather(1, ids[:, None])[:, 0])
     # the second sub-token's distribution depends on the first
-    a, b = head.part_logits(h, [torch.zeros(5, dtype=torch.long)], 1), head.part_logits(h, [torch.ones(5, dtype=torch.long)], 1)
+    a, b = (
+        head.part_logits(h, [torch.zeros(5, dtype=torch.long)], 1),
+        head.part_logits(h, [torch.ones(5, dtype=torch.long)], 1),
+    )
     assert (a - b).abs().max() > 1e-3
 
 
@@ -142,7 +145,9 @@ def test_same_seed_same_tokens_and_guidance_weights():
     assert torch.equal(run(7, classes=c, options=SamplingOptions(cfg=1.0)), run(7, classes=c, options=opts))
     with torch.no_grad():
         model.classes.weight[1].mul_(40)  # make the class matter
-    assert not torch.equal(run(7, classes=c, options=SamplingOptions(cfg=3.0)), run(7, classes=c, options=opts))
+    assert not torch.equal(
+        run(7, classes=c, options=SamplingOptions(cfg=3.0)), run(7, classes=c, options=opts)
+    )
 
 
 def test_sliding_window_continues_from_reencoded_pixels():
@@ -152,12 +157,14 @@ def test_sliding_window_continues_from_reencoded_pixels():
     seen = []
 
     def decode(ids):  # each latent frame becomes 1 (first) or t frames holding its ids as "pixels"
-        frames = [ids[:, :1].float()] + [ids[:, k : k + 1].float().repeat(1, t, 1, 1) for k in range(1, ids.shape[1])]
+        frames = [ids[:, :1].float()] + [
+            ids[:, k : k + 1].float().repeat(1, t, 1, 1) for k in range(1, ids.shape[1])
+        ]
         return torch.cat(frames, dim=1)[:, None].repeat(1, 3, 1, 1, 1)
 
     def encode(video):
         seen.append(video.clone())
-        return ((video[:, 0, ::t].long() + 1) % 64)  # "re-encoding" changes the ids
+        return (video[:, 0, ::t].long() + 1) % 64  # "re-encoding" changes the ids
 
     video, ids = sample_long(model, 7, 4, 2, encode, decode, t, options=SamplingOptions(temperature=0.0),
                              generator=torch.Generator().manual_seed(0))  # fmt: skip
@@ -180,8 +187,18 @@ def test_axial_positions_refuse_frames_beyond_the_trained_window():
 
 
 def test_progressive_stages_and_frame_weights():
-    data = LMDataSection(stages=[{"start_step": 0, "frames": 2, "batch_size": 8}, {"start_step": 5, "frames": 4, "batch_size": 4}])
-    assert [(data.stage(s).frames, data.stage(s).batch_size) for s in (0, 4, 5, 99)] == [(2, 8), (2, 8), (4, 4), (4, 4)]
+    data = LMDataSection(
+        stages=[
+            {"start_step": 0, "frames": 2, "batch_size": 8},
+            {"start_step": 5, "frames": 4, "batch_size": 4},
+        ]
+    )
+    assert [(data.stage(s).frames, data.stage(s).batch_size) for s in (0, 4, 5, 99)] == [
+        (2, 8),
+        (2, 8),
+        (4, 4),
+        (4, 4),
+    ]
     assert data.max_frames == 4
     assert frame_weights(3, 2, full=1, later=0.5).tolist() == [1, 1, 0.5, 0.5, 0.5, 0.5]
     with pytest.raises(ValueError, match="start at step 0"):

@@ -81,11 +81,11 @@ def _register_train(sub) -> None:
     p = sub.add_parser(
         "train",
         help="train an LM on token shards from a YAML config",
-        description="Train as CONFIG.yaml says (fields: magvit2.lm.LMTrainConfig; --print-config lists them).",
+        description="Train as CONFIG.yaml says (fields: magvit2.lm.LMTrainConfig; see --print-config).",
     )
     p.add_argument("config", nargs="?", help="YAML file of LMTrainConfig fields")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field, e.g. --set optim.lr=1e-3 (YAML value; repeatable)")  # fmt: skip
+                   help="override a config field, e.g. --set optim.lr=1e-3 (repeatable)")  # fmt: skip
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output_dir")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     p.set_defaults(func=run_train)
@@ -158,8 +158,8 @@ def run_generate(args: argparse.Namespace) -> int:
         prompt, _ = prompt_ids(lm, args.prompt, args.prompt_frames)
         if prompt.shape[1] >= latent:
             raise ValueError(
-                f"--frames {args.frames} must exceed the prompt's {whole_latent_frames(args.prompt_frames, lm.t)} "
-                "latent frames"
+                f"--frames {args.frames} must reach past the prompt's "
+                f"{whole_latent_frames(args.prompt_frames, lm.t)} latent frames"
             )
         fps = fps or float(probe(args.prompt).fps)
     video, ids = generate(
@@ -325,12 +325,15 @@ def run_eval(args: argparse.Namespace) -> int:
         return 0
     b = report["bits"]
     print(f"held-out bits per token ({b['windows']} windows of {b['latent_frames']} latent frames, "
-          f"{b['tokens']} tokens): LM {b['lm_bits_per_token']:.4f}, unigram {b['unigram_bits_per_token']:.4f}, "
-          f"copy previous latent frame {b['copy_bits_per_token']:.4f}; LM bits per pixel {b['lm_bits_per_pixel']:.5f}")  # fmt: skip
+          f"{b['tokens']} tokens): LM {b['lm_bits_per_token']:.4f}, "
+          f"unigram {b['unigram_bits_per_token']:.4f}, copy previous latent frame "
+          f"{b['copy_bits_per_token']:.4f}; LM bits per pixel {b['lm_bits_per_pixel']:.5f}")  # fmt: skip
     c = report.get("continuation", {})
     if c.get("clips"):
+        fvd = f"; FVD {c['fvd']:.1f}" if "fvd" in c else ""
         print(f"continuation ({c['clips']} clips, {c['prompt_latent_frames']} latent frames given, "
-              f"{c['generated_latent_frames']} generated; truth: {c['truth']}): LM PSNR {c['lm_psnr']:.2f} dB "
-              f"SSIM {c['lm_ssim']:.4f}; repeat last prompt frame {c['repeat_last_frame_psnr']:.2f} dB "
-              f"SSIM {c['repeat_last_frame_ssim']:.4f}" + (f"; FVD {c['fvd']:.1f}" if "fvd" in c else ""))  # fmt: skip
+              f"{c['generated_latent_frames']} generated; truth: {c['truth']}): "
+              f"LM PSNR {c['lm_psnr']:.2f} dB SSIM {c['lm_ssim']:.4f}; repeat last prompt frame "
+              f"{c['repeat_last_frame_psnr']:.2f} dB "
+              f"SSIM {c['repeat_last_frame_ssim']:.4f}{fvd}")  # fmt: skip
     return 0

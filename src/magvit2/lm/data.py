@@ -73,7 +73,8 @@ def load_clips(
         if fingerprint is not None and model != fingerprint:
             raise TokenFileError(
                 f"{path}: tokens of another tokenizer (fingerprint {model}); the tokenizer {tokenizer or ''} "
-                f"named by the config has fingerprint {fingerprint}: tokenize with it, or name the one that made them"
+                f"named by the config has fingerprint {fingerprint}: tokenize with it, or name the one that "
+                "made them"
             )
         vocab = int(meta.get("magvit2.vocabulary", 0))
         if vocabulary is not None and vocab != vocabulary:
@@ -83,10 +84,8 @@ def load_clips(
             table = read_shard(path)
         except (OSError, pa.ArrowException) as err:
             raise TokenFileError(f"{path}: not a readable Parquet token shard: {err}") from err
-        for source, shape, flat in zip(
-            table.column("source").to_pylist(), table.column("shape").to_pylist(), table.column("ids").to_pylist(),
-            strict=True,
-        ):  # fmt: skip
+        columns = [table.column(name).to_pylist() for name in ("source", "shape", "ids")]
+        for source, shape, flat in zip(*columns, strict=True):
             ids.append(torch.as_tensor(np.asarray(flat, dtype=np.int64)).reshape(shape))
             sources.append(source)
     if not ids:
@@ -122,7 +121,8 @@ class WindowSampler:
         small = [c.shape for c in self.clips if c.shape[1] < height or c.shape[2] < width]
         if small:
             raise ValueError(
-                f"data: a clip's token grid {tuple(small[0][1:])} is smaller than the model's {height}x{width}"
+                f"data: a clip's token grid {tuple(small[0][1:])} is smaller than the model's "
+                f"{height}x{width}"
             )
 
     def batch(self, step: int, micro: int, frames: int, batch_size: int) -> tuple[Tensor, Tensor | None]:

@@ -85,7 +85,8 @@ def load_lm(directory: str | Path, device: str = "cpu", tokenizer: str | None = 
     if fingerprint != meta.get("tokenizer_fingerprint"):
         raise ValueError(
             f"{directory}: this LM was trained on the tokens of tokenizer {meta.get('tokenizer')} "
-            f"(fingerprint {meta.get('tokenizer_fingerprint')}); {name} has fingerprint {fingerprint} (--model)"
+            f"(fingerprint {meta.get('tokenizer_fingerprint')}); {name} has fingerprint {fingerprint} "
+            "(--model)"
         )
     return LoadedLM(model, meta, tok, directory)
 
@@ -119,16 +120,17 @@ def generate(
     frames: int,
     prompt: Tensor | None = None,
     classes: Tensor | None = None,
-    options: SamplingOptions = SamplingOptions(),
+    options: SamplingOptions | None = None,
     seed: int = 0,
     window: int | None = None,
     context: int | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """``frames`` latent frames (the prompt's first) -> (video ``(1, 3, F, H, W)``, ids ``(1, frames, h, w)``).
+    """``frames`` latent frames, the prompt's first -> (video ``(1, 3, F, H, W)``, ids ``(1, frames, h, w)``).
 
     Up to ``window`` latent frames (default: the longest trained window) in one pass; longer videos
     slide the window, re-encoding the last ``context`` (default half the window) latent frames.
     """
+    options = options or SamplingOptions()
     generator = torch.Generator(device=next(lm.model.parameters()).device).manual_seed(seed)
     window = window or lm.model.config.max_frames
     device = next(lm.model.parameters()).device

@@ -73,7 +73,8 @@ class AxialPositions(nn.Module):
         frame = positions[:, 0] + 1
         if int(frame.max()) > self.max_frames:
             raise ValueError(
-                f"learned axial positions cover {self.max_frames} latent frames, got frame {int(frame.max()) - 1}; "
+                f"learned axial positions cover {self.max_frames} latent frames, got frame "
+                f"{int(frame.max()) - 1}; "
                 "generate longer videos with a sliding window (--window)"
             )
         return self.frame(frame) + self.row(positions[:, 1]) + self.col(positions[:, 2])

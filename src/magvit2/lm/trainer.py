@@ -86,7 +86,9 @@ class LMTrainer:
         self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda")
         tokenizer, self.fingerprint = load_tokenizer(cfg.tokenizer)
         self.tokenizer_facts = {
-            "tokenizer": cfg.tokenizer if cfg.tokenizer == "default" else str(Path(resolve_path(cfg.tokenizer)).resolve()),
+            "tokenizer": cfg.tokenizer
+            if cfg.tokenizer == "default"
+            else str(Path(resolve_path(cfg.tokenizer)).resolve()),
             "tokenizer_fingerprint": self.fingerprint,
             "temporal_factor": tokenizer.temporal_factor,
             "spatial_factor": tokenizer.spatial_factor,
@@ -163,7 +165,8 @@ class LMTrainer:
     def _prepare_output(self) -> None:
         if not self.resume_requested and latest_checkpoint(self.out / "checkpoints") is not None:
             raise FileExistsError(
-                f"{self.out} already holds checkpoints; pass --resume to continue that run, or choose another output_dir"
+                f"{self.out} already holds checkpoints; pass --resume to continue that run, or choose "
+                "another output_dir"
             )
         if self.info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -319,7 +322,8 @@ class LMTrainer:
                 if self.step % cfg.checkpoint_every:
                     self.save()
                 self.monitor.message(
-                    f"stopped by {self.stopped_by} at step {self.step} of {cfg.max_steps}; continue with --resume"
+                    f"stopped by {self.stopped_by} at step {self.step} of {cfg.max_steps}; "
+                    "continue with --resume"
                 )
             else:
                 self.last_validation = self._run_validation()

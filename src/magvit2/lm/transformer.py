@@ -177,7 +177,8 @@ class VideoLM(nn.Module):
     def _check_grid(self, h: int, w: int) -> None:
         if (h, w) != (self.config.height, self.config.width):
             raise ValueError(
-                f"token grid {h}x{w} per latent frame; this LM was trained on {self.config.height}x{self.config.width}"
+                f"token grid {h}x{w} per latent frame; this LM was trained on "
+                f"{self.config.height}x{self.config.width}"
             )
 
     # ---------------------------------------------------------------------------------------- files
