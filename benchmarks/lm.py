@@ -89,6 +89,7 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=64, help="tokens sampled in the speed test")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast for training and sampling")
     args = p.parse_args()
     if args.threads or args.smoke:
         torch.set_num_threads(args.threads or 1)
@@ -96,6 +97,8 @@ def main() -> None:
         args.dim, args.depth, args.heads, args.bits, args.grid = 32, 2, 2, 6, 2
         args.frames, args.batch, args.prompt_frames, args.new_tokens, args.repeats = 4, 2, 2, 8, 1
     device = torch.device(args.device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
+    autocast.__enter__()
     torch.manual_seed(0)
     cfg = LMConfig(vocabulary=2**args.bits, height=args.grid, width=args.grid, max_frames=args.frames,
                    dim=args.dim, depth=args.depth, heads=args.heads)  # fmt: skip
@@ -142,6 +145,7 @@ def main() -> None:
         "kv_cache_speedup": speeds["cache"] / speeds["no_cache"],
         "peak_memory_kind": "allocated MiB" if device.type == "cuda" else "resident MiB above the start",
         "peak_memory": memory,
+        "precision": "bf16 autocast" if args.bf16 else "fp32",
         "threads": torch.get_num_threads(),
     }
     print(json.dumps(result, indent=2))

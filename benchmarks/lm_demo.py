@@ -14,6 +14,7 @@ and recorded in ``OUT/results.json`` with the numbers; the picture is ``OUT/cont
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import os
@@ -72,11 +73,15 @@ def make_clips(out: Path) -> tuple[Path, Path]:
     return train, val
 
 
-def magvit2(*args: str, log: list, stdout=None) -> subprocess.CompletedProcess:
-    """Run ``magvit2 ARGS`` (this checkout's sources), print and record the command."""
+def run_magvit2(
+    *args: str, log: list, stdout=None, threads: int | None = None
+) -> subprocess.CompletedProcess:
+    """Run ``magvit2 ARGS`` (this checkout's sources, ``threads`` torch threads), print and record it."""
     command = "magvit2 " + " ".join(shlex.quote(a) for a in args)
     print(f"$ {command}", flush=True)
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     t0 = time.perf_counter()
     run = subprocess.run([sys.executable, "-m", "magvit2.cli.main", *args], env=env, stdout=stdout, text=True)
     log.append({"command": command, "seconds": round(time.perf_counter() - t0, 1), "exit": run.returncode})
@@ -122,10 +127,14 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the config's)")
     p.add_argument("--minutes", type=float, default=25.0, help="training time limit (the run stops there)")
     p.add_argument("--temperature", type=float, default=0.0, help="sampling of the pictured continuation")
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch threads of every command (1 is fastest on a busy CPU)"
+    )
     args = p.parse_args()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     log: list = []
+    magvit2 = functools.partial(run_magvit2, threads=args.threads)
     model = [] if args.model == "default" else ["--model", args.model]
     train, val = make_clips(out)
     shards = out / "shards"
