@@ -110,7 +110,7 @@ def sample(
     if prompt is not None:
         tokens[:, :known] = rearrange(prompt.to(device), "b t h w -> b (t h w)")
     start = model.start_slot(b * reps, classes)
-    cache = KVCache.empty(cfg.depth) if use_cache else None
+    cache = KVCache.empty(cfg.depth, total + 1) if use_cache else None
     x = torch.cat([start, model.embed(tokens[:, :known].repeat(reps, 1))], dim=1)
     hidden = model.hidden(x, positions[: known + 1], cache)[:, -1]
     for k in range(known, total):

@@ -37,16 +37,31 @@ LM_FORMAT = "magvit2-lm"
 
 @dataclass
 class KVCache:
-    """Keys and values of every block for the slots seen so far: ``keys[i]``, ``values[i]``
-    ``(B, heads, L, head_dim)``; ``length`` = L."""
+    """Keys and values of every block: ``keys[i]``, ``values[i]`` ``(B, heads, capacity, head_dim)``,
+    allocated at the first write and filled in place; the first ``length`` slots are written."""
 
     keys: list[Tensor | None]
     values: list[Tensor | None]
+    capacity: int
     length: int = 0
 
     @classmethod
-    def empty(cls, depth: int) -> KVCache:
-        return cls([None] * depth, [None] * depth)
+    def empty(cls, depth: int, capacity: int) -> KVCache:
+        """A cache for ``depth`` blocks and up to ``capacity`` slots."""
+        return cls([None] * depth, [None] * depth, capacity)
+
+    def append(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write the new slots' keys and values ``(B, H, n, D)`` of block ``layer`` after the
+        ``length`` cached ones -> all keys and values so far ``(B, H, length + n, D)``."""
+        end = self.length + k.shape[2]
+        if end > self.capacity:
+            raise ValueError(f"KV cache of {self.capacity} slots is full ({end} needed)")
+        if self.keys[layer] is None:
+            shape = (*k.shape[:2], self.capacity, k.shape[3])
+            self.keys[layer], self.values[layer] = k.new_empty(shape), v.new_empty(shape)
+        self.keys[layer][:, :, self.length : end] = k
+        self.values[layer][:, :, self.length : end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
 
 
 class Attention(nn.Module):
@@ -67,11 +82,8 @@ class Attention(nn.Module):
             q, k = Rotary3D.rotate(q, *rope), Rotary3D.rotate(k, *rope)
         past = 0
         if cache is not None:
-            if cache.keys[layer] is not None:
-                past = cache.keys[layer].shape[2]
-                k = torch.cat([cache.keys[layer], k], dim=2)
-                v = torch.cat([cache.values[layer], v], dim=2)
-            cache.keys[layer], cache.values[layer] = k, v
+            past = cache.length
+            k, v = cache.append(layer, k, v)
         n = q.shape[2]
         mask = None
         if past and n > 1:  # new slots see all past slots and the new ones before them
