@@ -8,7 +8,10 @@ Data: bigbuckbunny.mp4 (one of the built-in tokenizer's training sources; carpho
 are never used). Its frames 0-96 give the training clips: 64x64 crops on a 32-pixel grid of the
 frames scaled to short sides 128 and 160, and their mirror images; frames 100-128 (never trained
 on) give the held-out clips: five 64x64 crops. Every ``magvit2`` command is printed before it runs
-and recorded in ``OUT/results.json`` with the numbers; the picture is ``OUT/continuation.png``.
+and recorded in ``OUT/results.json`` with the numbers; the picture is ``OUT/continuation.png``. Shards
+and the training run go to ``OUT/shards-<fingerprint>`` and ``OUT/run-<fingerprint>`` (the
+tokenizer's fingerprint), so a rerun with another tokenizer starts afresh and an interrupted one
+resumes.
 """
 
 from __future__ import annotations
@@ -137,12 +140,15 @@ def main() -> None:
     magvit2 = functools.partial(run_magvit2, threads=args.threads)
     model = [] if args.model == "default" else ["--model", args.model]
     train, val = make_clips(out)
-    shards = out / "shards"
+    from magvit2.lm.trainer import load_tokenizer
+
+    fingerprint = load_tokenizer(args.model)[1]  # shards and run per tokenizer: a new one starts afresh
+    shards = out / f"shards-{fingerprint}"
     magvit2("tokenize", str(train), "-o", str(shards / "train"), "--shard-size", "32",
             "--max-frames", str(TRAIN_FRAMES), "-q", *model, log=log)  # fmt: skip
     magvit2("tokenize", str(val), "-o", str(shards / "val"), "--shard-size", "32",
             "--max-frames", str(VAL_FRAMES), "-q", *model, log=log)  # fmt: skip
-    run = out / "run"
+    run = out / f"run-{fingerprint}"
     sets = [f"output_dir={run}", f"tokenizer={args.model}", f"data.paths=[{shards / 'train'}]",
             f"validation.paths=[{shards / 'val'}]", f"time_limit_minutes={args.minutes}",
             "progress=false"]  # fmt: skip
@@ -168,6 +174,7 @@ def main() -> None:
     meta = json.loads((run / "final" / "config.json").read_text())
     results = {
         "tokenizer": args.model,
+        "tokenizer_fingerprint": fingerprint,
         "lm_parameters": params,
         "trained_steps": meta["trained_steps"],
         "train_clips": len(list(train.glob("*.mp4"))),

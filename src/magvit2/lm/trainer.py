@@ -35,7 +35,14 @@ from magvit2.lm.transformer import VideoLM
 from magvit2.models import VideoTokenizer
 from magvit2.models.tokenizer import resolve_pretrained
 from magvit2.tokens import model_fingerprint
-from magvit2.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from magvit2.training.checkpoint import (
+    CheckpointError,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+    verify_checkpoint,
+)
 from magvit2.training.distributed import DistInfo, barrier, broadcast_module, init_distributed
 from magvit2.training.ema import EMA
 from magvit2.training.monitor import Monitor
@@ -221,14 +228,31 @@ class LMTrainer:
         return path
 
     def resume(self) -> int:
-        path = latest_checkpoint(self.out / "checkpoints")
-        if path is None:
-            log.info("no checkpoint in %s: starting a new run", self.out / "checkpoints")
+        """Load the newest checkpoint that verifies completely (as the tokenizer trainer: newer damaged
+        ones are skipped with a warning; none verifying is an error); returns the step reached."""
+        root = self.out / "checkpoints"
+        found = list_checkpoints(root)
+        if not found:
+            log.info("no checkpoint in %s: starting a new run", root)
             return 0
-        _, weights, state = load_checkpoint(path)
-        self.load_state_dict(weights, state)
-        log.info("resumed from %s (step %d)", path, self.step)
-        return self.step
+        reasons = []
+        for path in reversed(found):
+            try:
+                verify_checkpoint(path)
+                _, weights, state = load_checkpoint(path)
+            except CheckpointError as err:
+                log.warning("skipped checkpoint %s: %s", path.name, err)
+                reasons.append(f"{path.name}: {err}")
+                continue
+            try:
+                self.load_state_dict(weights, state)
+            except (RuntimeError, KeyError, ValueError) as err:  # a checkpoint of another model or run
+                raise ValueError(
+                    f"{path}: does not fit this run ({' '.join(str(err).split())[:300]})"
+                ) from err
+            log.info("resumed from %s (step %d)", path, self.step)
+            return self.step
+        raise ValueError(f"{root}: no checkpoint verifies completely, cannot resume ({'; '.join(reasons)})")
 
     # ------------------------------------------------------------------------------------------ steps
     def _autocast(self):
