@@ -93,26 +93,25 @@ def run_magvit2(
     return run
 
 
-def picture(generated: Path, truth: Path, prompt_frames: int, path: Path) -> None:
-    """One frame per latent frame (every 4th) of the generated video over the truth, the prompt's
-    frames marked."""
+def picture(rows: list[tuple[str, Path]], prompt_frames: int, path: Path) -> None:
+    """One frame per latent frame (every 4th) of each video, one row each (the last row the truth);
+    the prompt's frames marked."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    gen, true = read_video(generated), read_video(truth)
-    n = min(len(gen), len(true))
-    cols = list(range(0, n, 4))
-    fig, axes = plt.subplots(2, len(cols), figsize=(1.3 * len(cols), 3.0))
+    videos = [(name, read_video(p)) for name, p in rows]
+    cols = list(range(0, min(len(v) for _, v in videos), 4))
+    fig, axes = plt.subplots(len(videos), len(cols), figsize=(1.3 * len(cols), 1.4 * len(videos) + 0.5))
     for j, f in enumerate(cols):
-        for i, (video, name) in enumerate(((gen, "generated"), (true, "truth"))):
+        for i, (name, video) in enumerate(videos):
             ax = axes[i, j]
             ax.imshow(video[f])
             ax.set_xticks([])
             ax.set_yticks([])
             if j == 0:
-                ax.set_ylabel(name)
+                ax.set_ylabel(name, fontsize=8)
         kind = "prompt" if f < prompt_frames else "continued"
         axes[0, j].set_title(
             f"{kind}\nframe {f}", fontsize=8, color="black" if f < prompt_frames else "tab:red"
@@ -129,7 +128,6 @@ def main() -> None:
     p.add_argument("--config", default=str(ROOT / "configs" / "lm_bigbuckbunny.yaml"))
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the config's)")
     p.add_argument("--minutes", type=float, default=25.0, help="training time limit (the run stops there)")
-    p.add_argument("--temperature", type=float, default=0.0, help="sampling of the pictured continuation")
     p.add_argument(
         "--threads", type=int, default=1, help="torch threads of every command (1 is fastest on a busy CPU)"
     )
@@ -161,11 +159,15 @@ def main() -> None:
         "lm", "eval", "--lm", lm, str(shards / "val"), "--json", log=log, stdout=subprocess.PIPE
     )
     prompt = val / "s128_y032_x082.mp4"
-    continuation = out / "continuation.mp4"
-    magvit2("lm", "generate", "--lm", lm, "--prompt", str(prompt), "--prompt-frames", "13", "--frames",
-            str(VAL_FRAMES), "-o", str(continuation), "--seed", "0", "--temperature", str(args.temperature),
-            "--overwrite", log=log)  # fmt: skip
-    picture(continuation, prompt, 13, out / "continuation.png")
+    rows = []
+    for kind, name, sampling in (("greedy", "greedy", ["--temperature", "0"]),
+                                 ("sampled", "T=1, top-k 100", ["--top-k", "100"])):  # fmt: skip
+        video = out / f"continuation-{kind}.mp4"
+        magvit2("lm", "generate", "--lm", lm, "--prompt", str(prompt), "--prompt-frames", "13",
+                "--frames", str(VAL_FRAMES), "-o", str(video), "--seed", "0", *sampling, "--overwrite",
+                log=log)  # fmt: skip
+        rows.append((name, video))
+    picture([*rows, ("truth", prompt)], 13, out / "continuation.png")
     from safetensors import safe_open
 
     with safe_open(str(run / "final" / "model.safetensors"), "pt") as f:
