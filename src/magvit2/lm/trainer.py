@@ -121,7 +121,13 @@ class LMTrainer:
         labels = None
         if self.class_names:
             labels = [self.class_names.index(Path(s).parent.name) for s in self.clips.sources]
-        m = self.model_config
+        m, v = self.model_config, cfg.validation
+        self.val_windows = None  # read now: a problem with the held-out shards shows before training
+        if v.paths:
+            held_out = load_clips(v.paths, self.fingerprint, cfg.tokenizer, "validation.paths")
+            self.val_windows = eval_windows(
+                held_out, v.frames or m.max_frames, m.height, m.width, v.max_windows
+            )
         self.sampler = WindowSampler(
             self.clips, m.height, m.width, cfg.data.seed, labels, info.rank, info.world_size
         )
@@ -303,16 +309,11 @@ class LMTrainer:
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         """Bits per token on the held-out shards (rank 0; {} without validation paths)."""
-        v, m = self.cfg.validation, self.model_config
-        if not v.paths or not self.info.is_main:
+        if self.val_windows is None or not self.info.is_main:
             return {}
-        if not hasattr(self, "_val_windows"):
-            clips = load_clips(v.paths, self.fingerprint, self.cfg.tokenizer, "validation.paths")
-            frames = v.frames or m.max_frames
-            self._val_windows = eval_windows(clips, frames, m.height, m.width, v.max_windows)
         model = self.eval_model()
         total = 0.0
-        windows = self._val_windows
+        windows = self.val_windows
         for i in range(0, windows.shape[0], 8):
             batch = windows[i : i + 8].to(self.device)
             with self._autocast():
