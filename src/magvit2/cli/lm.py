@@ -104,8 +104,9 @@ def run_train(args: argparse.Namespace) -> int:
 
     trainer = run_lm_training(cfg, resume=args.resume)
     print(f"LM: {trainer.final}")
-    if trainer.last_validation:
-        print(f"held-out bits per token: {trainer.last_validation['bits_per_token']:.4f}")
+    v = trainer.last_validation
+    if v:
+        print(f"held-out bits per token at step {v['step']}: {v['bits_per_token']:.4f}")
     if trainer.stopped_by is not None:
         print(f"stopped early by {trainer.stopped_by} at step {trainer.step} of {cfg.max_steps}; "
               "continue with the same command and --resume")  # fmt: skip

@@ -325,6 +325,7 @@ class LMTrainer:
         if result:
             self.monitor.scalars(self.step, {f"val/{k}": v for k, v in result.items()})
             self.monitor.message(f"step {self.step}: held-out {result['bits_per_token']:.4f} bits per token")
+            result["step"] = self.step
         barrier(self.info)
         return result
 
