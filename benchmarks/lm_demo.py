@@ -125,7 +125,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, type=Path, help="folder for clips, shards, run and results")
     p.add_argument("--model", default="default", help="tokenizer: 'default' (built-in) or a folder")
-    p.add_argument("--config", default=str(ROOT / "configs" / "lm_bigbuckbunny.yaml"))
+    p.add_argument("--config", default=str(ROOT / "configs" / "lm" / "bigbuckbunny.yaml"))
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the config's)")
     p.add_argument("--minutes", type=float, default=25.0, help="training time limit (the run stops there)")
     p.add_argument(

@@ -14,8 +14,8 @@ import torch
 from magvit2.cli.common import at_least, atomic_output, discover_inputs, resolve_device
 
 EXAMPLES = """examples:
-  magvit2 lm train configs/lm_bigbuckbunny.yaml --set max_steps=200
-  magvit2 lm train configs/lm_bigbuckbunny.yaml --resume
+  magvit2 lm train configs/lm/bigbuckbunny.yaml --set max_steps=200
+  magvit2 lm train configs/lm/bigbuckbunny.yaml --resume
   magvit2 lm generate --lm runs/lm/final -o out.mp4 --frames 33 --seed 1
   magvit2 lm generate --lm runs/lm/final -o cont.mp4 --frames 33 --prompt clip.mp4 --prompt-frames 9
   magvit2 lm eval --lm runs/lm/final held_out_shards/"""
