@@ -1,0 +1,144 @@
+"""Masked against autoregressive video LM, side by side on the same shards for the same training time.
+
+    python benchmarks/lm_demo.py --out runs/lm_demo                   # clips and shards (and an AR run)
+    python benchmarks/lm_masked.py --demo runs/lm_demo --out runs/side --minutes 13
+
+Trains ``configs/lm_bigbuckbunny.yaml`` (autoregressive) and ``configs/lm_masked_bigbuckbunny.yaml``
+(masked; the same network size and tokens per step) at the same time with the same time limit, one
+thread each, on the demo's training shards; then, for each, ``magvit2 lm eval`` on the demo's held-out
+clips (bits per token; frame prediction: 13 frames given, 16 generated, PSNR/SSIM against the source
+frames and against repeating the last given frame) and the model calls and wall time of generating one
+continuation. ``--ar DIR --masked DIR`` score LM folders that exist instead of training.
+Results: ``OUT/side_by_side.json`` (with every command).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+CONFIGS = {"ar": "configs/lm_bigbuckbunny.yaml", "masked": "configs/lm_masked_bigbuckbunny.yaml"}
+PROMPT_FRAMES, FRAMES = 13, 29  # 4 latent frames given, 4 generated (4x temporal tokenizer)
+
+
+def command(*args: str) -> list[str]:
+    """``magvit2 ARGS`` as run here (this checkout's sources, one thread)."""
+    return [sys.executable, "-m", "magvit2.cli.main", *args]
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+
+
+def train_both(demo: Path, out: Path, minutes: float, log: list) -> dict[str, Path]:
+    """Both LMs trained at once (the same CPU share), each stopped by the same time limit."""
+    runs, procs = {}, {}
+    for kind, cfg in CONFIGS.items():
+        run = out / kind
+        sets = [f"output_dir={run}", f"data.paths=[{demo / 'shards' / 'train'}]",
+                f"validation.paths=[{demo / 'shards' / 'val'}]", f"time_limit_minutes={minutes}",
+                "max_steps=300", "num_threads=1", "progress=false"]  # fmt: skip
+        args = ["lm", "train", str(ROOT / cfg), *[a for s in sets for a in ("--set", s)]]
+        log.append({"command": "magvit2 " + shlex.join(args)})
+        print(f"$ {log[-1]['command']}", flush=True)
+        procs[kind] = subprocess.Popen(command(*args), env=env(), stdout=subprocess.DEVNULL)
+        runs[kind] = run / "final"
+    for kind, proc in procs.items():
+        if proc.wait() not in (0, 75):
+            raise SystemExit(f"training the {kind} LM failed ({proc.returncode})")
+    return runs
+
+
+def evaluate(lm: Path, clips: Path, log: list) -> dict:
+    """``magvit2 lm eval`` on the held-out clips -> its JSON report."""
+    args = ["lm", "eval", "--lm", str(lm), str(clips), "--prompt-frames", str(PROMPT_FRAMES),
+            "--continuations", "5", "--steps", "12", "--device", "cpu", "--json"]  # fmt: skip
+    log.append({"command": "magvit2 " + shlex.join(args)})
+    print(f"$ {log[-1]['command']}", flush=True)
+    t0 = time.perf_counter()
+    run = subprocess.run(command(*args), env=env(), stdout=subprocess.PIPE, text=True, check=True)
+    log[-1]["seconds"] = round(time.perf_counter() - t0, 1)
+    return json.loads(run.stdout)
+
+
+def generation_cost(lm_dir: Path, clip: Path, repeats: int = 2) -> dict:
+    """Model calls and wall time of one continuation (13 frames given, 29 in all), the LM alone and with
+    the tokenizer's decoding; the best of ``repeats``."""
+    import torch
+
+    from magvit2.lm.pipeline import generate, load_lm, prompt_ids, whole_latent_frames
+    from magvit2.lm.sampling import SamplingOptions
+
+    torch.set_num_threads(1)
+    lm = load_lm(lm_dir, "cpu")
+    prompt, _ = prompt_ids(lm, clip, PROMPT_FRAMES)
+    latent = whole_latent_frames(FRAMES, lm.t)
+    calls = []
+    hidden = lm.model.hidden
+    lm.model.hidden = lambda *a, **k: calls.append(1) or hidden(*a, **k)
+    decode, times = lm.decode, {"total": [], "decode": []}
+
+    def timed_decode(ids):
+        t = time.perf_counter()
+        video = decode(ids)
+        times["decode"].append(time.perf_counter() - t)
+        return video
+
+    lm.decode = timed_decode
+    for _ in range(repeats):
+        calls.clear()
+        t = time.perf_counter()
+        generate(lm, latent, prompt, None, SamplingOptions(temperature=0.0), seed=0, steps=12)
+        times["total"].append(time.perf_counter() - t)
+    total = min(times["total"])
+    c = lm.model.config
+    return {
+        "model_calls": len(calls),
+        "generated_tokens": (latent - prompt.shape[1]) * c.height * c.width,
+        "seconds_per_clip": round(total, 2),
+        "lm_seconds_per_clip": round(total - min(times["decode"]), 2),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--demo", type=Path, default=ROOT / "runs" / "lm_demo", help="benchmarks/lm_demo.py's --out"
+    )
+    p.add_argument("--out", type=Path, required=True, help="folder for both runs and the results")
+    p.add_argument("--minutes", type=float, default=13.0, help="training time of each LM")
+    p.add_argument("--ar", type=Path, help="an autoregressive LM folder (skips training)")
+    p.add_argument("--masked", type=Path, help="a masked LM folder (skips training)")
+    args = p.parse_args()
+    out, demo = args.out.resolve(), args.demo.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    log: list = []
+    if args.ar and args.masked:
+        runs = {"ar": args.ar.resolve(), "masked": args.masked.resolve()}
+    else:
+        runs = train_both(demo, out, args.minutes, log)
+    clips = demo / "clips" / "val"
+    results = {}
+    for kind, lm in runs.items():
+        meta = json.loads((lm / "config.json").read_text())
+        results[kind] = {
+            "trained_steps": meta["trained_steps"],
+            **evaluate(lm, clips, log),
+            "generation": generation_cost(lm, clips / "s128_y032_x082.mp4"),
+        }
+    results["commands"] = log
+    (out / "side_by_side.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in results.items() if k != "commands"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
