@@ -5,7 +5,9 @@
 
 Trains ``configs/lm_bigbuckbunny.yaml`` (autoregressive) and ``configs/lm_masked_bigbuckbunny.yaml``
 (masked; the same network size and tokens per step) at the same time with the same time limit, one
-thread each, on the demo's training shards; then, for each, ``magvit2 lm eval`` on the demo's held-out
+thread each, on the demo's training shards, both with the learning-rate schedule (and the
+autoregressive model's progressive stages) scaled to ``--steps`` and no validation during training;
+then, for each, ``magvit2 lm eval`` on the demo's held-out
 clips (bits per token; frame prediction: 13 frames given, 16 generated, PSNR/SSIM against the source
 frames and against repeating the last given frame) and the model calls and wall time of generating one
 continuation. ``--ar DIR --masked DIR`` score LM folders that exist instead of training.
@@ -39,14 +41,28 @@ def env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
 
 
-def train_both(demo: Path, out: Path, minutes: float, log: list) -> dict[str, Path]:
+def scaled_stages(config: Path, steps: int) -> str:
+    """The config's ``data.stages`` with their start steps scaled from its ``max_steps`` to ``steps``
+    (as a ``--set`` value; empty when it has none)."""
+    import yaml
+
+    cfg = yaml.safe_load(config.read_text())
+    stages = cfg["data"].get("stages") or []
+    scaled = [{**s, "start_step": s["start_step"] * steps // cfg["max_steps"]} for s in stages]
+    return "[" + ", ".join("{" + ", ".join(f"{k}: {v}" for k, v in s.items()) + "}" for s in scaled) + "]"
+
+
+def train_both(shards: Path, out: Path, minutes: float, steps: int, log: list) -> dict[str, Path]:
     """Both LMs trained at once (the same CPU share), each stopped by the same time limit."""
     runs, procs = {}, {}
     for kind, cfg in CONFIGS.items():
         run = out / kind
-        sets = [f"output_dir={run}", f"data.paths=[{demo / 'shards' / 'train'}]",
-                f"validation.paths=[{demo / 'shards' / 'val'}]", f"time_limit_minutes={minutes}",
-                "max_steps=300", "num_threads=1", "progress=false"]  # fmt: skip
+        sets = [f"output_dir={run}", f"data.paths=[{shards / 'train'}]",
+                f"validation.paths=[{shards / 'val'}]",
+                f"time_limit_minutes={minutes}", f"max_steps={steps}", f"checkpoint_every={steps}",
+                "optim.warmup_steps=20", "validation.every=0", "num_threads=1", "progress=false"]  # fmt: skip
+        if kind == "ar":
+            sets.append(f"data.stages={scaled_stages(ROOT / cfg, steps)}")
         args = ["lm", "train", str(ROOT / cfg), *[a for s in sets for a in ("--set", s)]]
         log.append({"command": "magvit2 " + shlex.join(args)})
         print(f"$ {log[-1]['command']}", flush=True)
@@ -116,6 +132,7 @@ def main() -> None:
     )
     p.add_argument("--out", type=Path, required=True, help="folder for both runs and the results")
     p.add_argument("--minutes", type=float, default=13.0, help="training time of each LM")
+    p.add_argument("--steps", type=int, default=160, help="max_steps of both (the schedules end there)")
     p.add_argument("--ar", type=Path, help="an autoregressive LM folder (skips training)")
     p.add_argument("--masked", type=Path, help="a masked LM folder (skips training)")
     args = p.parse_args()
@@ -125,7 +142,10 @@ def main() -> None:
     if args.ar and args.masked:
         runs = {"ar": args.ar.resolve(), "masked": args.masked.resolve()}
     else:
-        runs = train_both(demo, out, args.minutes, log)
+        from magvit2.lm.trainer import load_tokenizer
+
+        shards = demo / f"shards-{load_tokenizer('default')[1]}"  # as benchmarks/lm_demo.py names them
+        runs = train_both(shards, out, args.minutes, args.steps, log)
     clips = demo / "clips" / "val"
     results = {}
     for kind, lm in runs.items():
