@@ -177,6 +177,8 @@ def run_generate(args: argparse.Namespace) -> int:
             f"--task {args.task}{' with --prompt' if args.task == 'class' else ''}: this autoregressive "
             "LM continues a --prompt or starts from nothing; a masked LM (model.kind: masked) does the rest"
         )
+    if args.task == "predict" and args.prompt is None:
+        raise ValueError("--task predict needs --prompt CLIP and --prompt-frames N")
     if (args.prompt is None) != (args.prompt_frames is None):
         raise ValueError("--prompt and --prompt-frames go together")
     prompt, fps = None, args.fps
