@@ -250,23 +250,28 @@ def decode(
             break
         hid = model.masked_hidden(tokens.repeat(reps, 1, 1, 1), masked.repeat(reps, 1, 1, 1), classes, tasks)
         hid = hid.reshape(reps, *ids.shape, -1)
-        sel = masked
-        h_sel = torch.cat([hid[r][sel] for r in range(reps)])
+        h_masked = torch.cat([hid[r][masked] for r in range(reps)])
         temperature = options.temperature * (1 - s / options.steps)
-        drawn, conf = draw_parts(model, h_sel, options, temperature, guided, generator)
+        drawn, conf = draw_parts(model, h_masked, options, temperature, guided, generator)
         noise = options.choice_temperature * (1 - (s + 1) / options.steps)
         if noise > 0:
             conf = conf + noise * gumbel(conf.shape, generator, device)
-        score = torch.full(ids.shape, math.inf, device=device)
-        score[sel] = conf
+        still = remask(masked, conf, counts[s])
         proposal = tokens.clone()
-        proposal[sel] = drawn
-        # keep masked the counts[s] least confident of the masked tokens
-        order = score.flatten(1).argsort(dim=1).argsort(dim=1).reshape(ids.shape)
-        still = masked & (order < counts[s].to(device).view(-1, 1, 1, 1))
+        proposal[masked] = drawn
         tokens = torch.where(masked & ~still, proposal, tokens)
         masked = still
     return tokens
+
+
+def remask(masked: Tensor, confidence: Tensor, count: Tensor) -> Tensor:
+    """The tokens that stay masked: masked bool ``(B, T, h, w)``, the masked tokens' confidences
+    ``(M,)`` (in ``masked``'s order), ``count`` ``(B,)`` -> bool ``(B, T, h, w)``: each window's
+    ``count`` least confident masked tokens."""
+    score = torch.full(masked.shape, math.inf, device=masked.device)
+    score[masked] = confidence
+    order = score.flatten(1).argsort(dim=1).argsort(dim=1).reshape(masked.shape)
+    return masked & (order < count.to(masked.device).view(-1, 1, 1, 1))
 
 
 # ---------------------------------------------------------------------------------------------- pixels
