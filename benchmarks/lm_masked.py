@@ -3,7 +3,7 @@
     python benchmarks/lm_demo.py --out runs/lm_demo                   # clips and shards (and an AR run)
     python benchmarks/lm_masked.py --demo runs/lm_demo --out runs/side --minutes 13
 
-Trains ``configs/lm_bigbuckbunny.yaml`` (autoregressive) and ``configs/lm_masked_bigbuckbunny.yaml``
+Trains ``configs/lm/bigbuckbunny.yaml`` (autoregressive) and ``configs/lm/masked_bigbuckbunny.yaml``
 (masked; the same network size and tokens per step) at the same time with the same time limit, one
 thread each, on the demo's training shards, both with the learning-rate schedule (and the
 autoregressive model's progressive stages) scaled to ``--steps`` and no validation during training;
@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-CONFIGS = {"ar": "configs/lm_bigbuckbunny.yaml", "masked": "configs/lm_masked_bigbuckbunny.yaml"}
+CONFIGS = {"ar": "configs/lm/bigbuckbunny.yaml", "masked": "configs/lm/masked_bigbuckbunny.yaml"}
 PROMPT_FRAMES, FRAMES = 13, 29  # 4 latent frames given, 4 generated (4x temporal tokenizer)
 
 
