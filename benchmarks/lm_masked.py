@@ -10,7 +10,8 @@ autoregressive model's progressive stages) scaled to ``--steps`` and no validati
 then, for each, ``magvit2 lm eval`` on the demo's held-out
 clips (bits per token; frame prediction: 13 frames given, 16 generated, PSNR/SSIM against the source
 frames and against repeating the last given frame) and the model calls and wall time of generating one
-continuation. ``--ar DIR --masked DIR`` score LM folders that exist instead of training.
+continuation. ``--ar DIR --masked DIR`` score LM folders that exist instead of training; ``--smoke`` times one
+continuation of tiny random models of both kinds (no data) and prints it.
 Results: ``OUT/side_by_side.json`` (with every command).
 """
 
@@ -86,6 +87,13 @@ def evaluate(lm: Path, clips: Path, log: list) -> dict:
     return json.loads(run.stdout)
 
 
+def count_calls(model) -> list:
+    """Make ``model.hidden`` (every model call of both kinds) append to the returned list."""
+    calls, hidden = [], model.hidden
+    model.hidden = lambda *a, **k: calls.append(1) or hidden(*a, **k)
+    return calls
+
+
 def generation_cost(lm_dir: Path, clip: Path, repeats: int = 2) -> dict:
     """Model calls and wall time of one continuation (13 frames given, 29 in all), the LM alone and with
     the tokenizer's decoding; the best of ``repeats``."""
@@ -98,9 +106,7 @@ def generation_cost(lm_dir: Path, clip: Path, repeats: int = 2) -> dict:
     lm = load_lm(lm_dir, "cpu")
     prompt, _ = prompt_ids(lm, clip, PROMPT_FRAMES)
     latent = whole_latent_frames(FRAMES, lm.t)
-    calls = []
-    hidden = lm.model.hidden
-    lm.model.hidden = lambda *a, **k: calls.append(1) or hidden(*a, **k)
+    calls = count_calls(lm.model)
     decode, times = lm.decode, {"total": [], "decode": []}
 
     def timed_decode(ids):
@@ -125,17 +131,51 @@ def generation_cost(lm_dir: Path, clip: Path, repeats: int = 2) -> dict:
     }
 
 
+def smoke() -> dict:
+    """Tiny random models of both kinds, no data: model calls and seconds of one continuation (2
+    latent frames given, 2 generated) -> ``{kind: {...}}``."""
+    import torch
+
+    from magvit2.lm import DecodeOptions, LMConfig, SamplingOptions, decode, sample
+    from magvit2.lm.masked import build_lm
+    from magvit2.lm.tasks import task_mask
+
+    out = {}
+    prompt = torch.randint(0, 64, (1, 2, 2, 2), generator=torch.Generator().manual_seed(0))
+    for kind in CONFIGS:
+        torch.manual_seed(0)
+        config = LMConfig(kind=kind, vocabulary=64, height=2, width=2, max_frames=4, split_tokens=[3, 3],
+                          dim=32, depth=2, heads=2)  # fmt: skip
+        model = build_lm(config).eval()
+        calls = count_calls(model)
+        t = time.perf_counter()
+        if kind == "ar":
+            sample(model, 4, prompt, options=SamplingOptions(temperature=0.0))
+        else:
+            ids = torch.cat([prompt, torch.zeros_like(prompt)], dim=1)
+            given = task_mask("predict", 4, 2, 2, prompt=2)[None]
+            decode(model, ids, given, "predict", options=DecodeOptions(steps=12, temperature=0.0))
+        out[kind] = {"model_calls": len(calls), "seconds": round(time.perf_counter() - t, 4)}
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
         "--demo", type=Path, default=ROOT / "runs" / "lm_demo", help="benchmarks/lm_demo.py's --out"
     )
-    p.add_argument("--out", type=Path, required=True, help="folder for both runs and the results")
+    p.add_argument("--out", type=Path, help="folder for both runs and the results")
     p.add_argument("--minutes", type=float, default=13.0, help="training time of each LM")
     p.add_argument("--steps", type=int, default=160, help="max_steps of both (the schedules end there)")
     p.add_argument("--ar", type=Path, help="an autoregressive LM folder (skips training)")
     p.add_argument("--masked", type=Path, help="a masked LM folder (skips training)")
+    p.add_argument("--smoke", action="store_true", help="tiny random models only (a quick check)")
     args = p.parse_args()
+    if args.smoke:
+        print(json.dumps(smoke(), indent=2))
+        return
+    if args.out is None:
+        p.error("--out is required")
     out, demo = args.out.resolve(), args.demo.resolve()
     out.mkdir(parents=True, exist_ok=True)
     log: list = []
