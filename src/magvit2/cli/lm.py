@@ -12,13 +12,15 @@ import numpy as np
 import torch
 
 from magvit2.cli.common import at_least, atomic_output, discover_inputs, resolve_device
+from magvit2.lm.tasks import TASKS
 
 EXAMPLES = """examples:
   magvit2 lm train configs/lm/bigbuckbunny.yaml --set max_steps=200
   magvit2 lm train configs/lm/bigbuckbunny.yaml --resume
   magvit2 lm generate --lm runs/lm/final -o out.mp4 --frames 33 --seed 1
   magvit2 lm generate --lm runs/lm/final -o cont.mp4 --frames 33 --prompt clip.mp4 --prompt-frames 9
-  magvit2 lm eval --lm runs/lm/final held_out_shards/"""
+  magvit2 lm eval --lm runs/lm/final held_out_shards/
+  magvit2 lm generate --lm runs/masked/final -o mid.mp4 --frames 29 --task interpolate --prompt clip.mp4"""
 
 #: Exit status of a run stopped early (as ``magvit2 train``).
 EXIT_STOPPED_EARLY = 75
@@ -65,6 +67,11 @@ def _sampling_args(p: argparse.ArgumentParser, temperature: float) -> None:
     g.add_argument(
         "--context", type=at_least(1), default=None, metavar="N",
         help="latent frames kept (re-encoded) when the window slides (default: half the window)",
+    )  # fmt: skip
+    g.add_argument(
+        "--steps", type=at_least(1), default=12, metavar="N",
+        help="masked LMs: parallel decoding steps (model calls) per clip, and the steps of the "
+        "unmasking order lm eval scores in (default 12)",
     )  # fmt: skip
 
 
@@ -136,6 +143,18 @@ def _register_generate(sub) -> None:
                    help="frames of the prompt clip to use (rounded down to whole latent frames)")  # fmt: skip
     p.add_argument("--class", dest="cls", metavar="C", help="class name or index (class-conditional LMs)")
     p.add_argument(
+        "--task", choices=TASKS, default=None,
+        help="what is given: predict (the first --prompt-frames of --prompt), interpolate (its first "
+        "--prompt-frames and last --end-frames), outpaint (its --region), inpaint (all but its --region), "
+        "class (nothing; the default without --prompt). Masked LMs do all five; autoregressive ones "
+        "predict and class",
+    )  # fmt: skip
+    p.add_argument("--end-frames", type=at_least(1), default=None, metavar="N",
+                   help="interpolate: video frames given last (whole latent frames; default t)")  # fmt: skip
+    p.add_argument("--region", metavar="Y,X,H,W", default=None,
+                   help="outpaint: the box given; inpaint: the box generated (pixels of the LM's frame; "
+                   "default the centre half of each side)")  # fmt: skip
+    p.add_argument(
         "--fps", type=float, default=None, help="frame rate of the output (default: the prompt's, else 25)"
     )
     p.add_argument("--overwrite", action="store_true", help="replace outputs that exist")
@@ -144,16 +163,24 @@ def _register_generate(sub) -> None:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from magvit2.data.video_io import probe, to_uint8, write_video
+    from magvit2.data.video_io import probe
     from magvit2.lm.pipeline import generate, load_lm, prompt_ids, whole_latent_frames
-    from magvit2.tokens import TokenFile, save_tokens
 
-    if (args.prompt is None) != (args.prompt_frames is None):
-        raise ValueError("--prompt and --prompt-frames go together")
     options = _options(args)
     device = resolve_device(args.device)
     lm = load_lm(args.lm, device, args.model)
     latent = 1 + -(-(args.frames - 1) // lm.t)
+    if lm.model.config.kind == "masked":
+        return _run_masked_generate(args, lm, latent, options)
+    if args.task not in (None, "predict", "class") or (args.task == "class" and args.prompt):
+        raise ValueError(
+            f"--task {args.task}{' with --prompt' if args.task == 'class' else ''}: this autoregressive "
+            "LM continues a --prompt or starts from nothing; a masked LM (model.kind: masked) does the rest"
+        )
+    if args.task == "predict" and args.prompt is None:
+        raise ValueError("--task predict needs --prompt CLIP and --prompt-frames N")
+    if (args.prompt is None) != (args.prompt_frames is None):
+        raise ValueError("--prompt and --prompt-frames go together")
     prompt, fps = None, args.fps
     if args.prompt is not None:
         prompt, _ = prompt_ids(lm, args.prompt, args.prompt_frames)
@@ -166,6 +193,27 @@ def run_generate(args: argparse.Namespace) -> int:
     video, ids = generate(
         lm, latent, prompt, lm.class_id(args.cls), options, args.seed, args.window, args.context
     )
+    return _write_generated(args, lm, video, ids, fps)
+
+
+def _run_masked_generate(args: argparse.Namespace, lm, latent: int, options) -> int:
+    """``lm generate`` with a masked LM: the task's given tokens from --prompt, MaskGIT decoding."""
+    from magvit2.data.video_io import probe
+    from magvit2.lm.masked import DecodeOptions, generate_task, task_inputs
+
+    task = args.task or ("predict" if args.prompt else "class")
+    ids, given = task_inputs(lm, task, latent, args.prompt, args.prompt_frames, args.end_frames, args.region)
+    decoding = DecodeOptions(args.steps, options.temperature, options.top_k, options.top_p, options.cfg)
+    video, ids = generate_task(lm, ids, given, task, lm.class_id(args.cls), decoding, args.seed)
+    fps = args.fps or (float(probe(args.prompt).fps) if args.prompt else None)
+    return _write_generated(args, lm, video, ids, fps)
+
+
+def _write_generated(args: argparse.Namespace, lm, video, ids, fps: float | None) -> int:
+    """Write the first ``--frames`` frames of video ``(1, 3, F, H, W)`` and the token file of ids."""
+    from magvit2.data.video_io import to_uint8, write_video
+    from magvit2.tokens import TokenFile, save_tokens
+
     frames = to_uint8(video[0, :, : args.frames])
     out = Path(args.output)
     tokens = Path(args.tokens) if args.tokens else out.with_suffix(".safetensors")
@@ -266,7 +314,7 @@ def _continuations(lm, clips, pixels, window: int, prompt_frames: int | None, co
         if done == count or ids.shape[0] < window:
             continue
         ids = ids[None, :window].to(next(lm.model.parameters()).device)
-        video, _ = generate(lm, window, ids[:, :p], None, _options(args), args.seed + done)
+        video, _ = generate(lm, window, ids[:, :p], None, _options(args), args.seed + done, steps=args.steps)
         n0, n1 = video_frames(p, lm.t), video_frames(window, lm.t)
         decoded_truth = to_uint8(lm.decode(ids)[0])
         truth = pixels[i][:n1] if pixels is not None else decoded_truth
@@ -316,7 +364,11 @@ def run_eval(args: argparse.Namespace) -> int:
     clips, pixels = _read_inputs(lm, args.inputs, args.max_frames)
     windows = eval_windows(clips, window, cfg.height, cfg.width)
     torch.manual_seed(args.seed)
+    if cfg.kind == "masked":
+        lm.model.score_steps = args.steps
     report = {"bits": bits_report(lm.model, windows, lm.unigram_counts(), lm.t, lm.tokenizer.spatial_factor)}
+    if cfg.kind == "masked":
+        report["bits"]["masked_order_steps"] = args.steps
     if args.continuations:
         report["continuation"] = _continuations(
             lm, clips, pixels, window, args.prompt_frames, args.continuations, args

@@ -11,8 +11,12 @@ from typing import Any
 import yaml
 
 from magvit2.config_io import apply_overrides, from_dict, read_yaml, to_dict
+from magvit2.lm.tasks import MaskedSection
 
 POSITIONS = ("rope", "axial")
+#: ``ar``: the decoder-only model of :mod:`magvit2.lm.transformer`; ``masked``: the bidirectional
+#: masked model of :mod:`magvit2.lm.masked` (MaskGIT decoding, COMMIT task masks).
+KINDS = ("ar", "masked")
 PRECISIONS = ("auto", "bf16", "fp32")
 #: Vocabularies up to this size get one embedding table and one softmax head; larger ones (LFQ) are
 #: split into sub-tokens (``split_tokens``).
@@ -29,9 +33,11 @@ def default_split(vocabulary: int) -> list[int] | None:
 
 @dataclass
 class LMConfig:
-    """The decoder-only transformer over a video's token grid (latent frame, row, column).
+    """The transformer over a video's token grid (latent frame, row, column).
 
     Attributes:
+        kind: ``ar`` (decoder-only, one token at a time) or ``masked`` (bidirectional, predicts
+            masked tokens in parallel: :mod:`magvit2.lm.masked`).
         vocabulary: token ids lie in ``[0, vocabulary)`` (0 in a training config: the tokenizer's).
         height, width: the latent grid of one latent frame (0 in a training config: the shards').
         max_frames: latent frames of the longest training window (0 in a training config: from
@@ -49,6 +55,7 @@ class LMConfig:
         dropout: dropout on attention outputs and MLPs.
     """
 
+    kind: str = "ar"
     vocabulary: int = 0
     height: int = 0
     width: int = 0
@@ -64,6 +71,8 @@ class LMConfig:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"model.kind must be one of {KINDS}, got {self.kind!r}")
         if self.positions not in POSITIONS:
             raise ValueError(f"model.positions must be one of {POSITIONS}, got {self.positions!r}")
         if self.dim < 1 or self.heads < 1 or self.dim % self.heads:
@@ -233,6 +242,7 @@ class LMTrainConfig:
         checkpoint_every, keep_checkpoints, log_every, progress, tensorboard: as in the tokenizer's
             :class:`magvit2.training.TrainConfig` (``precision: auto`` is bf16 on CUDA, fp32 on CPU).
         class_dropout: chance that a class-conditional window trains as "no class" (for CFG).
+        masked: the task mix and scoring of ``model.kind: masked`` (ignored by ``ar``).
     """
 
     output_dir: str = "runs/lm"
@@ -255,6 +265,7 @@ class LMTrainConfig:
     loss: LMLossSection = field(default_factory=LMLossSection)
     optim: LMOptimSection = field(default_factory=LMOptimSection)
     validation: LMValidationSection = field(default_factory=LMValidationSection)
+    masked: MaskedSection = field(default_factory=MaskedSection)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:

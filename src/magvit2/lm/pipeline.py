@@ -124,13 +124,20 @@ def generate(
     seed: int = 0,
     window: int | None = None,
     context: int | None = None,
+    steps: int = 12,
 ) -> tuple[Tensor, Tensor]:
     """``frames`` latent frames, the prompt's first -> (video ``(1, 3, F, H, W)``, ids ``(1, frames, h, w)``).
 
     Up to ``window`` latent frames (default: the longest trained window) in one pass; longer videos
     slide the window, re-encoding the last ``context`` (default half the window) latent frames.
+    A masked LM decodes the frames after the prompt in ``steps`` parallel steps instead
+    (:func:`magvit2.lm.masked.generate_prompted`).
     """
     options = options or SamplingOptions()
+    if lm.model.config.kind == "masked":
+        from magvit2.lm.masked import generate_prompted
+
+        return generate_prompted(lm, frames, prompt, classes, options, seed, steps)
     generator = torch.Generator(device=next(lm.model.parameters()).device).manual_seed(seed)
     window = window or lm.model.config.max_frames
     device = next(lm.model.parameters()).device

@@ -31,6 +31,8 @@ from torch.nn.parallel import DistributedDataParallel
 from magvit2.config_io import resolve_path
 from magvit2.lm.config import LMTrainConfig, lm_config_to_yaml
 from magvit2.lm.data import TokenClips, WindowSampler, class_names, eval_windows, load_clips
+from magvit2.lm.masked import build_lm, schedule_mask
+from magvit2.lm.tasks import random_tasks
 from magvit2.lm.transformer import VideoLM
 from magvit2.models import VideoTokenizer
 from magvit2.models.tokenizer import resolve_pretrained
@@ -104,7 +106,7 @@ class LMTrainer:
         self.class_names = class_names(self.clips) if cfg.data.class_from == "folder" else []
         self.model_config = self._model_config(tokenizer.codebook_size, self.clips)
         del tokenizer
-        self.model = VideoLM(self.model_config).to(self.device).train()
+        self.model = build_lm(self.model_config).to(self.device).train()
         self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema_decay is not None else None
         broadcast_module(self.model, info)
         self.ddp = (
@@ -281,6 +283,9 @@ class LMTrainer:
                 drop = torch.rand(classes.shape[0]) < cfg.class_dropout
                 classes = classes.masked_fill(drop, m.num_classes).to(self.device)
             sync = self.ddp is None or micro == accum - 1
+            if m.kind == "masked":
+                nats += self._masked_micro(net, ids, classes, weights, micro, sync) / accum
+                continue
             with contextlib.nullcontext() if sync else self.ddp.no_sync():
                 with self._autocast():
                     logp = net(ids, classes).reshape(ids.shape[0], -1).float()
@@ -299,10 +304,28 @@ class LMTrainer:
             self.ema.update(self.model)
         return {"bits_per_token": nats / LN2, "grad_norm": grad_norm, "lr": lr, "frames": stage.frames}
 
+    def _masked_micro(self, net, ids: Tensor, classes: Tensor | None, weights: Tensor, micro: int,
+                      sync: bool) -> float:  # fmt: skip
+        """One micro-batch of a masked model: a task per window and the cosine-schedule mask of its
+        tokens to generate (a function of seed, step, micro-batch and rank); backward of the weighted
+        mean NLL of the masked tokens -> their mean nats."""
+        b, t, h, w = ids.shape
+        seed = ((self.cfg.data.seed * 1_000_003 + self.step) * 1_009 + micro) * 1_013 + self.info.rank
+        g = torch.Generator().manual_seed(seed)
+        tasks, given = random_tasks(b, t, h, w, self.cfg.masked, g)
+        masked = schedule_mask(given, g).to(self.device)
+        with contextlib.nullcontext() if sync else self.ddp.no_sync():
+            with self._autocast():
+                logp = net(ids, masked, classes, tasks.to(self.device)).reshape(b, -1).float()
+            counted = masked.reshape(b, -1).float() * weights
+            loss = -(logp * counted).sum() / counted.sum()
+            (loss / self.cfg.optim.grad_accum_steps).backward()
+        return float(-logp.detach().sum() / masked.sum())
+
     # ------------------------------------------------------------------------------------------ validation
     def eval_model(self) -> VideoLM:
         """A copy holding the EMA weights (raw weights when EMA is off), in eval mode."""
-        model = VideoLM(self.model_config).to(self.device)
+        model = build_lm(self.model_config).to(self.device)
         model.load_state_dict(self.ema.state_dict() if self.ema is not None else self.model.state_dict())
         return model.eval()
 

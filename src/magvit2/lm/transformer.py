@@ -217,7 +217,8 @@ class VideoLM(nn.Module):
     def from_pretrained(
         cls, directory: str | Path, device: str | torch.device = "cpu"
     ) -> tuple[VideoLM, dict]:
-        """Load an LM folder -> (model in eval mode, the folder's ``config.json`` as a dict)."""
+        """Load an LM folder -> (model in eval mode, the folder's ``config.json`` as a dict); a folder
+        of ``model.kind: masked`` gives a :class:`~magvit2.lm.masked.MaskedVideoLM`."""
         directory = Path(directory)
         path = directory / CONFIG_NAME
         if not path.is_file():
@@ -232,7 +233,12 @@ class VideoLM(nn.Module):
             raise ValueError(
                 f"{path}: not an LM config (format {meta.get('format')!r}, expected {LM_FORMAT!r})"
             )
-        model = cls(from_dict(LMConfig, meta["model"], where=str(path)))
+        config = from_dict(LMConfig, meta["model"], where=str(path))
+        if cls is VideoLM and config.kind == "masked":
+            from magvit2.lm.masked import MaskedVideoLM
+
+            cls = MaskedVideoLM
+        model = cls(config)
         model.load_state_dict(load_file(str(directory / WEIGHTS_NAME)))
         return model.to(device).eval(), meta
 
