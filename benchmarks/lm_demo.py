@@ -3,6 +3,7 @@ token against the baselines -> a continuation picture (prompt | generated | trut
 
     python benchmarks/lm_demo.py --out runs/lm_demo                 # the built-in tokenizer
     python benchmarks/lm_demo.py --out runs/lm_demo2 --model my_tokenizer/ --steps 300
+    python benchmarks/lm_demo.py --smoke                            # seconds: one clip, a tiny LM, 2 steps
 
 Data: bigbuckbunny.mp4 (one of the built-in tokenizer's training sources; carphone_*.mp4 and bikes.mp4
 are never used). Its frames 0-96 give the training clips: 64x64 crops on a 32-pixel grid of the
@@ -24,6 +25,7 @@ import os
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -51,14 +53,22 @@ def scaled(path: Path, short: int, start: int, count: int) -> np.ndarray:
     return read_video(path, start=start, max_frames=count, size=(short, round(short * 1280 / 720)))
 
 
-def make_clips(out: Path) -> tuple[Path, Path]:
-    """Write the training and held-out 64x64 clips (lossless H.264) -> (train folder, val folder)."""
+def make_clips(out: Path, smoke: bool = False) -> tuple[Path, Path]:
+    """Write the training and held-out 64x64 clips (lossless H.264) -> (train folder, val folder).
+    ``smoke``: one 9-frame clip of each."""
     train, val = out / "clips" / "train", out / "clips" / "val"
     if train.is_dir() and val.is_dir():
         return train, val
     src = bigbuckbunny()
     for folder in (train, val):
         folder.mkdir(parents=True, exist_ok=True)
+    if smoke:
+        write_video(
+            train / "s128_y000_x000.mp4", scaled(src, 128, 0, 9)[:, :CROP, :CROP], fps=25, lossless=True
+        )
+        clip = scaled(src, 128, VAL_START, 9)[:, 32 : 32 + CROP, 82 : 82 + CROP]
+        write_video(val / "s128_y032_x082.mp4", clip, fps=25, lossless=True)
+        return train, val
     for short in (128, 160):
         frames = scaled(src, short, 0, TRAIN_FRAMES)
         for y in range(0, frames.shape[1] - CROP + 1, STRIDE):
@@ -123,7 +133,7 @@ def picture(rows: list[tuple[str, Path]], prompt_frames: int, path: Path) -> Non
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", required=True, type=Path, help="folder for clips, shards, run and results")
+    p.add_argument("--out", type=Path, help="folder for clips, shards, run and results")
     p.add_argument("--model", default="default", help="tokenizer: 'default' (built-in) or a folder")
     p.add_argument("--config", default=str(ROOT / "configs" / "lm" / "bigbuckbunny.yaml"))
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the config's)")
@@ -131,13 +141,16 @@ def main() -> None:
     p.add_argument(
         "--threads", type=int, default=1, help="torch threads of every command (1 is fastest on a busy CPU)"
     )
+    p.add_argument("--smoke", action="store_true", help="one short clip, a tiny LM, two steps (seconds)")
     args = p.parse_args()
-    out = args.out.resolve()
+    if args.out is None and not args.smoke:
+        p.error("--out is required")
+    out = (args.out or Path(tempfile.mkdtemp(prefix="lm_demo_smoke_"))).resolve()
     out.mkdir(parents=True, exist_ok=True)
     log: list = []
     magvit2 = functools.partial(run_magvit2, threads=args.threads)
     model = [] if args.model == "default" else ["--model", args.model]
-    train, val = make_clips(out)
+    train, val = make_clips(out, args.smoke)
     from magvit2.lm.trainer import load_tokenizer
 
     fingerprint = load_tokenizer(args.model)[1]  # shards and run per tokenizer: a new one starts afresh
@@ -152,6 +165,10 @@ def main() -> None:
             "progress=false"]  # fmt: skip
     if args.steps:
         sets.append(f"max_steps={args.steps}")
+    if args.smoke:
+        sets += ["max_steps=2", "model.dim=32", "model.depth=1", "model.heads=2", "validation.frames=3",
+                 "data.stages=[{start_step: 0, frames: 3, batch_size: 2}]"]  # fmt: skip
+    given, total = (5, 9) if args.smoke else (13, VAL_FRAMES)
     resume = ["--resume"] if (run / "checkpoints").is_dir() else []
     magvit2("lm", "train", args.config, *[a for s in sets for a in ("--set", s)], *resume, log=log)
     lm = str(run / "final")
@@ -163,11 +180,11 @@ def main() -> None:
     for kind, name, sampling in (("greedy", "greedy", ["--temperature", "0"]),
                                  ("sampled", "T=1, top-k 100", ["--top-k", "100"])):  # fmt: skip
         video = out / f"continuation-{kind}.mp4"
-        magvit2("lm", "generate", "--lm", lm, "--prompt", str(prompt), "--prompt-frames", "13",
-                "--frames", str(VAL_FRAMES), "-o", str(video), "--seed", "0", *sampling, "--overwrite",
+        magvit2("lm", "generate", "--lm", lm, "--prompt", str(prompt), "--prompt-frames", str(given),
+                "--frames", str(total), "-o", str(video), "--seed", "0", *sampling, "--overwrite",
                 log=log)  # fmt: skip
         rows.append((name, video))
-    picture([*rows, ("truth", prompt)], 13, out / "continuation.png")
+    picture([*rows, ("truth", prompt)], given, out / "continuation.png")
     from safetensors import safe_open
 
     with safe_open(str(run / "final" / "model.safetensors"), "pt") as f:
