@@ -4,6 +4,7 @@ SIGKILL, refused shards and configs (one-line errors), generation and evaluation
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -189,6 +190,7 @@ def test_sigkill_and_resume_ends_with_identical_weights(data, tmp_path):
 # ---------------------------------------------------------------------------------------------- CLI
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")  # the I3D stand-in is TorchScript
 def test_train_generate_eval(data, tmp_path, capsys):
     """A class-conditional LM learns the striped clips (held-out bits below both baselines); generation
     is reproducible by seed, follows the class, continues prompts and slides past its window."""
@@ -254,6 +256,10 @@ def test_train_generate_eval(data, tmp_path, capsys):
     )
     assert long.ids.shape == (7, 2, 3) and long.frames == 25
     capsys.readouterr()
+    from test_metrics_frechet import _FakeI3D  # a TorchScript stand-in for the I3D file
+
+    i3d = tmp_path / "i3d.pt"
+    torch.jit.save(torch.jit.script(_FakeI3D().eval()), str(i3d))
     assert (
         main(
             [
@@ -267,11 +273,14 @@ def test_train_generate_eval(data, tmp_path, capsys):
                 "cpu",
                 "--continuations",
                 "2",
+                "--i3d",
+                str(i3d),
             ]
         )
         == 0
     )
     report = json.loads(capsys.readouterr().out)
+    assert math.isfinite(report["continuation"]["fvd"])  # 2 clips: a rank-deficient estimate
     bits = report["bits"]
     assert bits["lm_bits_per_token"] < min(bits["unigram_bits_per_token"], bits["copy_bits_per_token"])
     assert bits["windows"] == 4 and len(bits["lm_bits_per_token_by_frame"]) == 4
