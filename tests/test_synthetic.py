@@ -57,7 +57,7 @@ def test_flat_clip_without_objects_is_one_colour_or_smooth():
     assert clips.shape == (6, 3, 5, 32, 32)
     spreads = clips.flatten(2).std(-1).mean(-1)
     assert (spreads < 0.6).all()
-    assert (spreads < 1e-4).any() or (spreads > 0).all()
+    assert (spreads < 1e-6).any()  # a flat colour is exactly flat
 
 
 def test_video_clip_uses_consecutive_frames():

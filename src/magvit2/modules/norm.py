@@ -90,23 +90,33 @@ class AdaptiveGroupNorm(nn.Module):
         scale = rearrange(self.gamma(std), "b n c -> b c n")
         shift = rearrange(self.beta(mean), "b n c -> b c n")
         if not self.time_pooled:
-            first = cache is None or not cache.seen(self)
-            index = self._frame_to_latent(q.shape[2], rate, first, x.device)
-            if index.numel() != x.shape[2]:
-                raise ValueError(
-                    f"AdaptiveGroupNorm: {q.shape[2]} latent frames at rate {rate} give {index.numel()} "
-                    f"frames, got x with {x.shape[2]} frames"
-                )
+            index = latent_frame_index(self, q.shape[2], x.shape[2], rate, cache, x.device)
             scale, shift = scale[:, :, index], shift[:, :, index]
-            if cache is not None:
-                cache.set(self, True)
         return self.gn(x) * scale[..., None, None] + shift[..., None, None]
 
-    @staticmethod
-    def _frame_to_latent(n: int, rate: int, first: bool, device: torch.device) -> Tensor:
-        """Latent frame index of each frame at ``rate``: first chunk ``[0, 1 x r, 2 x r, ...]``."""
-        index = torch.arange(n, device=device).repeat_interleave(rate)
-        return index[rate - 1 :] if first else index
+
+def latent_frame_index(
+    module: nn.Module,
+    n_latent: int,
+    n_frames: int,
+    rate: int,
+    cache: CausalCache | None,
+    device: torch.device,
+) -> Tensor:
+    """Index of the latent frame each of ``n_frames`` frames at ``rate`` was decoded from: int64
+    ``(n_frames,)``, ``[0, 1 x r, 2 x r, ...]`` for the chunk holding frame 0 (``module`` not yet seen
+    by ``cache``), ``[0 x r, 1 x r, ...]`` for later chunks; marks ``module`` as seen."""
+    first = cache is None or not cache.seen(module)
+    index = torch.arange(n_latent, device=device).repeat_interleave(rate)
+    index = index[rate - 1 :] if first else index
+    if index.numel() != n_frames:
+        raise ValueError(
+            f"{type(module).__name__}: {n_latent} latent frames at rate {rate} give {index.numel()} "
+            f"frames, got x with {n_frames} frames"
+        )
+    if cache is not None:
+        cache.set(module, True)
+    return index
 
 
 class ChannelNorm(nn.Module):
@@ -145,15 +155,7 @@ class AdaptiveChannelNorm(nn.Module):
         self.beta = nn.Linear(z_channels, channels)
 
     def forward(self, x: Tensor, q: Tensor, rate: int = 1, cache: CausalCache | None = None) -> Tensor:
-        first = cache is None or not cache.seen(self)
-        index = AdaptiveGroupNorm._frame_to_latent(q.shape[2], rate, first, x.device)
-        if index.numel() != x.shape[2]:
-            raise ValueError(
-                f"AdaptiveChannelNorm: {q.shape[2]} latent frames at rate {rate} give {index.numel()} "
-                f"frames, got x with {x.shape[2]} frames"
-            )
-        if cache is not None:
-            cache.set(self, True)
+        index = latent_frame_index(self, q.shape[2], x.shape[2], rate, cache, x.device)
         fh, fw = x.shape[3] // q.shape[3], x.shape[4] // q.shape[4]
         q = rearrange(q[:, :, index], "b z t h w -> b t h w z")
         scale = rearrange(self.gamma(q), "b t h w c -> b c t h 1 w 1")
