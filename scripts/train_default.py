@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from magvit2 import VideoTokenizer
-from magvit2.data.synthetic import ClipSynth
+from magvit2.data.synthetic import ClipSynth, SynthConfig
 from magvit2.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from magvit2.training.ema import EMA
 from magvit2.training.schedule import warmup_cosine
@@ -54,6 +54,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--val-clips", type=int, default=48)
     p.add_argument("--checkpoint-every", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--p-flat", type=float, default=0.12, help="share of flat, ramp and texture clips")
+    p.add_argument("--p-pure", type=float, default=0.0, help="share of flat colours from the extremes")
+    p.add_argument("--ramp-span", type=float, nargs=2, default=None, help="ramp length range, in frame sides")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--resume", action="store_true")
     return p.parse_args(argv)
@@ -117,6 +121,8 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -130,7 +136,9 @@ def main(argv: list[str] | None = None) -> None:
     eval_model = VideoTokenizer(model.config).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
     ema = EMA(model, args.ema)
-    synth = ClipSynth.from_folder(args.data, "train", device=device, seed=args.seed)
+    span = tuple(args.ramp_span) if args.ramp_span else None
+    mix = SynthConfig(p_flat=args.p_flat, p_pure=args.p_pure, ramp_span=span)
+    synth = ClipSynth.from_folder(args.data, "train", cfg=mix, device=device, seed=args.seed)
     val = validation_sets(args)
     state = {"step": 0, "total": args.steps, "best": -math.inf, "seconds": 0.0}
 

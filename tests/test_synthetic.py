@@ -65,3 +65,17 @@ def test_video_clip_uses_consecutive_frames():
     clip = s._video_clip(3, 32)
     assert clip.shape == (3, 3, 32, 32)
     assert not torch.equal(clip[:, 0], clip[:, 1])  # different source frames (random pixels)
+
+
+def test_pure_colours_are_exact_extremes_and_short_ramps_are_steep():
+    from magvit2.data.synthetic import PURE_COLOURS
+
+    s = _synth(p_pure=1.0, ramp_span=(0.5, 0.5))
+    for _ in range(10):
+        assert (PURE_COLOURS == s._flat_colour()[:, 0, 0]).all(1).any()
+    ramp = s._ramp(32)  # 64 image pixels, 16 of them rising
+    rising = ((ramp > 0) & (ramp < 1)).sum()
+    assert 14 <= rising <= 16 and ramp[0] == 0 and ramp[-1] == 1
+    assert torch.all(ramp[1:] >= ramp[:-1])
+    plain = _synth()
+    assert torch.equal(plain._ramp(32), torch.linspace(0, 1, 64))

@@ -52,6 +52,10 @@ class SynthConfig:
         max_stamps: up to this many moving objects per clip.
         speed: typical camera speed in output pixels per frame.
         scale_range: scene pixels per output pixel (below 1 enlarges the scene).
+        p_pure: share of flat colours and ramp ends taken from the extremes (black, white, three greys
+            and the six saturated colours) instead of uniformly from the RGB cube.
+        ramp_span: ``(lo, hi)`` length of a ramp in output frame sides (a short ramp is steep and flat
+            beyond its ends); ``None`` spans twice the frame side.
     """
 
     p_video: float = 0.3
@@ -64,6 +68,15 @@ class SynthConfig:
     max_stamps: int = 2
     speed: float = 2.5
     scale_range: tuple[float, float] = (0.5, 1.6)
+    p_pure: float = 0.0
+    ramp_span: tuple[float, float] | None = None
+
+
+#: Colours ``p_pure`` draws from, in [0, 1]: black, white, three greys, six saturated colours.
+PURE_COLOURS = torch.tensor(
+    [[0, 0, 0], [1, 1, 1], [0.25, 0.25, 0.25], [0.5, 0.5, 0.5], [0.75, 0.75, 0.75],
+     [1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [1, 0, 1], [0, 1, 1]]
+)  # fmt: skip
 
 
 class ClipSynth:
@@ -209,15 +222,29 @@ class ClipSynth:
         out = F.grid_sample(clip, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
         return out.transpose(0, 1)
 
+    def _flat_colour(self) -> Tensor:
+        """A colour ``(3, 1, 1)`` in [0, 1]: uniform in the RGB cube, or one of :data:`PURE_COLOURS`."""
+        if self.cfg.p_pure > 0 and self._p(self.cfg.p_pure):
+            return self._on(PURE_COLOURS[self._i(len(PURE_COLOURS))])[:, None, None]
+        return self._on(self._u(n=3))[:, None, None]
+
+    def _ramp(self, size: int) -> Tensor:
+        """Ramp weights ``(size * 2,)`` in [0, 1] across a ``size * 2`` image."""
+        if self.cfg.ramp_span is None:
+            return torch.linspace(0, 1, size * 2, device=self.device)
+        length = float(self._u(*self.cfg.ramp_span)) * size
+        start = float(self._u(0, max(size * 2 - 1 - length, 0.0)))
+        return ((torch.arange(size * 2, device=self.device) - start) / length).clamp(0, 1)
+
     def _flat(self, frames: int, size: int) -> Tensor:
         """A flat colour, a ramp or a fine texture, still or moving ``(3, frames, size, size)``."""
         kind = self._i(3)
-        colour = self._on(self._u(n=3))[:, None, None]
+        colour = self._flat_colour()
         if kind == 0:
             image = colour.expand(3, size * 2, size * 2)
         elif kind == 1:
-            other = self._on(self._u(n=3))[:, None, None]
-            ramp = torch.linspace(0, 1, size * 2, device=self.device)
+            other = self._flat_colour()
+            ramp = self._ramp(size)
             ramp = ramp[None, :, None] if self._p(0.5) else ramp[None, None, :]
             image = colour + (other - colour) * ramp.expand(1, size * 2, size * 2)
         else:
