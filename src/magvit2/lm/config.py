@@ -12,12 +12,12 @@ import yaml
 
 from magvit2.config_io import apply_overrides, from_dict, read_yaml, to_dict
 from magvit2.lm.tasks import MaskedSection
+from magvit2.training.config import check_run_fields
 
 POSITIONS = ("rope", "axial")
 #: ``ar``: the decoder-only model of :mod:`magvit2.lm.transformer`; ``masked``: the bidirectional
 #: masked model of :mod:`magvit2.lm.masked` (MaskGIT decoding, COMMIT task masks).
 KINDS = ("ar", "masked")
-PRECISIONS = ("auto", "bf16", "fp32")
 #: Vocabularies up to this size get one embedding table and one softmax head; larger ones (LFQ) are
 #: split into sub-tokens (``split_tokens``).
 MAX_PLAIN_VOCABULARY = 2**16
@@ -268,15 +268,7 @@ class LMTrainConfig:
     masked: MaskedSection = field(default_factory=MaskedSection)
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        for name in ("max_steps", "checkpoint_every", "keep_checkpoints", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.time_limit_minutes is not None and not self.time_limit_minutes > 0:
-            raise ValueError(f"time_limit_minutes must be > 0 or null, got {self.time_limit_minutes}")
-        if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must lie in [0, 1) or be null, got {self.ema_decay}")
+        check_run_fields(self)
         if not 0.0 <= self.class_dropout < 1.0:
             raise ValueError(f"class_dropout must lie in [0, 1), got {self.class_dropout}")
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import logging
 import math
 import time
@@ -24,9 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
-from torch.nn.parallel import DistributedDataParallel
 
 from magvit2.config_io import resolve_path
 from magvit2.lm.config import LMTrainConfig, lm_config_to_yaml
@@ -37,20 +34,9 @@ from magvit2.lm.transformer import VideoLM
 from magvit2.models import VideoTokenizer
 from magvit2.models.tokenizer import resolve_pretrained
 from magvit2.tokens import model_fingerprint
-from magvit2.training.checkpoint import (
-    CheckpointError,
-    latest_checkpoint,
-    list_checkpoints,
-    load_checkpoint,
-    save_checkpoint,
-    verify_checkpoint,
-)
-from magvit2.training.distributed import DistInfo, barrier, broadcast_module, init_distributed
+from magvit2.training.base import TrainerBase
+from magvit2.training.distributed import barrier, broadcast_module
 from magvit2.training.ema import EMA
-from magvit2.training.monitor import Monitor
-from magvit2.training.schedule import warmup_cosine
-from magvit2.training.stopping import REASONS, StopRequests
-from magvit2.training.trainer import rng_state, seed_everything, set_rng_state
 
 log = logging.getLogger("magvit2.lm")
 LN2 = math.log(2.0)
@@ -70,29 +56,17 @@ def frame_weights(frames: int, tokens_per_frame: int, full: int, later: float) -
     return per_frame.repeat_interleave(tokens_per_frame)
 
 
-class LMTrainer:
+class LMTrainer(TrainerBase):
     """Trains a :class:`VideoLM` as an :class:`LMTrainConfig` says; ``fit`` returns ``final/``."""
 
-    def __init__(self, cfg: LMTrainConfig, resume: bool = False, info: DistInfo | None = None) -> None:
-        self.cfg, self.resume_requested = cfg, resume
-        self.info = info if info is not None else init_distributed(cfg.device)
-        self.out = Path(resolve_path(cfg.output_dir))
-        self.step = 0
-        self.monitor: Monitor | None = None
-        self.last_validation: dict[str, float] = {}
-        self.stopped_by: str | None = None
-        self.final: Path | None = None
-        self.setup()
+    checkpoint_keys = ("step", "opt", "sched", "rng")
+    final_name = "LM"
 
     # ------------------------------------------------------------------------------------------ setup
     def setup(self) -> None:
         """Tokenizer fingerprint, data, model, EMA, optimiser, schedule; resume if asked."""
         cfg, info = self.cfg, self.info
-        if cfg.num_threads:
-            torch.set_num_threads(cfg.num_threads)
-        seed_everything(cfg.seed)
-        self.device = info.device
-        self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda")
+        self.setup_runtime()
         tokenizer, self.fingerprint = load_tokenizer(cfg.tokenizer)
         self.tokenizer_facts = {
             "tokenizer": cfg.tokenizer
@@ -109,15 +83,9 @@ class LMTrainer:
         self.model = build_lm(self.model_config).to(self.device).train()
         self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema_decay is not None else None
         broadcast_module(self.model, info)
-        self.ddp = (
-            DistributedDataParallel(
-                self.model, device_ids=[self.device] if self.device.type == "cuda" else None
-            )
-            if info.distributed
-            else None
-        )
+        self.ddp = self.wrap_ddp(self.model)
         self.opt, self.sched = self._optimizer()
-        self._prepare_output()
+        self.prepare_output()
         if self.resume_requested:
             self.resume()
         labels = None
@@ -169,24 +137,10 @@ class LMTrainer:
             {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
         ]
         opt = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps)
-        fn = functools.partial(
-            warmup_cosine,
-            warmup_steps=o.warmup_steps,
-            total_steps=self.cfg.max_steps,
-            min_ratio=o.min_lr_ratio,
-        )
-        return opt, torch.optim.lr_scheduler.LambdaLR(opt, fn)
+        return opt, self.lr_schedule(opt)
 
-    def _prepare_output(self) -> None:
-        if not self.resume_requested and latest_checkpoint(self.out / "checkpoints") is not None:
-            raise FileExistsError(
-                f"{self.out} already holds checkpoints; pass --resume to continue that run, or choose "
-                "another output_dir"
-            )
-        if self.info.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.yaml").write_text(lm_config_to_yaml(self.cfg))
-        barrier(self.info)
+    def config_yaml(self) -> str:
+        return lm_config_to_yaml(self.cfg)
 
     # ------------------------------------------------------------------------------------------ state
     def state_dict(self) -> tuple[dict[str, dict[str, Tensor]], dict[str, Any]]:
@@ -194,10 +148,7 @@ class LMTrainer:
         weights = {"model": self.model.state_dict()}
         if self.ema is not None:
             weights["ema"] = self.ema.state_dict()
-        rngs = [rng_state()]
-        if self.info.distributed:
-            rngs = [None] * self.info.world_size
-            dist.all_gather_object(rngs, rng_state())
+        rngs = self.gathered_rng_states()
         state = {
             "step": self.step,
             "world_size": self.info.world_size,
@@ -214,58 +165,10 @@ class LMTrainer:
             self.ema.load_state_dict(weights.get("ema", weights["model"]))
         self.opt.load_state_dict(state["opt"])
         self.sched.load_state_dict(state["sched"])
-        rngs = state["rng"]
-        if len(rngs) != self.info.world_size:
-            log.warning(
-                "checkpoint written by %d processes, now %d: RNG streams differ",
-                len(rngs),
-                self.info.world_size,
-            )
-        set_rng_state(rngs[self.info.rank % len(rngs)])
+        self.restore_rng_states(state["rng"])
         self.step = int(state["step"])
 
-    def save(self) -> Path | None:
-        weights, state = self.state_dict()
-        path = None
-        if self.info.is_main:
-            path = save_checkpoint(
-                self.out / "checkpoints", self.step, weights, state, keep_last=self.cfg.keep_checkpoints,
-                extra_files={"config.yaml": lm_config_to_yaml(self.cfg)},
-            )  # fmt: skip
-        barrier(self.info)
-        return path
-
-    def resume(self) -> int:
-        """Load the newest checkpoint that verifies completely (as the tokenizer trainer: newer damaged
-        ones are skipped with a warning; none verifying is an error); returns the step reached."""
-        root = self.out / "checkpoints"
-        found = list_checkpoints(root)
-        if not found:
-            log.info("no checkpoint in %s: starting a new run", root)
-            return 0
-        reasons = []
-        for path in reversed(found):
-            try:
-                verify_checkpoint(path)
-                _, weights, state = load_checkpoint(path)
-            except CheckpointError as err:
-                log.warning("skipped checkpoint %s: %s", path.name, err)
-                reasons.append(f"{path.name}: {err}")
-                continue
-            try:
-                self.load_state_dict(weights, state)
-            except (RuntimeError, KeyError, ValueError) as err:  # a checkpoint of another model or run
-                raise ValueError(
-                    f"{path}: does not fit this run ({' '.join(str(err).split())[:300]})"
-                ) from err
-            log.info("resumed from %s (step %d)", path, self.step)
-            return self.step
-        raise ValueError(f"{root}: no checkpoint verifies completely, cannot resume ({'; '.join(reasons)})")
-
     # ------------------------------------------------------------------------------------------ steps
-    def _autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
-
     def train_step(self) -> dict[str, float]:
         """One optimiser step over ``grad_accum_steps`` micro-batches -> logs."""
         cfg, m = self.cfg, self.model_config
@@ -287,16 +190,12 @@ class LMTrainer:
                 nats += self._masked_micro(net, ids, classes, weights, micro, sync) / accum
                 continue
             with contextlib.nullcontext() if sync else self.ddp.no_sync():
-                with self._autocast():
+                with self.autocast():
                     logp = net(ids, classes).reshape(ids.shape[0], -1).float()
                 loss = -(logp * weights).sum(-1).mean() / weights.sum()
                 (loss / accum).backward()
             nats += float(-logp.detach().mean()) / accum
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        if cfg.optim.grad_clip > 0:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip))
-        else:
-            grad_norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])))
+        grad_norm = float(self.clip_gradients(self.model.parameters()))
         lr = self.opt.param_groups[0]["lr"]
         self.opt.step()
         self.sched.step()
@@ -315,7 +214,7 @@ class LMTrainer:
         tasks, given = random_tasks(b, t, h, w, self.cfg.masked, g)
         masked = schedule_mask(given, g).to(self.device)
         with contextlib.nullcontext() if sync else self.ddp.no_sync():
-            with self._autocast():
+            with self.autocast():
                 logp = net(ids, masked, classes, tasks.to(self.device)).reshape(b, -1).float()
             counted = masked.reshape(b, -1).float() * weights
             loss = -(logp * counted).sum() / counted.sum()
@@ -339,7 +238,7 @@ class LMTrainer:
         windows = self.val_windows
         for i in range(0, windows.shape[0], 8):
             batch = windows[i : i + 8].to(self.device)
-            with self._autocast():
+            with self.autocast():
                 total += float(-model.log_prob(batch).float().sum())
         return {"bits_per_token": total / windows.numel() / LN2}
 
@@ -353,35 +252,6 @@ class LMTrainer:
         return result
 
     # ------------------------------------------------------------------------------------------ loop
-    def fit(self) -> Path:
-        """Train up to ``max_steps`` (checkpoints, validation); write ``final/``; return it."""
-        cfg = self.cfg
-        self.stopped_by = None
-        self.monitor = Monitor(
-            self.info.is_main, self.out, self.step, cfg.max_steps, cfg.progress, cfg.tensorboard
-        )
-        limit = cfg.time_limit_minutes * 60 if cfg.time_limit_minutes is not None else None
-        t0 = time.perf_counter()
-        try:
-            with StopRequests(limit) as requests:
-                while self.step < cfg.max_steps and self.stopped_by is None:
-                    self._fit_step()
-                    self.stopped_by = self._agreed_stop(requests) if self.step < cfg.max_steps else None
-            if self.stopped_by is not None:
-                if self.step % cfg.checkpoint_every:
-                    self.save()
-                self.monitor.message(
-                    f"stopped by {self.stopped_by} at step {self.step} of {cfg.max_steps}; "
-                    "continue with --resume"
-                )
-            else:
-                self.last_validation = self._run_validation()
-            self.final = self.write_final()
-        finally:
-            self.monitor.close()
-        log.info("trained to step %d in %.1f s; LM in %s", self.step, time.perf_counter() - t0, self.final)
-        return self.final
-
     def _fit_step(self) -> None:
         cfg = self.cfg
         t = time.perf_counter()
@@ -400,19 +270,7 @@ class LMTrainer:
                 self.step, {f"train/{k}": float(v) for k, v in logs.items()},
                 {"bits/token": f"{logs['bits_per_token']:.3f}", "frames": str(logs["frames"])},
             )  # fmt: skip
-        every = cfg.validation.every
-        if every and self.step % every == 0 and self.step < cfg.max_steps:
-            self.last_validation = self._run_validation()
-        if self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps:
-            self.save()
-
-    def _agreed_stop(self, requests: StopRequests) -> str | None:
-        code = requests.code()
-        if self.info.distributed:
-            flag = torch.tensor([code], device=self.device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            code = int(flag.item())
-        return REASONS[code]
+        self.end_of_step()
 
     def write_final(self) -> Path:
         """``final/``: the LM folder (EMA weights when EMA is on), with the tokenizer's name and
@@ -431,12 +289,4 @@ class LMTrainer:
 
 def run_lm_training(cfg: LMTrainConfig, resume: bool = False) -> LMTrainer:
     """Run training as ``cfg`` says (under torchrun: one process of the group)."""
-    from magvit2.training.distributed import shutdown
-
-    info = init_distributed(cfg.device)
-    try:
-        trainer = LMTrainer(cfg, resume=resume, info=info)
-        trainer.fit()
-        return trainer
-    finally:
-        shutdown(info)
+    return LMTrainer.run(cfg, resume)

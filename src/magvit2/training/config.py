@@ -174,21 +174,25 @@ class TrainConfig:
     validation: ValidationSection = field(default_factory=ValidationSection)
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"TrainConfig.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        check_run_fields(self, "TrainConfig.")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"TrainConfig.strategy must be one of {STRATEGIES}, got {self.strategy!r}")
-        for name in ("max_steps", "checkpoint_every", "keep_checkpoints", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.time_limit_minutes is not None and not self.time_limit_minutes > 0:
-            raise ValueError(
-                f"TrainConfig.time_limit_minutes must be > 0 or null, got {self.time_limit_minutes}"
-            )
         if self.optim.grad_accum_steps < 1:
             raise ValueError(f"optim.grad_accum_steps must be >= 1, got {self.optim.grad_accum_steps}")
-        if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"TrainConfig.ema_decay must lie in [0, 1) or be null, got {self.ema_decay}")
+
+
+def check_run_fields(cfg: Any, prefix: str = "") -> None:
+    """Check the fields every training run has (precision, step counts, time limit, EMA decay); a
+    ValueError naming ``prefix + field`` and what it must be."""
+    if cfg.precision not in PRECISIONS:
+        raise ValueError(f"{prefix}precision must be one of {PRECISIONS}, got {cfg.precision!r}")
+    for name in ("max_steps", "checkpoint_every", "keep_checkpoints", "log_every"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{prefix}{name} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.time_limit_minutes is not None and not cfg.time_limit_minutes > 0:
+        raise ValueError(f"{prefix}time_limit_minutes must be > 0 or null, got {cfg.time_limit_minutes}")
+    if cfg.ema_decay is not None and not 0.0 <= cfg.ema_decay < 1.0:
+        raise ValueError(f"{prefix}ema_decay must lie in [0, 1) or be null, got {cfg.ema_decay}")
 
 
 def tokenizer_config(cfg: TrainConfig, where: str = "config") -> TokenizerConfig:

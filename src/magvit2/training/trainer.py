@@ -29,38 +29,25 @@ first (:mod:`magvit2.training.stopping`).
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import math
-import random
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel
 
 from magvit2.config_io import resolve_path
 from magvit2.data import JointBatchDataset, find_files, make_loader, read_video, to_tensor
 from magvit2.data.media import resized_size
 from magvit2.data.video_io import probe
-from magvit2.fileio import atomic_path, remove_path, remove_stale_temps
+from magvit2.fileio import atomic_path
 from magvit2.losses import TokenizerLoss
 from magvit2.models import VideoTokenizer
 from magvit2.models.checks import read_model_config
 from magvit2.modules.blocks import ResBlock
-from magvit2.training.checkpoint import (
-    CheckpointError,
-    latest_checkpoint,
-    list_checkpoints,
-    load_checkpoint,
-    save_checkpoint,
-    verify_checkpoint,
-)
+from magvit2.training.base import TrainerBase
 from magvit2.training.config import TrainConfig, config_to_yaml, tokenizer_config, with_model_frames
 from magvit2.training.distributed import (
     DistInfo,
@@ -68,12 +55,8 @@ from magvit2.training.distributed import (
     average_gradients,
     barrier,
     broadcast_module,
-    init_distributed,
 )
 from magvit2.training.ema import EMA
-from magvit2.training.monitor import Monitor
-from magvit2.training.schedule import warmup_cosine
-from magvit2.training.stopping import REASONS, StopRequests
 
 log = logging.getLogger("magvit2.train")
 
@@ -108,45 +91,6 @@ def enable_activation_checkpointing(model: nn.Module) -> int:
     for block in blocks:
         block.gradient_checkpointing = True
     return len(blocks)
-
-
-def rng_state() -> dict[str, Any]:
-    """This process's torch / numpy / python (and CUDA) RNG states, checkpoint-ready."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": {
-            "kind": kind,
-            "keys": torch.from_numpy(keys.astype(np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached),
-        },  # fmt: skip
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Inverse of :func:`rng_state`."""
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state(
-        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
-    )
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-
-
-def seed_everything(seed: int) -> None:
-    """Seed torch, numpy and python's ``random``."""
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
 
 
 def load_clip(
@@ -186,7 +130,7 @@ def load_weights(model: VideoTokenizer, source: VideoTokenizer, where: str) -> N
     model.load_state_dict(state)
 
 
-class Trainer:
+class Trainer(TrainerBase):
     """Trains a :class:`VideoTokenizer` as a :class:`TrainConfig` says.
 
     ``Trainer(cfg, resume=True).fit()`` continues from the newest complete checkpoint in
@@ -195,48 +139,31 @@ class Trainer:
     """
 
     def __init__(self, cfg: TrainConfig, resume: bool = False, info: DistInfo | None = None) -> None:
-        self.cfg = cfg = with_model_frames(cfg)
-        self.resume_requested = resume
-        self.info = info if info is not None else init_distributed(cfg.device)
-        self.out = Path(resolve_path(cfg.output_dir))
-        self.step = 0
-        self.monitor: Monitor | None = None
-        self.last_validation: dict[str, float] = {}
-        #: why :meth:`fit` stopped before ``max_steps`` ("SIGTERM", "SIGINT", "time limit"), or None
-        self.stopped_by: str | None = None
-        #: the ``final/`` folder, once :meth:`fit` has written it
-        self.final: Path | None = None
-        self.setup()
+        super().__init__(with_model_frames(cfg), resume, info)
 
     # ------------------------------------------------------------------------------------------ setup
     def setup(self) -> None:
         """Build model, EMA, loss/discriminator, optimisers, schedules and data; resume if asked."""
         cfg, info = self.cfg, self.info
-        if cfg.num_threads:
-            torch.set_num_threads(cfg.num_threads)
-        seed_everything(cfg.seed)
-        self.device = info.device
-        self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda")
+        self.setup_runtime()
         self.model = self._build_model().to(self.device).train()
         self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema_decay is not None else None
         self.loss_fn = TokenizerLoss(cfg.loss, in_channels=self.model.config.in_channels).to(self.device)
         self.entropy_schedule = cfg.loss.entropy_schedule()
         broadcast_module(self.model, info)
         broadcast_module(self.loss_fn, info)
-        self.ddp = (
-            DistributedDataParallel(
-                self.model, device_ids=[self.device] if self.device.type == "cuda" else None
-            )
-            if info.distributed
-            else None
-        )
+        self.ddp = self.wrap_ddp(self.model)
         self._build_optimizers()
         self.data_cfg = replace(cfg.data, paths=[resolve_path(p) for p in cfg.data.paths])
-        self._prepare_output()
+        self.prepare_output()
         self.dataset = JointBatchDataset(self.data_cfg, info.rank, info.world_size)
         self._val_clips: Tensor | None = None
+        self._loader = None
         if self.resume_requested:
             self.resume()  # last: nothing may draw from the restored RNG states before the first step
+
+    def config_yaml(self) -> str:
+        return config_to_yaml(self.cfg)
 
     def _build_model(self) -> VideoTokenizer:
         """The configured tokenizer: started from ``model.init_from``'s weights if given,
@@ -272,38 +199,7 @@ class Trainer:
         """AdamW + warm-up/cosine LambdaLR."""
         o = self.cfg.optim
         opt = torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay, eps=o.eps)
-        fn = functools.partial(
-            warmup_cosine,
-            warmup_steps=o.warmup_steps,
-            total_steps=self.cfg.max_steps,
-            min_ratio=o.min_lr_ratio,
-        )
-        return opt, torch.optim.lr_scheduler.LambdaLR(opt, fn)
-
-    def _prepare_output(self) -> None:
-        """Create the run folder, refuse to overwrite a run without ``resume``, save ``config.yaml``."""
-        ckpts = self.out / "checkpoints"
-        if not self.resume_requested and latest_checkpoint(ckpts) is not None:
-            raise FileExistsError(
-                f"{self.out} already holds checkpoints; pass --resume to continue that run, "
-                "or choose another output_dir"
-            )
-        if self.info.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            self._remove_stale_temps()
-            (self.out / "config.yaml").write_text(config_to_yaml(self.cfg))
-        barrier(self.info)
-
-    def _remove_stale_temps(self) -> None:
-        """Delete what killed runs left half-written: checkpoint folders ``step-N.tmp-PID``,
-        ``.final.tmp-PID`` folders and safetensors' ``.tmpXXXXXX`` files in ``final/``."""
-        removed = remove_stale_temps(self.out / "checkpoints") + remove_stale_temps(self.out)
-        for name in ("final", "final_raw"):
-            for p in (self.out / name).glob(".tmp*") if (self.out / name).is_dir() else []:
-                remove_path(p)
-                removed.append(p)
-        for p in removed:
-            log.info("removed %s, left half-written by a run that was killed", p)
+        return opt, self.lr_schedule(opt)
 
     # ------------------------------------------------------------------------------------------ state
     def state_dict(self) -> tuple[dict[str, dict[str, Tensor]], dict[str, Any]]:
@@ -311,10 +207,7 @@ class Trainer:
         weights = {"model": self.model.state_dict(), "loss": self.loss_fn.state_dict()}
         if self.ema is not None:
             weights["ema"] = self.ema.state_dict()
-        rngs = [rng_state()]
-        if self.info.distributed:
-            rngs = [None] * self.info.world_size
-            dist.all_gather_object(rngs, rng_state())
+        rngs = self.gathered_rng_states()
         state = {
             "step": self.step,
             "world_size": self.info.world_size,
@@ -342,72 +235,18 @@ class Trainer:
         if self.opt_d is not None and "opt_d" in state:
             self.opt_d.load_state_dict(state["opt_d"])
             self.sched_d.load_state_dict(state["sched_d"])
-        rngs = state["rng"]
-        if len(rngs) != self.info.world_size:
-            log.warning("checkpoint was written by %d processes, now %d: RNG streams differ", len(rngs),
-                        self.info.world_size)  # fmt: skip
-        set_rng_state(rngs[self.info.rank % len(rngs)])
+        self.restore_rng_states(state["rng"])
         self.step = int(state["step"])
 
-    def save(self) -> Path | None:
-        """Write checkpoint ``checkpoints/step-XXXXXXXX`` (rank 0 writes; every rank takes part)."""
-        weights, state = self.state_dict()
-        path = None
-        if self.info.is_main:
-            path = save_checkpoint(
-                self.out / "checkpoints",
-                self.step,
-                weights,
-                state,
-                keep_last=self.cfg.keep_checkpoints,
-                extra_files={"config.yaml": config_to_yaml(self.cfg)},
-            )
-        barrier(self.info)
-        return path
+    @property
+    def checkpoint_groups(self) -> tuple[str, ...]:
+        return ("model", "loss") + (("ema",) if self.ema is not None else ())
 
-    def resume(self) -> int:
-        """Load the newest checkpoint of ``output_dir`` that verifies completely, if any; returns the
-        step reached. Each newer one skipped is logged with the reason; when checkpoints exist but none
-        verifies, a ValueError lists them all (nothing is reset silently)."""
-        root = self.out / "checkpoints"
-        found = list_checkpoints(root)
-        if not found:
-            log.info("no checkpoint in %s: starting a new run", root)
-            return 0
-        reasons = []
-        for path in reversed(found):
-            try:
-                weights, state = self._read_checkpoint(path)
-            except CheckpointError as err:
-                log.warning("skipped checkpoint %s: %s", path.name, err)
-                reasons.append(f"{path.name}: {err}")
-                continue
-            try:
-                self.load_state_dict(weights, state)
-            except (RuntimeError, KeyError, ValueError) as err:  # a checkpoint of another model or run
-                reason = " ".join(str(err).split())[:300]
-                raise ValueError(f"{path}: does not fit this run ({reason})") from err
-            log.info("resumed from %s (step %d)", path, self.step)
-            return self.step
-        raise ValueError(f"{root}: no checkpoint verifies completely, cannot resume ({'; '.join(reasons)})")
-
-    def _read_checkpoint(self, path: Path) -> tuple[dict[str, dict[str, Tensor]], dict[str, Any]]:
-        """(weights, state) of a checkpoint folder that verifies and holds everything this run
-        restores; a :class:`CheckpointError` naming what is missing or damaged otherwise."""
-        verify_checkpoint(path)
-        _, weights, state = load_checkpoint(path)
-        groups = ["model", "loss"] + (["ema"] if self.ema is not None else [])
-        missing = [f"{g}.safetensors" for g in groups if g not in weights]
-        keys = ["step", "opt_g", "sched_g", "rng"] + (["opt_d", "sched_d"] if self.opt_d is not None else [])
-        missing += [f"state {k}" for k in keys if k not in state]
-        if missing:
-            raise CheckpointError(f"{path}: lacks {', '.join(missing)}")
-        return weights, state
+    @property
+    def checkpoint_keys(self) -> tuple[str, ...]:
+        return ("step", "opt_g", "sched_g", "rng") + (("opt_d", "sched_d") if self.opt_d is not None else ())
 
     # ------------------------------------------------------------------------------------------ steps
-    def _autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
-
     def _chunks(self, batches: list[dict]) -> list[tuple[Tensor, float]]:
         """Micro-batch dicts -> (clips ``(B, 3, T, H, W)``, weight = share of the step's samples)."""
         parts = [b[k] for b in batches for k in ("video", "image") if b.get(k) is not None]
@@ -429,7 +268,7 @@ class Trainer:
         for i, (x, weight) in enumerate(chunks):
             sync = self.ddp is None or i == len(chunks) - 1
             with contextlib.nullcontext() if sync else self.ddp.no_sync():
-                with self._autocast():
+                with self.autocast():
                     out = net(x)
                     loss, chunk_logs = self.loss_fn(
                         x, out.reconstruction, out.quantizer, step, last_layer=self.model.last_layer_weight()
@@ -438,7 +277,7 @@ class Trainer:
             pairs.append((x, out.reconstruction.detach()))
             for k, v in chunk_logs.items():
                 logs[k] = logs.get(k, 0.0) + weight * v.float()
-        logs["grad_norm"] = self._clip(self.model.parameters())
+        logs["grad_norm"] = self.clip_gradients(self.model.parameters())
         logs["lr"] = torch.tensor(self.opt_g.param_groups[0]["lr"])  # the rate this step uses
         self.opt_g.step()
         self.sched_g.step()
@@ -457,23 +296,17 @@ class Trainer:
         logs: dict[str, Tensor] = {}
         for real, fake in pairs:
             weight = real.shape[0] / total
-            with self._autocast():
+            with self.autocast():
                 loss, chunk_logs = self.loss_fn.discriminator_loss(real, fake, self.step)
             (loss * weight).backward()
             for k, v in chunk_logs.items():
                 logs[k] = logs.get(k, 0.0) + weight * v.float()
         average_gradients(list(self.disc.parameters()), self.info)
-        logs["disc_grad_norm"] = self._clip(self.disc.parameters())
+        logs["disc_grad_norm"] = self.clip_gradients(self.disc.parameters())
         self.opt_d.step()
         self.sched_d.step()
         average_buffers(self.loss_fn.lecam, self.info)
         return logs
-
-    def _clip(self, params) -> Tensor:
-        params = [p for p in params if p.grad is not None]
-        if self.cfg.optim.grad_clip > 0:
-            return torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip).detach()
-        return torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])).detach()
 
     # ------------------------------------------------------------------------------------------ validation
     def eval_model(self) -> VideoTokenizer:
@@ -523,7 +356,7 @@ class Trainer:
         first = None
         for i in range(0, clips.shape[0], bs):
             x = clips[i : i + bs].to(self.device)
-            with self._autocast():
+            with self.autocast():
                 out = model(x)
             rec = out.reconstruction.float().clamp(-1, 1)
             p_sum += float(psnr(rec, x, data_range=(-1.0, 1.0), reduction="none").sum())
@@ -562,47 +395,16 @@ class Trainer:
         barrier(self.info)
         return result
 
-    def fit(self) -> Path:
-        """Train up to ``max_steps`` (checkpointing and validating on the way); write ``final/``
-        (EMA weights) and ``final_raw/``; return the ``final/`` path.
+    def start_data(self) -> None:
+        accum = self.cfg.optim.grad_accum_steps
+        self._loader = iter(
+            make_loader(self.dataset, start_step=self.step * accum, stop_step=self.cfg.max_steps * accum)
+        )
 
-        SIGTERM, SIGINT or ``time_limit_minutes`` stop the run early, after the step under way: a
-        checkpoint and ``final/`` are written (no last validation) and :attr:`stopped_by` says why;
-        ``--resume`` continues from there."""
-        cfg = self.cfg
-        accum = cfg.optim.grad_accum_steps
-        self.stopped_by = None
-        self.monitor = Monitor(self.info.is_main, self.out, self.step, cfg.max_steps, cfg.progress,
-                               cfg.tensorboard)  # fmt: skip
-        limit = cfg.time_limit_minutes * 60 if cfg.time_limit_minutes is not None else None
-        t0 = time.perf_counter()
-        try:
-            loader = iter(
-                make_loader(self.dataset, start_step=self.step * accum, stop_step=cfg.max_steps * accum)
-            )
-            with StopRequests(limit) as requests:
-                while self.step < cfg.max_steps and self.stopped_by is None:
-                    self._fit_step(loader)
-                    self.stopped_by = self._agreed_stop(requests) if self.step < cfg.max_steps else None
-            if self.stopped_by is not None:
-                if self.step % cfg.checkpoint_every:
-                    self.save()
-                self.monitor.message(
-                    f"stopped by {self.stopped_by} at step {self.step} of {cfg.max_steps}; "
-                    "continue with --resume"
-                )
-            else:
-                self.last_validation = self._run_validation()
-            final = self.final = self.write_final()
-        finally:
-            self.monitor.close()
-        log.info("trained to step %d in %.1f s; weights in %s", self.step, time.perf_counter() - t0, final)
-        return final
-
-    def _fit_step(self, loader) -> None:
+    def _fit_step(self) -> None:
         """One optimiser step of :meth:`fit`, with its logging, validation and checkpoint."""
         cfg = self.cfg
-        batches = [next(loader) for _ in range(cfg.optim.grad_accum_steps)]
+        batches = [next(self._loader) for _ in range(cfg.optim.grad_accum_steps)]
         logs, pairs = self.train_step(batches)
         logs.update(self.disc_step(pairs))
         self.step += 1
@@ -611,20 +413,7 @@ class Trainer:
             self._log(logs)
         if not math.isfinite(float(logs["total"])):
             raise FloatingPointError(f"training loss is {float(logs['total'])} at step {self.step}")
-        every = cfg.validation.every
-        if every and self.step % every == 0 and self.step < cfg.max_steps:
-            self.last_validation = self._run_validation()
-        if self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps:
-            self.save()
-
-    def _agreed_stop(self, requests: StopRequests) -> str | None:
-        """Why to stop now, the same answer on every process (the strongest request of any rank)."""
-        code = requests.code()
-        if self.info.distributed:
-            flag = torch.tensor([code], device=self.device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            code = int(flag.item())
-        return REASONS[code]
+        self.end_of_step()
 
     def write_final(self) -> Path:
         """``final/`` = EMA weights, ``final_raw/`` = raw weights, both ``save_pretrained`` folders,
@@ -653,15 +442,7 @@ def _save_folder(model: VideoTokenizer, folder: Path) -> None:
 def run_training(cfg: TrainConfig, resume: bool = False) -> Trainer:
     """Run training as ``cfg`` says (under torchrun: one process of the group); returns the finished
     :class:`Trainer` (``final``: the ``final/`` folder; ``stopped_by``: why it stopped early, or None)."""
-    from magvit2.training.distributed import shutdown
-
-    info = init_distributed(cfg.device)
-    try:
-        trainer = Trainer(cfg, resume=resume, info=info)
-        trainer.fit()
-        return trainer
-    finally:
-        shutdown(info)
+    return Trainer.run(cfg, resume)
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> Path:
