@@ -270,3 +270,19 @@ def test_rfid_counts_every_frame_and_grows_with_distortion(detector_files, video
 def test_to_uint8_levels():
     x = torch.tensor([-1.0, -0.999, 0.0, 1.0, 1.5])
     np.testing.assert_array_equal(to_uint8_levels(x, (-1.0, 1.0)).numpy(), [0, 0, 128, 255, 255])
+
+
+def test_two_samples_rank_one_covariances_exact_and_never_negative():
+    """With two samples per set both covariances are rank one, ``S = u u^T`` with ``u = (x1 - x0) / sqrt(2)``,
+    so ``tr((S1 S2)^{1/2}) = |u . v|`` and the distance has a closed form; round-off in the 398 zero
+    eigenvalues must not pull it below it (or below zero)."""
+    rng = np.random.default_rng(0)
+    for scale in (1e-3, 1e-1, 1.0):
+        a = rng.normal(size=(2, 400)) * 3
+        b = a + rng.normal(size=(2, 400)) * scale
+        u, v = (a[1] - a[0]) / np.sqrt(2), (b[1] - b[0]) / np.sqrt(2)
+        dm = a.mean(0) - b.mean(0)
+        exact = dm @ dm + u @ u + v @ v - 2 * abs(u @ v)
+        got = frechet_distance_from_features(a, b)
+        assert got >= 0 and abs(got - exact) <= 1e-6 * (u @ u) + 1e-9, (scale, got, exact)
+    assert 0 <= frechet_distance_from_features(a, a) < 1e-9

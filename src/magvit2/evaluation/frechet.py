@@ -3,8 +3,10 @@
 ``d^2 = ||mu1 - mu2||^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^{1/2})``. The trace term is computed in float64
 without a general matrix square root: ``tr((S1 S2)^{1/2}) = sum_i sqrt(lambda_i)`` where ``lambda_i`` are
 the eigenvalues of the symmetric PSD matrix ``S1^{1/2} S2 S1^{1/2}`` (same spectrum as ``S1 S2``), and
-``S1^{1/2}`` comes from a symmetric eigendecomposition with negative round-off eigenvalues clipped to 0.
-This gives the same value as ``scipy.linalg.sqrtm`` (used by pytorch-fid and StyleGAN-V) without its
+``S1^{1/2}`` comes from a symmetric eigendecomposition. Eigenvalues within round-off of zero (below
+``D * eps * max|lambda|``) count as zero, in both decompositions: with few samples the covariances are
+rank-deficient, and the square roots of their round-off eigenvalues would otherwise add up to a
+distance below zero. The result is never negative. This gives the same value as ``scipy.linalg.sqrtm`` (used by pytorch-fid and StyleGAN-V) without its
 complex-valued round-off and without needing scipy.
 """
 
@@ -27,10 +29,16 @@ def _as_f64(a: ArrayLike, name: str) -> np.ndarray:
     return np.asarray(a, dtype=np.float64)
 
 
+def _clean_eigenvalues(vals: np.ndarray) -> np.ndarray:
+    """Eigenvalues of a PSD matrix (D,) with those within round-off of zero (or below it) set to 0."""
+    tol = len(vals) * np.finfo(np.float64).eps * max(float(np.abs(vals).max(initial=0.0)), 1e-300)
+    return np.where(vals > tol, vals, 0.0)
+
+
 def _psd_sqrt(s: np.ndarray) -> np.ndarray:
     """Symmetric square root of a (numerically) PSD matrix (D,D) -> (D,D)."""
     vals, vecs = np.linalg.eigh((s + s.T) / 2)
-    return (vecs * np.sqrt(np.clip(vals, 0.0, None))) @ vecs.T
+    return (vecs * np.sqrt(_clean_eigenvalues(vals))) @ vecs.T
 
 
 def frechet_distance(mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike, sigma2: ArrayLike) -> float:
@@ -49,9 +57,9 @@ def frechet_distance(mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike, sigma2: 
     r1 = _psd_sqrt(s1)
     m = r1 @ s2 @ r1
     eig = np.linalg.eigvalsh((m + m.T) / 2)
-    tr_sqrt = np.sqrt(np.clip(eig, 0.0, None)).sum()
+    tr_sqrt = np.sqrt(_clean_eigenvalues(eig)).sum()
     diff = mu1 - mu2
-    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_sqrt)
+    return max(float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_sqrt), 0.0)
 
 
 @dataclass
