@@ -18,6 +18,7 @@ Progress is printed as JSON lines and kept in ``OUT/log.jsonl``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import time
@@ -29,6 +30,7 @@ import torch.nn.functional as F
 
 from magvit2 import VideoTokenizer
 from magvit2.data.synthetic import ClipSynth, SynthConfig
+from magvit2.models import get_preset
 from magvit2.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from magvit2.training.ema import EMA
 from magvit2.training.schedule import warmup_cosine
@@ -40,6 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="run folder (checkpoints, best model, log)")
     p.add_argument("--preset", default="small")
     p.add_argument("--init", default=None, help="start from this model folder's weights")
+    p.add_argument("--padding", choices=["zeros", "replicate"], default=None, help="default: the preset's")
     p.add_argument("--steps", type=int, default=20000, help="total steps (ignored with --minutes)")
     p.add_argument("--minutes", type=float, default=None, help="wall-clock budget; sets --steps")
     p.add_argument("--batch", type=int, default=16, help="clips per video step")
@@ -129,7 +132,10 @@ def main(argv: list[str] | None = None) -> None:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
-    model = VideoTokenizer.from_config(args.preset)
+    config = get_preset(args.preset)
+    if args.padding:
+        config = dataclasses.replace(config, padding=args.padding)
+    model = VideoTokenizer(config)
     if args.init:
         model.load_state_dict(VideoTokenizer.from_pretrained(args.init).state_dict())
     model = model.to(device).train()

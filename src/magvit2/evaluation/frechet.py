@@ -6,8 +6,9 @@ the eigenvalues of the symmetric PSD matrix ``S1^{1/2} S2 S1^{1/2}`` (same spect
 ``S1^{1/2}`` comes from a symmetric eigendecomposition. Eigenvalues within round-off of zero (below
 ``D * eps * max|lambda|``) count as zero, in both decompositions: with few samples the covariances are
 rank-deficient, and the square roots of their round-off eigenvalues would otherwise add up to a
-distance below zero. The result is never negative. This gives the same value as ``scipy.linalg.sqrtm`` (used by pytorch-fid and StyleGAN-V) without its
-complex-valued round-off and without needing scipy.
+distance below zero. The result is never negative. This gives the same value as
+``scipy.linalg.sqrtm`` (used by pytorch-fid and StyleGAN-V) without its complex-valued round-off and
+without needing scipy.
 """
 
 from __future__ import annotations

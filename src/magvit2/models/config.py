@@ -36,6 +36,10 @@ def _per_level(value: int | list[int] | tuple[int, ...], levels: int, name: str)
     return value
 
 
+#: Spatial padding modes of the convolutions (``TokenizerConfig.padding``).
+PADDINGS = ("zeros", "replicate")
+
+
 @dataclass
 class TokenizerConfig:
     """Architecture of :class:`magvit2.models.VideoTokenizer` (Open-MAGVIT2 / MAGVIT-v2 layout).
@@ -69,6 +73,9 @@ class TokenizerConfig:
         time_pooled_norm: False (default): normalisation statistics per frame, strictly causal, chunked
             processing exact. True: statistics pooled over time as Open-MAGVIT2's video model (not
             causal; chunked processing is refused).
+        padding: spatial padding of every convolution: ``"zeros"`` (default, Open-MAGVIT2's) or
+            ``"replicate"`` (edge pixels repeated: a flat frame stays exactly flat through the whole
+            network, and the frame's border looks like its inside).
     """
 
     quantizer: QuantizerConfig = field(default_factory=LFQConfig)
@@ -83,6 +90,7 @@ class TokenizerConfig:
     norm_groups: int = 32
     norm_eps: float = 1e-6
     time_pooled_norm: bool = False
+    padding: str = "zeros"
 
     def __post_init__(self) -> None:
         if isinstance(self.quantizer, dict):
@@ -109,6 +117,8 @@ class TokenizerConfig:
             )
         if self.norm not in ("group", "channel"):
             raise ValueError(f"TokenizerConfig.norm: expected 'group' or 'channel', got {self.norm!r}")
+        if self.padding not in PADDINGS:
+            raise ValueError(f"TokenizerConfig.padding: expected one of {PADDINGS}, got {self.padding!r}")
         if self.norm == "channel" and self.time_pooled_norm:
             raise ValueError("TokenizerConfig: time_pooled_norm applies to norm 'group' only")
         for c in (self.ch * m for m in self.ch_mult) if self.norm == "group" else ():

@@ -18,8 +18,8 @@ class Encoder(nn.Module):
 
     def __init__(self, cfg: TokenizerConfig) -> None:
         super().__init__()
-        g, eps, pooled, kind = cfg.norm_groups, cfg.norm_eps, cfg.time_pooled_norm, cfg.norm
-        self.conv_in = CausalConv3d(cfg.in_channels, cfg.ch, 3, bias=False)
+        g, eps, pooled, kind, pad = cfg.norm_groups, cfg.norm_eps, cfg.time_pooled_norm, cfg.norm, cfg.padding
+        self.conv_in = CausalConv3d(cfg.in_channels, cfg.ch, 3, bias=False, padding=pad)
         self.down = nn.ModuleList()
         block_in = cfg.ch
         for i, mult in enumerate(cfg.ch_mult):
@@ -27,13 +27,13 @@ class Encoder(nn.Module):
             level = nn.Module()
             level.block = nn.ModuleList()
             for _ in range(cfg.num_res_blocks[i]):
-                level.block.append(ResBlock(block_in, block_out, g, eps, pooled, kind))
+                level.block.append(ResBlock(block_in, block_out, g, eps, pooled, kind, pad))
                 block_in = block_out
             if i < len(cfg.ch_mult) - 1:
-                level.downsample = downsample(block_in, cfg.temporal_downsample[i])
+                level.downsample = downsample(block_in, cfg.temporal_downsample[i], pad)
             self.down.append(level)
         self.mid_block = nn.ModuleList(
-            [ResBlock(block_in, block_in, g, eps, pooled, kind) for _ in range(cfg.num_mid_blocks)]
+            [ResBlock(block_in, block_in, g, eps, pooled, kind, pad) for _ in range(cfg.num_mid_blocks)]
         )
         self.norm_out = make_norm(kind, block_in, g, eps, pooled)
         self.conv_out = CausalConv3d(block_in, cfg.z_channels, 1, bias=True)
@@ -60,12 +60,12 @@ class Decoder(nn.Module):
 
     def __init__(self, cfg: TokenizerConfig) -> None:
         super().__init__()
-        g, eps, pooled, kind = cfg.norm_groups, cfg.norm_eps, cfg.time_pooled_norm, cfg.norm
+        g, eps, pooled, kind, pad = cfg.norm_groups, cfg.norm_eps, cfg.time_pooled_norm, cfg.norm, cfg.padding
         levels = len(cfg.ch_mult)
         block_in = cfg.ch * cfg.ch_mult[-1]
-        self.conv_in = CausalConv3d(cfg.z_channels, block_in, 3, bias=True)
+        self.conv_in = CausalConv3d(cfg.z_channels, block_in, 3, bias=True, padding=pad)
         self.mid_block = nn.ModuleList(
-            [ResBlock(block_in, block_in, g, eps, pooled, kind) for _ in range(cfg.num_mid_blocks)]
+            [ResBlock(block_in, block_in, g, eps, pooled, kind, pad) for _ in range(cfg.num_mid_blocks)]
         )
         up: list[nn.Module] = [nn.Module() for _ in range(levels)]
         adaptive: list[nn.Module] = [nn.Module() for _ in range(levels)]
@@ -77,16 +77,16 @@ class Decoder(nn.Module):
             adaptive[i] = make_adaptive_norm(kind, cfg.z_channels, block_in, g, eps, pooled)
             up[i].block = nn.ModuleList()
             for _ in range(cfg.decoder_num_res_blocks[i]):
-                up[i].block.append(ResBlock(block_in, block_out, g, eps, pooled, kind))
+                up[i].block.append(ResBlock(block_in, block_out, g, eps, pooled, kind, pad))
                 block_in = block_out
             if i > 0:
                 bt = 2 if cfg.temporal_downsample[i - 1] else 1
-                up[i].upsample = Upsampler(block_in, (bt, 2, 2))
+                up[i].upsample = Upsampler(block_in, (bt, 2, 2), pad)
                 rate *= bt
         self.up = nn.ModuleList(up)
         self.adaptive = nn.ModuleList(adaptive)
         self.norm_out = make_norm(kind, block_in, g, eps, pooled)
-        self.conv_out = CausalConv3d(block_in, cfg.in_channels, 3, bias=True)
+        self.conv_out = CausalConv3d(block_in, cfg.in_channels, 3, bias=True, padding=pad)
 
     def forward(self, q: Tensor, cache: CausalCache | None = None) -> Tensor:
         x = self.conv_in(q, cache)

@@ -5,7 +5,7 @@ shape and either can be decoded either way:
 
 * **encode**: each tile's pixels are encoded; every latent position takes its value from the tile whose
   centre is nearest (the overlap is split down the middle), so positions near a tile's inner border,
-  which see zero padding instead of the neighbour's pixels, are not used.
+  which see padding instead of the neighbour's pixels, are not used.
 * **decode**: each tile's part of the latent grid is decoded and the pixels are blended with weights
   that ramp linearly across each overlap, so no seam is visible.
 

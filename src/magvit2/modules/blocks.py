@@ -27,12 +27,13 @@ class ResBlock(nn.Module):
         eps: float = 1e-6,
         time_pooled: bool = False,
         norm: str = "group",
+        padding: str = "zeros",
     ) -> None:
         super().__init__()
         self.norm1 = make_norm(norm, in_channels, num_groups, eps, time_pooled)
         self.norm2 = make_norm(norm, out_channels, num_groups, eps, time_pooled)
-        self.conv1 = CausalConv3d(in_channels, out_channels, 3, bias=False)
-        self.conv2 = CausalConv3d(out_channels, out_channels, 3, bias=False)
+        self.conv1 = CausalConv3d(in_channels, out_channels, 3, bias=False, padding=padding)
+        self.conv2 = CausalConv3d(out_channels, out_channels, 3, bias=False, padding=padding)
         if in_channels != out_channels:
             self.nin_shortcut = CausalConv3d(in_channels, out_channels, 1, bias=False)
         else:
@@ -75,11 +76,11 @@ class Upsampler(nn.Module):
     chunk holding frame 0 and ``bt*T`` for later chunks.
     """
 
-    def __init__(self, channels: int, block: tuple[int, int, int]) -> None:
+    def __init__(self, channels: int, block: tuple[int, int, int], padding: str = "zeros") -> None:
         super().__init__()
         self.block = tuple(block)
         bt, bh, bw = self.block
-        self.conv1 = CausalConv3d(channels, channels * bt * bh * bw, 3, bias=True)
+        self.conv1 = CausalConv3d(channels, channels * bt * bh * bw, 3, bias=True, padding=padding)
 
     def forward(self, x: Tensor, cache: CausalCache | None = None) -> Tensor:
         out = depth_to_space_3d(self.conv1(x, cache), self.block)
@@ -93,9 +94,10 @@ class Upsampler(nn.Module):
         return out
 
 
-def downsample(channels: int, temporal: bool) -> CausalConv3d:
+def downsample(channels: int, temporal: bool, padding: str = "zeros") -> CausalConv3d:
     """Causal conv 3x3x3 with stride ``(2 if temporal else 1, 2, 2)`` (with bias), channels kept.
 
     ``(B, C, 1+2k, H, W)`` -> ``(B, C, 1+k, H/2, W/2)`` when temporal, else ``(B, C, T, H/2, W/2)``.
     """
-    return CausalConv3d(channels, channels, 3, stride=(2 if temporal else 1, 2, 2), bias=True)
+    stride = (2 if temporal else 1, 2, 2)
+    return CausalConv3d(channels, channels, 3, stride=stride, bias=True, padding=padding)

@@ -84,7 +84,8 @@ def _onednn_applies(conv: nn.Conv3d, x: Tensor) -> bool:
 class CausalConv3d(nn.Module):
     """3D convolution that pads only the past in time (``kernel_t - 1`` zero frames in front).
 
-    Spatial padding is ``kernel // 2`` zeros on both sides (same as Open-MAGVIT2's ``ConvBlock3D``).
+    Spatial padding is ``kernel // 2`` pixels on both sides: zeros (``padding="zeros"``, as Open-MAGVIT2's
+    ``ConvBlock3D``) or copies of the edge pixels (``padding="replicate"``).
     With temporal stride ``s``, ``1 + s*k`` frames give ``1 + k`` outputs for kernel 3, stride 2
     (output ``i`` sees input frames ``s*i - 2 .. s*i``).
 
@@ -101,17 +102,24 @@ class CausalConv3d(nn.Module):
         kernel_size: int | tuple[int, int, int] = 3,
         stride: int | tuple[int, int, int] = 1,
         bias: bool = True,
+        padding: str = "zeros",
     ) -> None:
         super().__init__()
         kt, kh, kw = (kernel_size,) * 3 if isinstance(kernel_size, int) else tuple(kernel_size)
         st, sh, sw = (stride,) * 3 if isinstance(stride, int) else tuple(stride)
+        if padding not in ("zeros", "replicate"):
+            raise ValueError(f"CausalConv3d: padding must be 'zeros' or 'replicate', got {padding!r}")
         self.kernel_t, self.stride_t = kt, st
+        #: replicate padding done here, before the convolution (which then pads nothing)
+        self.replicate = (
+            (kw // 2, kw // 2, kh // 2, kh // 2) if padding == "replicate" and kh * kw > 1 else None
+        )
         self.conv_1 = nn.Conv3d(
             in_channels,
             out_channels,
             kernel_size=(kt, kh, kw),
             stride=(st, sh, sw),
-            padding=(0, kh // 2, kw // 2),
+            padding=(0, 0, 0) if self.replicate else (0, kh // 2, kw // 2),
             bias=bias,
         )
 
@@ -123,9 +131,18 @@ class CausalConv3d(nn.Module):
         """Output for a one-frame input behind zero padding: ``(B, C, 1, H, W)`` -> ``(B, O, 1, H', W')``."""
         conv = self.conv_1
         out = F.conv2d(
-            x[:, :, 0], conv.weight[:, :, -1], conv.bias, stride=conv.stride[1:], padding=conv.padding[1:]
-        )
+            self._pad(x[:, :, 0]), conv.weight[:, :, -1], conv.bias, stride=conv.stride[1:],
+            padding=conv.padding[1:],
+        )  # fmt: skip
         return out.unsqueeze(2)
+
+    def _pad(self, x: Tensor) -> Tensor:
+        """``x`` ``(..., H, W)`` with its edge pixels repeated around it when padding is 'replicate'."""
+        if self.replicate is None:
+            return x
+        if x.ndim == 5:  # replicate padding of a 5D tensor pads the last three dims
+            return F.pad(x, (*self.replicate, 0, 0), mode="replicate")
+        return F.pad(x, self.replicate, mode="replicate")
 
     def forward(self, x: Tensor, cache: CausalCache | None = None) -> Tensor:
         """Convolve ``x`` (one chunk, or the whole video when ``cache`` is None)."""
@@ -145,9 +162,9 @@ class CausalConv3d(nn.Module):
             # the frames the next output window starts with; cloned so the chunk can be freed
             cache.set(self, buf[:, :, n_out * st :].clone())
         if n_out == 0:
-            out_hw = self.conv_1(buf.new_zeros(*buf.shape[:2], kt, *buf.shape[3:])).shape[3:]
+            out_hw = self.conv_1(self._pad(buf.new_zeros(*buf.shape[:2], kt, *buf.shape[3:]))).shape[3:]
             return buf.new_zeros(buf.shape[0], self.conv_1.out_channels, 0, *out_hw)
-        return conv3d(self.conv_1, buf)
+        return conv3d(self.conv_1, self._pad(buf))
 
 
 def swish(x: Tensor) -> Tensor:
