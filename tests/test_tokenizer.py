@@ -53,11 +53,13 @@ def perturb(model: torch.nn.Module) -> torch.nn.Module:
     return model.eval()
 
 
-@pytest.fixture(scope="module", params=["group", "channel"])
+@pytest.fixture(scope="module", params=["group", "channel", "channel/replicate"])
 def model(request) -> VideoTokenizer:
-    """The small model with each normalisation: every causality, chunking and image test runs on both."""
+    """The small model with each normalisation, and with replicate padding: every causality, chunking and
+    image test runs on each."""
     torch.manual_seed(0)
-    return perturb(VideoTokenizer(small_config(norm=request.param)))
+    norm, _, padding = request.param.partition("/")
+    return perturb(VideoTokenizer(small_config(norm=norm, padding=padding or "zeros")))
 
 
 @pytest.fixture(scope="module")
