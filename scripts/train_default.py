@@ -6,12 +6,14 @@
     python scripts/train_default.py ... --resume                     # continue after a kill
 
 Clips come from :class:`magvit2.data.synthetic.ClipSynth` on the training device (camera motion over
-photographs, moving objects, cartoon frames, cuts, fades, flat colours and ramps); a quarter of the
-steps are image batches. Loss: MSE + 0.2 L1 in [-1, 1] + 0.1 x the quantizer's entropy and commitment
-terms; AdamW, warm-up then cosine decay; EMA of the weights. Every ``--val-every`` steps the EMA
-weights are scored on clips synthesised from the validation split of the same sources (never on a
-held-out clip) and the best are written to ``OUT/best`` (fp16). With ``--minutes`` the number of steps
-is set after the first steps from their measured speed, so the run ends within the budget.
+photographs, moving objects, cartoon frames, cuts, fades, flat colours and ramps); every
+``--image-every``-th step is a batch of images, and with ``--flat-every`` some of the others are small
+flat-colour clips (``ClipSynth.flat_batch``). Loss: MSE + 0.2 L1 in [-1, 1] + 0.1 x the quantizer's
+entropy and commitment terms; AdamW, warm-up then cosine decay; EMA of the weights. Every
+``--val-every`` steps the EMA weights are scored on clips synthesised from the validation split of the
+same sources (never on a held-out clip) and the best are written to ``OUT/best`` (fp16). With
+``--minutes`` the number of steps is set after the first steps from their measured speed, so the run
+ends within the budget.
 Progress is printed as JSON lines and kept in ``OUT/log.jsonl``.
 """
 
@@ -48,6 +50,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=16, help="clips per video step")
     p.add_argument("--image-batch", type=int, default=64, help="images per image step")
     p.add_argument("--image-every", type=int, default=4, help="every k-th step is an image step")
+    p.add_argument("--flat-every", type=int, default=0, help="every k-th non-image step is a flat one")
+    p.add_argument("--flat-batch", type=int, default=32, help="flat clips per flat step")
+    p.add_argument("--flat-size", type=int, default=24, help="side of the flat clips")
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--frames", type=int, default=17)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -99,6 +104,18 @@ def validation_sets(args: argparse.Namespace) -> dict[str, torch.Tensor]:
         "val_image": synth.batch(n, 1, args.size)[:, :, 0],
         "flat": flats.contiguous(),
     }
+
+
+def make_batch(synth: ClipSynth, args: argparse.Namespace, step: int) -> torch.Tensor:
+    """Step ``step``'s batch: images ``(B, 3, S, S)`` every ``--image-every``-th step; of the other
+    steps every ``--flat-every``-th is flat clips, the rest clips ``(B, 3, T, S, S)``."""
+    every = args.image_every
+    if every > 0 and step % every == every - 1:
+        return synth.batch(args.image_batch, 1, args.size)[:, :, 0]
+    clip_index = step - step // every if every > 0 else step  # steps so far that were not image steps
+    if args.flat_every > 0 and clip_index % args.flat_every == args.flat_every - 1:
+        return synth.flat_batch(args.flat_batch, args.frames, args.flat_size)
+    return synth.batch(args.batch, args.frames, args.size)
 
 
 def to_cpu(obj):
@@ -182,11 +199,7 @@ def main(argv: list[str] | None = None) -> None:
             emit({"calibrated": state["total"], "seconds_per_step": round(per_step, 4)})
         for g in opt.param_groups:
             g["lr"] = args.lr * warmup_cosine(step, args.warmup, state["total"], 0.05)
-        image_step = args.image_every > 0 and step % args.image_every == args.image_every - 1
-        if image_step:
-            x = synth.batch(args.image_batch, 1, args.size)[:, :, 0]
-        else:
-            x = synth.batch(args.batch, args.frames, args.size)
+        x = make_batch(synth, args, step)
         with autocast:
             result = model(x)
         rec = result.reconstruction.float()

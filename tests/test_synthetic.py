@@ -79,3 +79,14 @@ def test_pure_colours_are_exact_extremes_and_short_ramps_are_steep():
     assert torch.all(ramp[1:] >= ramp[:-1])
     plain = _synth()
     assert torch.equal(plain._ramp(32), torch.linspace(0, 1, 64))
+
+
+def test_flat_batch_is_flat_and_covers_greys_and_saturated_colours():
+    clips = _synth().flat_batch(300, 3, 8)
+    assert clips.shape == (300, 3, 3, 8, 8)
+    colours = clips[:, :, 0, 0, 0]
+    assert torch.equal(clips, colours[:, :, None, None, None].expand_as(clips))  # exactly flat
+    assert clips.min() >= -1 and clips.max() <= 1
+    grey = (colours.max(1).values - colours.min(1).values) < 1e-6
+    saturated = (colours.max(1).values == 1) & (colours.min(1).values == -1)
+    assert 70 < int(grey.sum()) < 130 and int(saturated.sum()) > 15  # expected 100 and 28

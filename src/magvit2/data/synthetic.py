@@ -149,6 +149,20 @@ class ClipSynth:
             x = x * gain[None, :, None, None]
         return (x.clamp(0, 1) * 2 - 1).float()
 
+    def flat_batch(self, batch_size: int, frames: int, size: int) -> Tensor:
+        """``batch_size`` clips ``(B, 3, frames, size, size)`` in [-1, 1], each one flat colour: a third
+        uniform in the RGB cube, a third grey, a third with each channel pushed to 0 or 1 at even odds
+        (the cube's corners, edges and faces: saturated colours)."""
+        colours = torch.rand(batch_size, 3, generator=self.gen)
+        kind = torch.randint(3, (batch_size,), generator=self.gen)
+        grey = kind == 1
+        colours[grey] = colours[grey, :1].expand(-1, 3)
+        push = (kind == 2)[:, None] & (torch.rand(batch_size, 3, generator=self.gen) < 0.5)
+        extreme = (torch.rand(batch_size, 3, generator=self.gen) < 0.5).float()
+        colours = torch.where(push, extreme, colours)
+        clips = self._on(colours * 2 - 1)[:, :, None, None, None]
+        return clips.expand(-1, -1, frames, size, size).contiguous()
+
     def _base(self, frames: int, size: int) -> Tensor:
         """A clip in [0, 1] of one kind: video frames, or a scene or flat background with objects."""
         c = self.cfg
