@@ -1,0 +1,31 @@
+"""The built-in model's recipe (configs/builtin/default.yaml) is runnable: every run's options are
+options of scripts/train_default.py with values it accepts, and each run starts from the one before."""
+
+import importlib.util
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("train_default", ROOT / "scripts" / "train_default.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_recorded_run_parses_with_the_training_script():
+    parse = _script().parse_args
+    recipe = yaml.safe_load((ROOT / "configs" / "builtin" / "default.yaml").read_text())
+    previous = None
+    for run in recipe["runs"]:
+        argv = ["--data", "data/trainset", "--out", f"runs/{run['name']}"]
+        for key, value in run["args"].items():
+            argv += [f"--{key.replace('_', '-')}", *map(str, value if isinstance(value, list) else [value])]
+        args = parse(argv)
+        for key, value in run["args"].items():
+            assert getattr(args, key) == value, (run["name"], key)
+        assert args.init == (f"{previous}/best" if previous else None), run["name"]
+        previous = run["name"]
