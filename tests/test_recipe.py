@@ -29,3 +29,11 @@ def test_every_recorded_run_parses_with_the_training_script():
             assert getattr(args, key) == value, (run["name"], key)
         assert args.init == (f"{previous}/best" if previous else None), run["name"]
         previous = run["name"]
+
+
+def test_selection_score_is_val_video_or_the_capped_mean():
+    score = _script().selection_score
+    scores = {"val_video": 22.0, "val_image": 23.0, "flat": 55.0}
+    assert score(scores, "video") == 22.0
+    assert score(scores, "all") == 28.333  # (22 + 23 + 40) / 3: flat capped at 40 dB
+    assert score({**scores, "flat": 31.0}, "all") == 25.333
