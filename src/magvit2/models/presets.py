@@ -25,9 +25,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # The built-in default model's architecture (9,161,013 parameters): 4x temporal, 8x spatial, LFQ 18
     # bits, channel LayerNorm (no statistic spans a frame: flat colours keep their level, tiles match
-    # whole frames), replicate padding (a flat frame gives one token everywhere, borders look like the
-    # inside). 24 channels at full resolution, 96 at 1/8; the decoder has one more block per level than
-    # the encoder, which keeps encoding cheap.
+    # whole frames). 24 channels at full resolution, 96 at 1/8; the decoder has one more block per
+    # level than the encoder, which keeps encoding cheap.
     "small": {
         "quantizer": {"kind": "lfq", "bits": 18},
         "ch": 24,
@@ -37,7 +36,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "decoder_num_res_blocks": [1, 2, 2, 2],
         "temporal_downsample": [False, True, True],
         "norm": "channel",
-        "padding": "replicate",
     },
     # The MAGVIT-v2 video tokenizer of the paper's figure, exactly as Open-MAGVIT2's video model
     # (ch 128, ch_mult 1,2,2,4, 4 res blocks, LFQ 18 bits): 370,547,349 parameters.
