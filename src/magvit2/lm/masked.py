@@ -31,7 +31,7 @@ from torch.nn import functional as F
 
 from magvit2.lm.config import LMConfig
 from magvit2.lm.positions import Rotary3D, sequence_positions
-from magvit2.lm.sampling import filter_logits
+from magvit2.lm.sampling import draw_token
 from magvit2.lm.tasks import TASKS, parse_region, task_mask
 from magvit2.lm.transformer import Attention, VideoLM, _init_linear
 
@@ -192,29 +192,6 @@ class DecodeOptions:
             )
 
 
-def draw_parts(
-    model: MaskedVideoLM, h: Tensor, options: DecodeOptions, temperature: float, guided: bool, generator
-) -> tuple[Tensor, Tensor]:
-    """Hidden states ``(N, dim)`` (``(2N, dim)`` when guided: class rows then "no class" rows) ->
-    (ids ``(N,)``, log-confidence ``(N,)``: log-probability of the drawn id under the guided
-    distribution at temperature 1), one sub-token at a time."""
-    head, parts, conf = model.head, [], 0.0
-    for i in range(head.num_parts):
-        previous = [torch.cat([p, p]) for p in parts] if guided else parts
-        logits = head.part_logits(h, previous, i).float()
-        if guided:
-            cond, uncond = logits.chunk(2)
-            logits = uncond + options.cfg * (cond - uncond)
-        if temperature == 0:
-            part = logits.argmax(-1)
-        else:
-            filtered = filter_logits(logits / temperature, options.top_k, options.top_p)
-            part = torch.multinomial(filtered.softmax(-1), 1, generator=generator)[:, 0]
-        conf = conf + torch.gather(F.log_softmax(logits, -1), -1, part[:, None])[:, 0]
-        parts.append(part)
-    return head.join(parts), conf
-
-
 def gumbel(shape: torch.Size, generator: torch.Generator | None, device: torch.device) -> Tensor:
     """Standard Gumbel noise ``shape``."""
     u = torch.rand(shape, generator=generator, device=device).clamp(1e-20, 1.0)
@@ -252,7 +229,7 @@ def decode(
         hid = hid.reshape(reps, *ids.shape, -1)
         h_masked = torch.cat([hid[r][masked] for r in range(reps)])
         temperature = options.temperature * (1 - s / options.steps)
-        drawn, conf = draw_parts(model, h_masked, options, temperature, guided, generator)
+        drawn, conf = draw_token(model, h_masked, options, generator, guided, temperature, confidence=True)
         noise = options.choice_temperature * (1 - (s + 1) / options.steps)
         if noise > 0:
             conf = conf + noise * gumbel(conf.shape, generator, device)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
@@ -56,28 +57,46 @@ def filter_logits(logits: Tensor, top_k: int = 0, top_p: float = 1.0) -> Tensor:
     return logits
 
 
-def draw(logits: Tensor, options: SamplingOptions, generator: torch.Generator | None) -> Tensor:
-    """One id per row of logits ``(B, V)`` -> ``(B,)``."""
-    if options.temperature == 0:
+def draw(
+    logits: Tensor,
+    options: SamplingOptions,
+    generator: torch.Generator | None,
+    temperature: float | None = None,
+) -> Tensor:
+    """One id per row of logits ``(B, V)`` -> ``(B,)``, at ``temperature`` (default ``options``')."""
+    temperature = options.temperature if temperature is None else temperature
+    if temperature == 0:
         return logits.argmax(-1)
-    logits = filter_logits(logits.float() / options.temperature, options.top_k, options.top_p)
+    logits = filter_logits(logits.float() / temperature, options.top_k, options.top_p)
     return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
 
 
 def draw_token(
-    model: VideoLM, h: Tensor, options: SamplingOptions, generator: torch.Generator | None, guided: bool
-) -> Tensor:
+    model: VideoLM,
+    h: Tensor,
+    options: SamplingOptions,
+    generator: torch.Generator | None,
+    guided: bool,
+    temperature: float | None = None,
+    confidence: bool = False,
+) -> tuple[Tensor, Tensor | None]:
     """Hidden states ``(B, dim)`` (``(2B, dim)`` when ``guided``: conditional rows then "no class"
-    rows) -> ids ``(B,)``, drawn one sub-token at a time."""
-    head, parts = model.head, []
+    rows) -> (ids ``(B,)``, drawn one sub-token at a time; with ``confidence`` their log-probability
+    ``(B,)`` under the guided distribution at temperature 1, else None). ``options`` needs
+    ``temperature``, ``top_k``, ``top_p`` and ``cfg``; ``temperature`` overrides its temperature."""
+    head, parts, conf = model.head, [], None
     for i in range(head.num_parts):
         previous = [torch.cat([p, p]) for p in parts] if guided else parts
         logits = head.part_logits(h, previous, i).float()
         if guided:
             cond, uncond = logits.chunk(2)
             logits = uncond + options.cfg * (cond - uncond)
-        parts.append(draw(logits, options, generator))
-    return head.join(parts)
+        part = draw(logits, options, generator, temperature)
+        if confidence:
+            logp = torch.gather(F.log_softmax(logits, -1), -1, part[:, None])[:, 0]
+            conf = logp if conf is None else conf + logp
+        parts.append(part)
+    return head.join(parts), conf
 
 
 @torch.no_grad()
@@ -114,7 +133,7 @@ def sample(
     x = torch.cat([start, model.embed(tokens[:, :known].repeat(reps, 1))], dim=1)
     hidden = model.hidden(x, positions[: known + 1], cache)[:, -1]
     for k in range(known, total):
-        tokens[:, k] = draw_token(model, hidden, options, generator, guided)
+        tokens[:, k] = draw_token(model, hidden, options, generator, guided)[0]
         if k + 1 == total:
             break
         if use_cache:
