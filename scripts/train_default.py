@@ -53,13 +53,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--flat-every", type=int, default=0, help="every k-th non-image step is a flat one")
     p.add_argument("--flat-batch", type=int, default=32, help="flat clips per flat step")
     p.add_argument("--flat-size", type=int, default=24, help="side of the flat clips")
-    p.add_argument("--size", type=int, default=128)
-    p.add_argument("--frames", type=int, default=17)
+    p.add_argument("--size", type=int, default=128, help="side of the training clips")
+    p.add_argument("--frames", type=int, default=17, help="frames of the training clips")
+    p.add_argument("--image-size", type=int, default=None, help="side of the images (default: --size)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--val-every", type=int, default=150)
     p.add_argument("--val-clips", type=int, default=48)
+    p.add_argument("--val-frames", type=int, default=None, help="default: --frames")
+    p.add_argument("--val-size", type=int, default=None, help="default: --size")
     p.add_argument("--select", choices=["video", "all"], default="video",
                    help="keep the weights with the best val_video, or the best mean of val_video, "
                    "val_image and flat (capped at 40 dB)")  # fmt: skip
@@ -71,7 +74,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--resume", action="store_true")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.image_size = args.image_size or args.size
+    args.val_frames = args.val_frames or args.frames
+    args.val_size = args.val_size or args.size
+    return args
 
 
 def psnr(rec: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -82,16 +89,20 @@ def psnr(rec: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def validate(model: VideoTokenizer, val: dict[str, torch.Tensor], batch: int) -> dict[str, float]:
-    """PSNR of ``model`` on each validation set (name -> clips), in fp32, ``batch`` items at a time."""
+    """PSNR of ``model`` on each validation set (name -> clips), in fp32, ``batch`` items at a time;
+    ``val_late`` is ``val_video``'s PSNR over its last quarter of frames (quality late in a clip)."""
     model.eval()
-    scores = {}
+    sums: dict[str, float] = {}
     for name, clips in val.items():
-        total = 0.0
         for part in clips.split(batch):
-            total += float(psnr(model(part).reconstruction, part)) * len(part)
-        scores[name] = round(total / len(clips), 3)
+            rec = model(part).reconstruction
+            sums[name] = sums.get(name, 0.0) + float(psnr(rec, part)) * len(part)
+            if name == "val_video":
+                tail = max(1, part.shape[2] // 4)
+                late = float(psnr(rec[:, :, -tail:], part[:, :, -tail:])) * len(part)
+                sums["val_late"] = sums.get("val_late", 0.0) + late
     model.train()
-    return scores
+    return {name: round(total / len(val.get(name, val["val_video"])), 3) for name, total in sums.items()}
 
 
 def selection_score(scores: dict[str, float], select: str) -> float:
@@ -109,20 +120,20 @@ def validation_sets(args: argparse.Namespace) -> dict[str, torch.Tensor]:
     greys = [[v, v, v] for v in (-1.0, -0.5, 0.0, 0.5, 1.0)]
     colours = [[1, -1, -1], [-1, 1, -1], [-1, -1, 1], [1, 1, -1], [1, -1, 1], [-1, 1, 1]]
     levels = torch.tensor(greys + colours, dtype=torch.float32)
-    flats = levels[:, :, None, None, None].expand(-1, 3, args.frames, 64, 64).to(args.device)
+    flats = levels[:, :, None, None, None].expand(-1, 3, args.val_frames, 64, 64).to(args.device)
     return {
-        "val_video": synth.batch(n, args.frames, args.size),
-        "val_image": synth.batch(n, 1, args.size)[:, :, 0],
+        "val_video": synth.batch(n, args.val_frames, args.val_size),
+        "val_image": synth.batch(n, 1, args.val_size)[:, :, 0],
         "flat": flats.contiguous(),
     }
 
 
 def make_batch(synth: ClipSynth, args: argparse.Namespace, step: int) -> torch.Tensor:
-    """Step ``step``'s batch: images ``(B, 3, S, S)`` every ``--image-every``-th step; of the other
+    """Step ``step``'s batch: images ``(B, 3, S', S')`` every ``--image-every``-th step; of the other
     steps every ``--flat-every``-th is flat clips, the rest clips ``(B, 3, T, S, S)``."""
     every = args.image_every
     if every > 0 and step % every == every - 1:
-        return synth.batch(args.image_batch, 1, args.size)[:, :, 0]
+        return synth.batch(args.image_batch, 1, args.image_size)[:, :, 0]
     clip_index = step - step // every if every > 0 else step  # steps so far that were not image steps
     if args.flat_every > 0 and clip_index % args.flat_every == args.flat_every - 1:
         return synth.flat_batch(args.flat_batch, args.frames, args.flat_size)

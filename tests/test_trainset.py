@@ -1,6 +1,7 @@
 """The training-set builder and the built-in model's training script."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -52,8 +53,15 @@ def test_build_trainset_splits_scales_and_skips(tmp_path, clips_dir):
     first = Image.open(sorted((out / "scenes" / "train").glob("*.jpg"))[0])
     assert min(first.size) == 120
     assert json.loads((out / "manifest.json").read_text()) == manifest
-    again = build_trainset(tmp_path / "again", cfg, scenes=scenes, stamps=stamps, video=None)
-    assert again["scenes"] == manifest["scenes"]  # the split is fixed by the paths
+    moved = tmp_path / "elsewhere" / "src"  # the same files in another place split the same way
+    shutil.copytree(tmp_path / "src", moved)
+    again = build_trainset(tmp_path / "again", cfg, scenes=[moved / p.name for p in scenes],
+                           stamps=[moved / p.name for p in stamps], video=None)  # fmt: skip
+    assert again["scenes"] == manifest["scenes"]
+    for split in ("train", "val"):
+        first = sorted((out / "scenes" / split).glob("*.jpg"))
+        second = sorted((tmp_path / "again" / "scenes" / split).glob("*.jpg"))
+        assert [p.read_bytes() for p in first] == [p.read_bytes() for p in second]
     with pytest.raises(ValueError, match="held-out"):
         build_trainset(tmp_path / "bad", cfg, scenes=scenes, stamps=stamps, video=clips_dir / "bikes.mp4")
     with pytest.raises(ValueError, match="empty folder"):

@@ -17,7 +17,8 @@ Sources (each optional; a missing one is reported and skipped):
     out/video/{train,val}/NNNN.jpg      bigbuckbunny frames (the last ``val_frames`` are validation)
     out/manifest.json                   sources, counts and settings
 
-The split is by a hash of each source path, so it does not depend on what else is installed. The
+The split is by a hash of each source file's name and folder name, so it is the same on every machine
+and does not depend on what else is installed. The
 held-out evaluation clips (``carphone_*.mp4``, ``bikes.mp4``) are never read.
 """
 
@@ -79,8 +80,11 @@ def package_folder(package: str) -> Path | None:
 
 
 def _hash(path: Path, salt: str = "split") -> float:
-    """A number in [0, 1) fixed by the path (and ``salt``, so a selection and the split differ)."""
-    return int(hashlib.sha1(f"{salt}:{path}".encode()).hexdigest()[:8], 16) / 2**32
+    """A number in [0, 1) fixed by the file's name and folder name (not where the folder lies, so the
+    split is the same on every machine and in every virtual environment) and by ``salt`` (so a
+    selection and the split differ)."""
+    key = f"{path.parent.name}/{path.name}"
+    return int(hashlib.sha1(f"{salt}:{key}".encode()).hexdigest()[:8], 16) / 2**32
 
 
 def _images(folder: Path) -> list[Path]:
