@@ -92,17 +92,20 @@ def validate(model: VideoTokenizer, val: dict[str, torch.Tensor], batch: int) ->
     """PSNR of ``model`` on each validation set (name -> clips), in fp32, ``batch`` items at a time;
     ``val_late`` is ``val_video``'s PSNR over its last quarter of frames (quality late in a clip)."""
     model.eval()
-    sums: dict[str, float] = {}
+    scores = {}
     for name, clips in val.items():
+        total = late = 0.0
         for part in clips.split(batch):
             rec = model(part).reconstruction
-            sums[name] = sums.get(name, 0.0) + float(psnr(rec, part)) * len(part)
+            total += float(psnr(rec, part)) * len(part)
             if name == "val_video":
                 tail = max(1, part.shape[2] // 4)
-                late = float(psnr(rec[:, :, -tail:], part[:, :, -tail:])) * len(part)
-                sums["val_late"] = sums.get("val_late", 0.0) + late
+                late += float(psnr(rec[:, :, -tail:], part[:, :, -tail:])) * len(part)
+        scores[name] = round(total / len(clips), 3)
+        if name == "val_video":
+            scores["val_late"] = round(late / len(clips), 3)
     model.train()
-    return {name: round(total / len(val.get(name, val["val_video"])), 3) for name, total in sums.items()}
+    return scores
 
 
 def selection_score(scores: dict[str, float], select: str) -> float:
@@ -129,8 +132,8 @@ def validation_sets(args: argparse.Namespace) -> dict[str, torch.Tensor]:
 
 
 def make_batch(synth: ClipSynth, args: argparse.Namespace, step: int) -> torch.Tensor:
-    """Step ``step``'s batch: images ``(B, 3, S', S')`` every ``--image-every``-th step; of the other
-    steps every ``--flat-every``-th is flat clips, the rest clips ``(B, 3, T, S, S)``."""
+    """Step ``step``'s batch: images ``(B, 3, I, I)`` (``I``: ``--image-size``) every ``--image-every``-th
+    step; of the other steps every ``--flat-every``-th is flat clips, the rest clips ``(B, 3, T, S, S)``."""
     every = args.image_every
     if every > 0 and step % every == every - 1:
         return synth.batch(args.image_batch, 1, args.image_size)[:, :, 0]

@@ -2,8 +2,11 @@
 options of scripts/train_default.py with values it accepts, and each run starts from the one before."""
 
 import importlib.util
+import math
 from pathlib import Path
+from types import SimpleNamespace
 
+import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,3 +40,22 @@ def test_selection_score_is_val_video_or_the_capped_mean():
     assert score(scores, "video") == 22.0
     assert score(scores, "all") == 28.333  # (22 + 23 + 40) / 3: flat capped at 40 dB
     assert score({**scores, "flat": 31.0}, "all") == 25.333
+
+
+def test_validate_scores_each_set_and_the_last_quarter_of_the_clips():
+    """A model whose reconstruction errs by 0.1 only on the last quarter of the frames: PSNR of
+    10 log10(4 / mse) with mse 0.01 there (26.02 dB) and a quarter of that over the whole clip."""
+
+    class LateError(torch.nn.Module):
+        def forward(self, x):
+            rec = x.clone()
+            if x.ndim == 5:
+                rec[:, :, -x.shape[2] // 4 :] += 0.1
+            return SimpleNamespace(reconstruction=rec)
+
+    clips = torch.rand(5, 3, 8, 16, 16) * 1.6 - 0.8  # values stay inside [-1, 1] after the error
+    images = torch.rand(3, 3, 16, 16) * 2 - 1
+    scores = _script().validate(LateError(), {"val_video": clips, "val_image": images}, batch=2)
+    assert scores["val_late"] == round(10 * math.log10(4 / 0.01), 3)
+    assert scores["val_video"] == round(10 * math.log10(4 / 0.0025), 3)
+    assert scores["val_image"] == round(10 * math.log10(4 / 1e-10), 3)  # exact: mse clamped at 1e-10

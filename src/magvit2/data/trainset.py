@@ -18,8 +18,8 @@ Sources (each optional; a missing one is reported and skipped):
     out/manifest.json                   sources, counts and settings
 
 The split is by a hash of each source file's name and folder name, so it is the same on every machine
-and does not depend on what else is installed. The
-held-out evaluation clips (``carphone_*.mp4``, ``bikes.mp4``) are never read.
+and does not depend on what else is installed. The held-out evaluation clips (``carphone_*.mp4``,
+``bikes.mp4``) are never read.
 """
 
 from __future__ import annotations
