@@ -14,7 +14,8 @@ reaches. Distinct codes over the held-out crops (22 x 64 tokens): 172 after trai
 a collapsed codebook gives a handful, and the floor is 64 (one per token position of a crop).
 
 Step time: 0.3-0.5 s on 2 otherwise idle cores (forward + backward + AdamW of 4 x 64 x 64 images),
-so 200 steps take about 1-1.5 minutes; on a loaded machine it took 2.7 s/step.
+so 200 steps take about 1-1.5 minutes; on a loaded machine it took 2.7 s/step. The test uses the
+process's threads (one in each pytest-xdist worker).
 """
 
 from __future__ import annotations
@@ -44,7 +45,6 @@ def test_tiny_preset_learns_bigbuckbunny(tmp_path, clips_dir):
             f"output_dir={tmp_path / 'run'}",
             f"max_steps={STEPS}",
             "seed=0",
-            "num_threads=2",
             "progress=false",
             "model.preset=tiny",
             f"data.paths=[{tmp_path / 'train'}]",
