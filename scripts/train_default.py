@@ -9,7 +9,8 @@ Clips come from :class:`magvit2.data.synthetic.ClipSynth` on the training device
 photographs, moving objects, cartoon frames, cuts, fades, flat colours and ramps); every
 ``--image-every``-th step is a batch of images, and with ``--flat-every`` some of the others are small
 flat-colour clips (``ClipSynth.flat_batch``). Loss: MSE + 0.2 L1 in [-1, 1] + 0.1 x the quantizer's
-entropy and commitment terms; AdamW, warm-up then cosine decay; EMA of the weights. Every
+entropy and commitment terms (+ ``--mean-weight`` x the squared error of each clip's mean colour, against
+colour casts); AdamW, warm-up then cosine decay; EMA of the weights. Every
 ``--val-every`` steps the EMA weights are scored on clips synthesised from the validation split of the
 same sources (never on a held-out clip) and on flat colours, and the best (``--select``) are written
 to ``OUT/best`` (fp16). With ``--minutes`` the number of steps is set after the first steps from
@@ -59,6 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--mean-weight", type=float, default=0.0,
+                   help="weight of the squared error of each clip's per-channel mean colour")  # fmt: skip
     p.add_argument("--val-every", type=int, default=150)
     p.add_argument("--val-clips", type=int, default=48)
     p.add_argument("--val-frames", type=int, default=None, help="default: --frames")
@@ -87,10 +90,14 @@ def psnr(rec: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     return (10 * torch.log10(4 / mse.clamp_min(1e-10))).mean()
 
 
+def channel_mean_error(rec: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Each item's per-channel mean of ``rec - ref``: ``(B, C, ...)`` -> ``(B, C)``."""
+    return (rec.float().clamp(-1, 1) - ref.float()).flatten(2).mean(2)
+
+
 def colour_cast(rec: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     """Each item's largest per-channel mean error in 1/255 of the full range: ``(B, C, ...)`` -> ``(B,)``."""
-    error = (rec.float().clamp(-1, 1) - ref.float()).flatten(2).mean(2)  # (B, C)
-    return error.abs().amax(1) * 255 / 2
+    return channel_mean_error(rec, ref).abs().amax(1) * 255 / 2
 
 
 @torch.no_grad()
@@ -238,6 +245,8 @@ def main(argv: list[str] | None = None) -> None:
             result = model(x)
         rec = result.reconstruction.float()
         loss = F.mse_loss(rec, x) + 0.2 * F.l1_loss(rec, x) + 0.1 * result.quantizer.loss.float()
+        if args.mean_weight:
+            loss = loss + args.mean_weight * channel_mean_error(rec, x).pow(2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -61,3 +61,5 @@ def test_validate_scores_each_set_and_the_last_quarter_of_the_clips():
     assert scores["val_video"] == round(10 * math.log10(4 / 0.0025), 3)
     assert scores["val_image"] == round(10 * math.log10(4 / 1e-10), 3)  # exact: mse clamped at 1e-10
     assert scores["val_cast"] == pytest.approx(0.1 / 4 * 255 / 2, abs=1e-3)  # +0.1 on 1/4 of frames
+    error = _script().channel_mean_error(LateError()(clips).reconstruction, clips)  # --mean-weight's term
+    assert error.shape == (5, 3) and torch.allclose(error, torch.full((5, 3), 0.1 / 4))
