@@ -91,13 +91,14 @@ def psnr(rec: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
 
 
 def channel_mean_error(rec: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """Each item's per-channel mean of ``rec - ref``: ``(B, C, ...)`` -> ``(B, C)``."""
-    return (rec.float().clamp(-1, 1) - ref.float()).flatten(2).mean(2)
+    """Each item's per-channel mean of ``rec - ref`` (unclamped): ``(B, C, ...)`` -> ``(B, C)``."""
+    return (rec.float() - ref.float()).flatten(2).mean(2)
 
 
 def colour_cast(rec: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """Each item's largest per-channel mean error in 1/255 of the full range: ``(B, C, ...)`` -> ``(B,)``."""
-    return channel_mean_error(rec, ref).abs().amax(1) * 255 / 2
+    """Each item's largest per-channel mean error in 1/255 of the full range, ``rec`` clamped to
+    [-1, 1] as when shown: ``(B, C, ...)`` -> ``(B,)``."""
+    return channel_mean_error(rec.clamp(-1, 1), ref).abs().amax(1) * 255 / 2
 
 
 @torch.no_grad()
