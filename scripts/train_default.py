@@ -91,7 +91,8 @@ def psnr(rec: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
 
 
 def channel_mean_error(rec: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """Each item's per-channel mean of ``rec - ref`` (unclamped): ``(B, C, ...)`` -> ``(B, C)``."""
+    """Each item's per-channel mean of ``rec - ref`` (unclamped), the batched tensor form of
+    :func:`magvit2.evaluation.sanity.channel_mean_error`: ``(B, C, ...)`` -> ``(B, C)``."""
     return (rec.float() - ref.float()).flatten(2).mean(2)
 
 

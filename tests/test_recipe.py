@@ -61,5 +61,18 @@ def test_validate_scores_each_set_and_the_last_quarter_of_the_clips():
     assert scores["val_video"] == round(10 * math.log10(4 / 0.0025), 3)
     assert scores["val_image"] == round(10 * math.log10(4 / 1e-10), 3)  # exact: mse clamped at 1e-10
     assert scores["val_cast"] == pytest.approx(0.1 / 4 * 255 / 2, abs=1e-3)  # +0.1 on 1/4 of frames
-    error = _script().channel_mean_error(LateError()(clips).reconstruction, clips)  # --mean-weight's term
-    assert error.shape == (5, 3) and torch.allclose(error, torch.full((5, 3), 0.1 / 4))
+
+
+def test_colour_cast_is_the_largest_channel_error_of_the_clamped_reconstruction():
+    """Per-channel offsets (+0.02, -0.06, +0.01): the cast is the largest in size, 0.06 of the [-1, 1]
+    range = 7.65/255; the loss term's error keeps signs and, unlike the cast, values past [-1, 1]."""
+    script = _script()
+    ref = torch.rand(2, 3, 5, 8, 8) * 1.8 - 0.9
+    offset = torch.tensor([0.02, -0.06, 0.01]).view(1, 3, 1, 1, 1)
+    rec = ref + offset
+    assert torch.allclose(script.channel_mean_error(rec, ref), offset.view(1, 3).expand(2, 3), atol=1e-6)
+    assert torch.allclose(script.colour_cast(rec, ref), torch.full((2,), 0.06 * 255 / 2), atol=1e-4)
+    ref = torch.full((1, 3, 2, 4, 4), 0.9)
+    over = ref + 0.5  # 1.4: shown as 1.0
+    assert torch.allclose(script.channel_mean_error(over, ref), torch.full((1, 3), 0.5))
+    assert torch.allclose(script.colour_cast(over, ref), torch.full((1,), 0.1 * 255 / 2), atol=1e-4)
