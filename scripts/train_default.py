@@ -54,6 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--flat-every", type=int, default=0, help="every k-th non-image step is a flat one")
     p.add_argument("--flat-batch", type=int, default=32, help="flat clips per flat step")
     p.add_argument("--flat-size", type=int, default=24, help="side of the flat clips")
+    p.add_argument("--flat-frames", type=int, default=None, help="frames of flat clips (default: --frames)")
     p.add_argument("--size", type=int, default=128, help="side of the training clips")
     p.add_argument("--frames", type=int, default=17, help="frames of the training clips")
     p.add_argument("--image-size", type=int, default=None, help="side of the images (default: --size)")
@@ -80,6 +81,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.image_size = args.image_size or args.size
     args.val_frames = args.val_frames or args.frames
+    args.flat_frames = args.flat_frames or args.frames
     args.val_size = args.val_size or args.size
     return args
 
@@ -157,7 +159,7 @@ def make_batch(synth: ClipSynth, args: argparse.Namespace, step: int) -> torch.T
         return synth.batch(args.image_batch, 1, args.image_size)[:, :, 0]
     clip_index = step - step // every if every > 0 else step  # steps so far that were not image steps
     if args.flat_every > 0 and clip_index % args.flat_every == args.flat_every - 1:
-        return synth.flat_batch(args.flat_batch, args.frames, args.flat_size)
+        return synth.flat_batch(args.flat_batch, args.flat_frames, args.flat_size)
     return synth.batch(args.batch, args.frames, args.size)
 
 

@@ -76,3 +76,19 @@ def test_colour_cast_is_the_largest_channel_error_of_the_clamped_reconstruction(
     over = ref + 0.5  # 1.4: shown as 1.0
     assert torch.allclose(script.channel_mean_error(over, ref), torch.full((1, 3), 0.5))
     assert torch.allclose(script.colour_cast(over, ref), torch.full((1,), 0.1 * 255 / 2), atol=1e-4)
+
+
+def test_batch_schedule_gives_images_flats_and_clips_their_own_sizes():
+    script = _script()
+    options = "--image-every 3 --flat-every 2 --frames 17 --flat-frames 33 --size 80 --image-size 128"
+    args = script.parse_args(["--data", "d", "--out", "o", *options.split()])
+    calls = []
+    synth = SimpleNamespace(
+        batch=lambda n, t, s: calls.append(("clip", n, t, s)) or torch.zeros(n, 3, t, s, s),
+        flat_batch=lambda n, t, s: calls.append(("flat", n, t, s)) or torch.zeros(n, 3, t, s, s),
+    )
+    for step in range(6):
+        script.make_batch(synth, args, step)
+    clip, flat, image = ("clip", 16, 17, 80), ("flat", 32, 33, 24), ("clip", 64, 1, 128)
+    assert calls == [clip, flat, image, clip, flat, image]
+    assert script.parse_args(["--data", "d", "--out", "o", "--frames", "9"]).flat_frames == 9
