@@ -6,7 +6,7 @@ ramps, a fade through black, and colour casts.
   and SSIM of the model, PSNR of :func:`magvit2.evaluation.baselines.block_average` (the reference in
   the same run) and the margin, and the mean error per channel (a colour cast);
 * :func:`magvit2.evaluation.sanity.sanity_report`: five greys and six saturated colours, two ramps,
-  and a photograph fading to black and back.
+  and a photograph fading to black and back (17 frames); the flats again at the held-out clips' length.
 
     PYTHONPATH=src python benchmarks/builtin_checks.py                       # the built-in model
     PYTHONPATH=src python benchmarks/builtin_checks.py --model DIR --previous OLD_DIR --trainset data/trainset
@@ -34,7 +34,7 @@ from magvit2.data.synthetic import ClipSynth
 from magvit2.data.video_io import read_image, read_video
 from magvit2.evaluation import ssim
 from magvit2.evaluation.baselines import block_average
-from magvit2.evaluation.sanity import channel_mean_error, psnr_uint8, reconstruct, sanity_report
+from magvit2.evaluation.sanity import channel_mean_error, flat_clips, psnr_uint8, reconstruct, sanity_report
 from magvit2.models.presets import PRESETS
 
 HELD_OUT = ("carphone_pristine.mp4", "carphone_distorted.mp4", "bikes.mp4")
@@ -81,6 +81,13 @@ def validation_psnr(model, clips: torch.Tensor) -> float:
     return round(sum(values) / len(values), 3)
 
 
+def flat_long(model, frames: int, size: int) -> dict:
+    """PSNR of every flat colour over as many frames as the held-out clips (``frames x size x size``):
+    flats that hold at 17 frames can drift in later latent frames."""
+    clips = flat_clips(frames, size)
+    return {name: round(psnr_uint8(reconstruct(model, clip), clip), 2) for name, clip in clips.items()}
+
+
 def report(model, args: argparse.Namespace, val: torch.Tensor | None) -> dict:
     """Every check for one model."""
     image = read_image(data_dir("skimage", "data") / "astronaut.png", size=(args.size * 2, args.size * 2))
@@ -88,6 +95,7 @@ def report(model, args: argparse.Namespace, val: torch.Tensor | None) -> dict:
         "parameters": sum(p.numel() for p in model.parameters()),
         "held_out": held_out(model, args.frames, args.clips),
         **sanity_report(model, image, frames=17, size=args.size),
+        "flat_long": flat_long(model, args.frames, args.size),
     }
     if val is not None:
         out["validation_psnr"] = validation_psnr(model, val)
