@@ -72,16 +72,19 @@ def fade_clip(image: np.ndarray, frames: int = 33) -> tuple[np.ndarray, np.ndarr
     return clip, gain == 0
 
 
+def flat_report(model, frames: int = 17, size: int = 64) -> dict:
+    """PSNR and per-channel mean error of every flat colour, as ``frames x size x size`` clips."""
+    report = {}
+    for name, clip in flat_clips(frames, size).items():
+        rec = reconstruct(model, clip)
+        report[name] = {"psnr": round(psnr_uint8(rec, clip), 2), "mean_error": channel_mean_error(rec, clip)}
+    return report
+
+
 def sanity_report(model, image: np.ndarray | None = None, frames: int = 17, size: int = 64) -> dict:
     """PSNR of every flat colour and ramp, and, given an ``image``, how black the black frames of a fade
     through black come back (mean and max of the reconstruction there, 0-255)."""
-    report: dict = {"flat": {}, "ramp": {}}
-    for name, clip in flat_clips(frames, size).items():
-        rec = reconstruct(model, clip)
-        report["flat"][name] = {
-            "psnr": round(psnr_uint8(rec, clip), 2),
-            "mean_error": channel_mean_error(rec, clip),
-        }
+    report: dict = {"flat": flat_report(model, frames, size), "ramp": {}}
     for name, clip in ramp_clips(frames, size).items():
         report["ramp"][name] = {"psnr": round(psnr_uint8(reconstruct(model, clip), clip), 2)}
     if image is not None:
