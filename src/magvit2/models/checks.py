@@ -71,3 +71,15 @@ def read_model_config(folder: str | Path) -> TokenizerConfig:
         raise ValueError(f"{path}: expected a mapping of TokenizerConfig fields, got {type(meta).__name__}")
     meta = {k: v for k, v in meta.items() if k not in ("format_version", "model")}
     return parse_tokenizer_config(meta, str(path))
+
+
+def state_dict_mismatch(expected: dict[str, Any], state: dict[str, Any]) -> str:
+    """What differs between ``state`` and ``expected`` (a model's ``state_dict()``): an empty string
+    when the keys and tensor shapes are the same, otherwise the first three of each kind (for errors)."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [f"{k} has shape {list(v.shape)} (expected {list(expected[k].shape)})"
+             for k, v in state.items() if k in expected and v.shape != expected[k].shape]  # fmt: skip
+    if not (missing or unexpected or wrong):
+        return ""
+    return f"missing {missing[:3]}, unexpected {unexpected[:3]}, other shapes {wrong[:3]}"

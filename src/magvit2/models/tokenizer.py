@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from magvit2.fileio import set_default_permissions
+from magvit2.models.checks import state_dict_mismatch
 from magvit2.models.config import TokenizerConfig
 from magvit2.models.networks import Decoder, Encoder
 from magvit2.models.presets import get_preset
@@ -183,16 +184,9 @@ class VideoTokenizer(nn.Module):
             state = load_file(str(weights_path), device=str(device))
         except Exception as err:  # safetensors raises its own error type (not an OSError)
             raise ValueError(f"{weights_path}: not a readable safetensors file (truncated?): {err}") from err
-        expected = model.state_dict()
-        missing = [k for k in expected if k not in state]
-        unexpected = [k for k in state if k not in expected]
-        wrong = [f"{k} {list(v.shape)} (config: {list(expected[k].shape)})"
-                 for k, v in state.items() if k in expected and v.shape != expected[k].shape]  # fmt: skip
-        if missing or unexpected or wrong:
-            raise ValueError(
-                f"{weights_path}: weights do not match {config_path.name}; missing {missing[:3]}, "
-                f"unexpected {unexpected[:3]}, other shapes {wrong[:3]}"
-            )
+        mismatch = state_dict_mismatch(model.state_dict(), state)
+        if mismatch:
+            raise ValueError(f"{weights_path}: weights do not match {config_path.name}; {mismatch}")
         model.load_state_dict(state)
         return model.to(device).eval()
 

@@ -45,7 +45,7 @@ from magvit2.data.video_io import probe
 from magvit2.fileio import atomic_path
 from magvit2.losses import TokenizerLoss
 from magvit2.models import VideoTokenizer
-from magvit2.models.checks import read_model_config
+from magvit2.models.checks import read_model_config, state_dict_mismatch
 from magvit2.modules.blocks import ResBlock
 from magvit2.training.base import TrainerBase
 from magvit2.training.config import TrainConfig, config_to_yaml, tokenizer_config, with_model_frames
@@ -117,16 +117,10 @@ def load_clip(
 def load_weights(model: VideoTokenizer, source: VideoTokenizer, where: str) -> None:
     """Copy ``source``'s weights into ``model``; a ValueError naming ``where`` unless the two have
     the same architecture."""
-    expected, state = model.state_dict(), source.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [f"{k} has shape {list(v.shape)} (model.config: {list(expected[k].shape)})"
-             for k, v in state.items() if k in expected and v.shape != expected[k].shape]  # fmt: skip
-    if missing or unexpected or wrong:
-        raise ValueError(
-            f"{where}: its architecture differs from model.config; missing {missing[:3]}, "
-            f"unexpected {unexpected[:3]}, {'; '.join(wrong[:3]) or 'no shape differs'}"
-        )
+    state = source.state_dict()
+    mismatch = state_dict_mismatch(model.state_dict(), state)
+    if mismatch:
+        raise ValueError(f"{where}: its architecture differs from model.config; {mismatch}")
     model.load_state_dict(state)
 
 
