@@ -46,6 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--preset", default="small")
     p.add_argument("--init", default=None, help="start from this model folder's weights")
     p.add_argument("--padding", choices=["zeros", "replicate"], default=None, help="default: the preset's")
+    p.add_argument("--mean-bits", type=int, nargs=3, default=None, metavar=("Y", "CO", "CG"),
+                   help="bits per token for the block mean colour (TokenizerConfig.mean_bits)")  # fmt: skip
     p.add_argument("--steps", type=int, default=20000, help="total steps (ignored with --minutes)")
     p.add_argument("--minutes", type=float, default=None, help="wall-clock budget; sets --steps")
     p.add_argument("--batch", type=int, default=16, help="clips per video step")
@@ -174,6 +176,24 @@ def to_cpu(obj):
     return obj
 
 
+def init_weights(model: VideoTokenizer, source: VideoTokenizer) -> None:
+    """Start ``model`` from ``source``'s weights. When only ``mean_bits`` differs, the encoder keeps
+    the first of ``source``'s latent channels it still learns, and a model that gains the block-mean
+    code starts its decoder's last conv at zero, so that it first outputs exactly the upsampled block
+    means and learns the rest as a correction."""
+    mine, theirs = model.config, source.config
+    if dataclasses.replace(theirs, mean_bits=mine.mean_bits) != mine:
+        raise ValueError(f"--init: {theirs} differs from the model's {mine} in more than mean_bits")
+    state = source.state_dict()
+    if theirs.mean_bits != mine.mean_bits:
+        for key in ("encoder.conv_out.conv_1.weight", "encoder.conv_out.conv_1.bias"):
+            state[key] = state[key][: mine.learned_channels]
+        if theirs.mean_bits is None:
+            for key in ("decoder.conv_out.conv_1.weight", "decoder.conv_out.conv_1.bias"):
+                state[key] = torch.zeros_like(state[key])
+    model.load_state_dict(state)
+
+
 def save_best(model: VideoTokenizer, ema: EMA, out: Path) -> None:
     """Write the EMA weights as a model folder ``out`` (fp16)."""
     best = VideoTokenizer(model.config)
@@ -197,9 +217,11 @@ def main(argv: list[str] | None = None) -> None:
     config = get_preset(args.preset)
     if args.padding:
         config = dataclasses.replace(config, padding=args.padding)
+    if args.mean_bits:
+        config = dataclasses.replace(config, mean_bits=tuple(args.mean_bits))
     model = VideoTokenizer(config)
     if args.init:
-        model.load_state_dict(VideoTokenizer.from_pretrained(args.init).state_dict())
+        init_weights(model, VideoTokenizer.from_pretrained(args.init))
     model = model.to(device).train()
     eval_model = VideoTokenizer(model.config).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)

@@ -76,6 +76,10 @@ class TokenizerConfig:
         padding: spatial padding of every convolution: ``"zeros"`` (default, Open-MAGVIT2's) or
             ``"replicate"`` (edge pixels repeated: a flat frame stays exactly flat through the whole
             network, and the frame's border looks like its inside).
+        mean_bits: None (default): every latent channel is learned. ``(y, co, cg)``: that many of the
+            ``z_channels`` bits per token hold the block's mean colour, quantized by a fixed rule
+            (:mod:`magvit2.modules.block_mean`), and the decoder adds its output to those means
+            upsampled; the encoder learns the other ``z_channels - sum(mean_bits)``.
     """
 
     quantizer: QuantizerConfig = field(default_factory=LFQConfig)
@@ -91,6 +95,7 @@ class TokenizerConfig:
     norm_eps: float = 1e-6
     time_pooled_norm: bool = False
     padding: str = "zeros"
+    mean_bits: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.quantizer, dict):
@@ -119,6 +124,18 @@ class TokenizerConfig:
             raise ValueError(f"TokenizerConfig.norm: expected 'group' or 'channel', got {self.norm!r}")
         if self.padding not in PADDINGS:
             raise ValueError(f"TokenizerConfig.padding: expected one of {PADDINGS}, got {self.padding!r}")
+        if self.mean_bits is not None:
+            self.mean_bits = tuple(int(b) for b in self.mean_bits)
+            if len(self.mean_bits) != 3 or not all(1 <= b <= 8 for b in self.mean_bits):
+                raise ValueError(
+                    f"TokenizerConfig.mean_bits: expected None or 3 bit counts (Y, Co, Cg) in [1, 8], "
+                    f"got {self.mean_bits}"
+                )
+            if sum(self.mean_bits) >= self.z_channels:
+                raise ValueError(
+                    f"TokenizerConfig.mean_bits: {self.mean_bits} leaves no learned channel of the "
+                    f"{self.z_channels}; expected a sum below {self.z_channels}"
+                )
         if self.norm == "channel" and self.time_pooled_norm:
             raise ValueError("TokenizerConfig: time_pooled_norm applies to norm 'group' only")
         for c in (self.ch * m for m in self.ch_mult) if self.norm == "group" else ():
@@ -132,6 +149,11 @@ class TokenizerConfig:
     def z_channels(self) -> int:
         """Latent channels (the quantizer's input width)."""
         return self.quantizer.latent_dim
+
+    @property
+    def learned_channels(self) -> int:
+        """Latent channels the encoder learns (``z_channels`` less the block-mean bits)."""
+        return self.z_channels - sum(self.mean_bits or ())
 
     @property
     def spatial_factor(self) -> int:

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from magvit2.models.config import TokenizerConfig
 from magvit2.modules import CausalCache, CausalConv3d, ResBlock, Upsampler, downsample, swish
+from magvit2.modules.block_mean import BlockMeanCode
 from magvit2.modules.norm import make_adaptive_norm, make_norm
 
 
 class Encoder(nn.Module):
     """Video ``(B, in_channels, 1+t*k, H, W)`` -> latent ``(B, z_channels, 1+k, H/s, W/s)``.
+
+    With ``cfg.mean_bits`` the network's ``learned_channels`` come first, then the block-mean code
+    (+-1, :class:`~magvit2.modules.block_mean.BlockMeanCode`) of the same frames.
 
     Keys: ``conv_in``, ``down.{i}.block.{j}``, ``down.{i}.downsample``, ``mid_block.{j}``,
     ``norm_out``, ``conv_out`` (each conv's weight under ``.conv_1``).
@@ -36,10 +41,11 @@ class Encoder(nn.Module):
             [ResBlock(block_in, block_in, g, eps, pooled, kind, pad) for _ in range(cfg.num_mid_blocks)]
         )
         self.norm_out = make_norm(kind, block_in, g, eps, pooled)
-        self.conv_out = CausalConv3d(block_in, cfg.z_channels, 1, bias=True)
+        self.conv_out = CausalConv3d(block_in, cfg.learned_channels, 1, bias=True)
+        self.block_mean = mean_code(cfg)
 
-    def forward(self, x: Tensor, cache: CausalCache | None = None) -> Tensor:
-        x = self.conv_in(x, cache)
+    def forward(self, video: Tensor, cache: CausalCache | None = None) -> Tensor:
+        x = self.conv_in(video, cache)
         for level in self.down:
             for block in level.block:
                 x = block(x, cache)
@@ -47,7 +53,10 @@ class Encoder(nn.Module):
                 x = level.downsample(x, cache)
         for block in self.mid_block:
             x = block(x, cache)
-        return self.conv_out(swish(self.norm_out(x)), cache)
+        z = self.conv_out(swish(self.norm_out(x)), cache)
+        if self.block_mean is None:
+            return z
+        return torch.cat([z, self.block_mean.encode(video)], dim=1)
 
 
 class Decoder(nn.Module):
@@ -56,6 +65,8 @@ class Decoder(nn.Module):
     Keys: ``conv_in``, ``mid_block.{j}``, ``up.{i}.block.{j}``, ``up.{i}.upsample.conv1``,
     ``adaptive.{i}.gamma/beta``, ``norm_out``, ``conv_out``. Level ``i`` runs from the last to the
     first; ``up.{i}`` mirrors encoder level ``i`` and its upsampler undoes ``down.{i-1}.downsample``.
+    With ``cfg.mean_bits`` the output is added to the block means the last code channels hold,
+    upsampled (:meth:`~magvit2.modules.block_mean.BlockMeanCode.render`).
     """
 
     def __init__(self, cfg: TokenizerConfig) -> None:
@@ -87,6 +98,8 @@ class Decoder(nn.Module):
         self.adaptive = nn.ModuleList(adaptive)
         self.norm_out = make_norm(kind, block_in, g, eps, pooled)
         self.conv_out = CausalConv3d(block_in, cfg.in_channels, 3, bias=True, padding=pad)
+        self.block_mean = mean_code(cfg)
+        self.temporal_factor = cfg.temporal_factor
 
     def forward(self, q: Tensor, cache: CausalCache | None = None) -> Tensor:
         x = self.conv_in(q, cache)
@@ -98,4 +111,17 @@ class Decoder(nn.Module):
                 x = block(x, cache)
             if hasattr(self.up[i], "upsample"):
                 x = self.up[i].upsample(x, cache)
-        return self.conv_out(swish(self.norm_out(x)), cache)
+        out = self.conv_out(swish(self.norm_out(x)), cache)
+        if self.block_mean is None:
+            return out
+        t = self.temporal_factor
+        first = t == 1 or out.shape[2] % t == 1  # a clip's first chunk: 1 + t*(n-1) frames
+        means = self.block_mean.decode(q[:, -self.block_mean.channels :])
+        return out + self.block_mean.render(means, first).to(out.dtype)
+
+
+def mean_code(cfg: TokenizerConfig) -> BlockMeanCode | None:
+    """The block-mean code of ``cfg`` (``cfg.mean_bits``), or None when every channel is learned."""
+    if cfg.mean_bits is None:
+        return None
+    return BlockMeanCode(cfg.mean_bits, cfg.temporal_factor, cfg.spatial_factor)

@@ -1,0 +1,138 @@
+"""Block-mean code: each token's block mean colour, quantized by a fixed rule into sign bits.
+
+A tokenizer with ``TokenizerConfig.mean_bits = (6, 4, 4)`` spends 14 of its bits per token on the
+mean colour of the pixels the token covers (frame 0 alone, then groups of ``t`` frames; ``s x s``
+pixels) and the rest on what its encoder learns:
+
+* colour space YCoCg (exactly invertible, decorrelates natural images' channels)::
+
+      Y  = (R + 2G + B) / 4       Co = (R - B) / 2       Cg = (2G - R - B) / 4      (each in [-1, 1])
+      R  = Y + Co - Cg            G  = Y + Cg            B  = Y - Co - Cg
+
+* ``Y`` on ``2^b - 1`` uniform levels from -1 to 1 (so black, white and mid grey are levels);
+  ``Co`` and ``Cg`` through ``u = sign(c) sqrt(|c|)`` on ``2^b - 1`` uniform levels of ``u``:
+  steps are fine near grey, where natural colours lie, and 0, +-0.5 and +-1 (the RGB cube's
+  corners) are (nearly) levels;
+* each level index written in binary, least significant bit first, as +-1 code channels, so the
+  LFQ quantizer after the encoder leaves them as they are and the token id holds them as bits.
+
+``render`` turns decoded means back into frames (bicubic upsampling with replicated edges, each mean
+shown on every frame of its group): the decoder adds its output to that picture, so flat colours,
+ramps and a clip's overall colour are right by construction and the network models the detail.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+
+def rgb_to_ycocg(x: Tensor) -> Tensor:
+    """RGB ``(B, 3, ...)`` in [-1, 1] -> YCoCg ``(B, 3, ...)``, each channel in [-1, 1]."""
+    r, g, b = x.unbind(1)
+    return torch.stack(((r + 2 * g + b) / 4, (r - b) / 2, (2 * g - r - b) / 4), dim=1)
+
+
+def ycocg_to_rgb(x: Tensor) -> Tensor:
+    """Inverse of :func:`rgb_to_ycocg`: YCoCg ``(B, 3, ...)`` -> RGB ``(B, 3, ...)``."""
+    y, co, cg = x.unbind(1)
+    return torch.stack((y + co - cg, y + cg, y - co - cg), dim=1)
+
+
+def group_means(video: Tensor, temporal: int, spatial: int) -> Tensor:
+    """Video ``(B, C, T, H, W)`` -> block means ``(B, C, n, H/s, W/s)``.
+
+    ``T = 1 + t*k`` (a clip's first chunk: frame 0 alone, then groups of ``t``) gives ``n = 1 + k``;
+    ``T = t*k`` (a later chunk) gives ``n = k``.
+    """
+    frames = video.shape[2]
+    first = temporal == 1 or frames % temporal == 1
+    parts = []
+    if first:
+        parts.append(video[:, :, :1])
+        video = video[:, :, 1:]
+    if video.shape[2]:
+        parts.append(F.avg_pool3d(video, (temporal, 1, 1)))
+    x = torch.cat(parts, dim=2)
+    return F.avg_pool3d(x, (1, spatial, spatial))
+
+
+class BlockMeanCode(nn.Module):
+    """Fixed (parameter-free) code of block mean colours; see the module docstring.
+
+    Args:
+        bits: bits for ``(Y, Co, Cg)``, each 1 to 8.
+        temporal, spatial: the tokenizer's temporal and spatial factors (frames and pixels per token).
+    """
+
+    def __init__(self, bits: tuple[int, int, int], temporal: int, spatial: int) -> None:
+        super().__init__()
+        if len(bits) != 3 or not all(1 <= int(b) <= 8 for b in bits):
+            raise ValueError(f"BlockMeanCode: expected 3 bit counts (Y, Co, Cg) in [1, 8], got {bits}")
+        self.bits = tuple(int(b) for b in bits)
+        self.temporal, self.spatial = temporal, spatial
+
+    @property
+    def channels(self) -> int:
+        """Code channels (bits per token) the block means take."""
+        return sum(self.bits)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, temporal={self.temporal}, spatial={self.spatial}"
+
+    def quantize(self, ycocg: Tensor) -> list[Tensor]:
+        """YCoCg ``(B, 3, ...)`` -> per component int64 level indices ``(B, ...)``."""
+        levels = []
+        for i, (b, c) in enumerate(zip(self.bits, ycocg.unbind(1), strict=True)):
+            u = c if i == 0 else c.sign() * c.abs().sqrt()
+            top = 2**b - 2
+            levels.append(((u.clamp(-1, 1) + 1) / 2 * top).round().long())
+        return levels
+
+    def dequantize(self, levels: list[Tensor]) -> Tensor:
+        """Per component level indices ``(B, ...)`` -> YCoCg ``(B, 3, ...)`` (indices past the top
+        level, which the encoder never writes, read as the top level)."""
+        out = []
+        for i, (b, q) in enumerate(zip(self.bits, levels, strict=True)):
+            top = 2**b - 2
+            u = q.clamp(max=top).float() / top * 2 - 1
+            out.append(u if i == 0 else u.sign() * u.square())
+        return torch.stack(out, dim=1)
+
+    @torch.no_grad()
+    def encode(self, video: Tensor) -> Tensor:
+        """Video ``(B, 3, T, H, W)`` (a clip's first chunk ``1 + t*k`` frames, or a later chunk of
+        ``t*k``) -> codes ``(B, channels, n, H/s, W/s)`` of +-1, in ``video``'s dtype."""
+        means = group_means(video.float(), self.temporal, self.spatial)
+        codes = []
+        for b, q in zip(self.bits, self.quantize(rgb_to_ycocg(means)), strict=True):
+            for k in range(b):
+                codes.append(((q >> k) & 1) * 2 - 1)
+        return torch.stack(codes, dim=1).to(video.dtype)
+
+    def decode(self, codes: Tensor) -> Tensor:
+        """Codes ``(B, channels, n, h, w)`` (sign read) -> RGB block means ``(B, 3, n, h, w)``
+        (about [-1, 1]; a code no pixels give, e.g. one an LM sampled, may lie outside the cube)."""
+        bits = (codes > 0).long()
+        levels, start = [], 0
+        for b in self.bits:
+            weights = (2 ** torch.arange(b, device=codes.device)).view(1, b, 1, 1, 1)
+            levels.append((bits[:, start : start + b] * weights).sum(1))
+            start += b
+        return ycocg_to_rgb(self.dequantize(levels))
+
+    def render(self, means: Tensor, first: bool) -> Tensor:
+        """Block means ``(B, 3, n, h, w)`` -> frames ``(B, 3, T, h*s, w*s)``: bicubic upsampling with
+        replicated edges, each latent frame shown on its frames (``T = 1 + t*(n-1)`` for a clip's
+        first chunk, ``first=True``; ``T = t*n`` otherwise)."""
+        b, _, n, h, w = means.shape
+        s = self.spatial
+        small = rearrange(means.float(), "b c n h w -> (b n) c h w")
+        big = F.interpolate(F.pad(small, (1, 1, 1, 1), mode="replicate"), scale_factor=s, mode="bicubic")
+        big = rearrange(big[..., s : s + h * s, s : s + w * s], "(b n) c h w -> b c n h w", b=b)
+        repeats = torch.full((n,), self.temporal, device=means.device)
+        if first:
+            repeats[0] = 1
+        return big.repeat_interleave(repeats, dim=2)

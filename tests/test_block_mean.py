@@ -1,0 +1,182 @@
+"""Block-mean code: colour transform, quantization error bounds, grouping, rendering, and a tokenizer
+that spends part of its bits on it (flat colours exact, chunks and tiles equal to one pass)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from magvit2.models import TokenizerConfig, VideoTokenizer
+from magvit2.modules.block_mean import BlockMeanCode, group_means, rgb_to_ycocg, ycocg_to_rgb
+
+ROOT = Path(__file__).resolve().parent.parent
+GREYS = [[v, v, v] for v in (-1.0, -0.5, 0.0, 0.5, 1.0)]
+CORNERS = [[1, -1, -1], [-1, 1, -1], [-1, -1, 1], [1, 1, -1], [1, -1, 1], [-1, 1, 1], [1, 1, 1], [-1, -1, -1]]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def flat(colours: list[list[float]], frames: int, size: int) -> torch.Tensor:
+    """Flat clips ``(N, 3, frames, size, size)`` of the given RGB colours."""
+    c = torch.tensor(colours, dtype=torch.float32)
+    return c[:, :, None, None, None].expand(-1, 3, frames, size, size).contiguous()
+
+
+def test_ycocg_round_trip_and_ranges():
+    x = torch.rand(500, 3) * 2 - 1
+    y = rgb_to_ycocg(x)
+    assert torch.allclose(ycocg_to_rgb(y), x, atol=1e-6)
+    assert y.abs().max() <= 1 + 1e-6
+    corners = rgb_to_ycocg(torch.tensor(CORNERS, dtype=torch.float32))
+    assert corners.abs().max() == pytest.approx(1.0)  # the cube's corners reach the ends of the range
+
+
+@pytest.mark.parametrize("bits", [(6, 5, 5), (5, 4, 4), (8, 8, 8)])
+def test_quantization_error_within_half_a_step(bits):
+    code = BlockMeanCode(bits, 4, 8)
+    ycocg = rgb_to_ycocg(torch.rand(4000, 3) * 2 - 1)
+    back = code.dequantize(code.quantize(ycocg))
+    for i, b in enumerate(bits):
+        half = 1 / (2**b - 2)  # half a step of 2 / (2^b - 2)
+        if i == 0:
+            err = (back[:, 0] - ycocg[:, 0]).abs()
+        else:  # chroma: half a step in the square-root domain
+            u = lambda c: c.sign() * c.abs().sqrt()
+            err = (u(back[:, i]) - u(ycocg[:, i])).abs()
+        assert err.max() <= half + 1e-6
+
+
+def test_black_grey_white_exact_and_corners_close():
+    code = BlockMeanCode((6, 5, 5), 4, 8)
+    video = flat([[-1, -1, -1], [0, 0, 0], [1, 1, 1]] + CORNERS, 1, 8)
+    means = code.decode(code.encode(video))[:, :, 0, 0, 0]
+    assert torch.allclose(means[:3], video[:3, :, 0, 0, 0], atol=1e-6)
+    assert (means - video[:, :, 0, 0, 0]).abs().max() < 0.06  # within 8/255 (chroma 0.5 is near a level)
+
+
+def test_codes_are_signs_and_decode_reads_levels():
+    code = BlockMeanCode((6, 5, 5), 4, 8)
+    video = torch.rand(2, 3, 9, 16, 24) * 2 - 1
+    codes = code.encode(video)
+    assert codes.shape == (2, 16, 3, 2, 3)
+    assert set(codes.unique().tolist()) <= {-1.0, 1.0}
+    # the same levels from the bits as from quantizing the means directly
+    levels = code.quantize(rgb_to_ycocg(group_means(video, 4, 8)))
+    direct = ycocg_to_rgb(code.dequantize(levels))
+    assert torch.allclose(code.decode(codes), direct, atol=1e-6)
+    # Y past its top level (an LM may sample one) reads as the top level; chroma level 15 is 0
+    mid = [1.0, 1, 1, 1, -1]
+    white = torch.tensor([1.0] * 6 + mid + mid).view(1, 16, 1, 1, 1)
+    assert torch.allclose(code.decode(white), torch.ones(1, 3, 1, 1, 1), atol=1e-6)
+
+
+def test_group_means_first_and_later_chunks():
+    video = torch.rand(1, 3, 9, 16, 16)
+    first = group_means(video, 4, 8)
+    assert first.shape == (1, 3, 3, 2, 2)
+    assert torch.allclose(first[:, :, 0, 0, 0], video[:, :, 0, :8, :8].mean((-1, -2)))
+    assert torch.allclose(first[:, :, 1, 1, 0], video[:, :, 1:5, 8:, :8].mean((-1, -2, -3)))
+    later = group_means(video[:, :, 1:], 4, 8)  # 8 frames: a later chunk, two groups of four
+    assert torch.allclose(later, first[:, :, 1:])
+
+
+def test_render_frame_counts_constants_and_ramps():
+    code = BlockMeanCode((6, 5, 5), 4, 8)
+    means = torch.full((1, 3, 3, 4, 5), 0.25)
+    assert code.render(means, first=True).shape == (1, 3, 9, 32, 40)
+    assert code.render(means, first=False).shape == (1, 3, 12, 32, 40)
+    assert torch.allclose(code.render(means, first=True), torch.tensor(0.25))
+    # block means of a horizontal linear ramp come back as the ramp (to bicubic's ripple, under 2/255)
+    # away from the frame's edges; showing each mean on its whole block would be 14/255 off
+    x = torch.linspace(-1, 1, 64).expand(1, 3, 1, 64, 64).contiguous()
+    rendered = code.render(group_means(x, 4, 8), first=True)
+    assert (rendered - x)[..., 12:-12].abs().max() < 0.015
+
+
+def mean_config(**kw) -> TokenizerConfig:
+    args = dict(
+        quantizer={"kind": "lfq", "bits": 18},
+        ch=8,
+        ch_mult=(1, 2, 2, 2),
+        num_res_blocks=1,
+        temporal_downsample=(False, True, True),
+        norm="channel",
+        padding="replicate",
+        mean_bits=(6, 5, 5),
+    )
+    args.update(kw)
+    return TokenizerConfig(**args)
+
+
+def test_config_checks_mean_bits():
+    assert mean_config().learned_channels == 2
+    assert TokenizerConfig.from_dict(mean_config().to_dict()).mean_bits == (6, 5, 5)
+    with pytest.raises(ValueError, match="leaves no learned channel"):
+        mean_config(mean_bits=(6, 6, 6))
+    with pytest.raises(ValueError, match="3 bit counts"):
+        mean_config(mean_bits=(6, 5))
+    with pytest.raises(ValueError, match="3 bit counts"):
+        mean_config(mean_bits=(9, 4, 4))
+
+
+def test_tokenizer_flat_colours_exact_at_zero_correction():
+    torch.manual_seed(0)
+    model = VideoTokenizer(mean_config()).eval()
+    torch.nn.init.zeros_(model.decoder.conv_out.conv_1.weight)
+    torch.nn.init.zeros_(model.decoder.conv_out.conv_1.bias)
+    video = flat(GREYS + CORNERS[:6], 9, 16)
+    ids = model.encode(video)
+    assert ids.max() < 2**18
+    rec = model.decode(ids)
+    grey = [0, 2, 4]  # black, mid grey, white: levels of the 6-bit luma
+    assert torch.allclose(rec[grey], video[grey], atol=1e-5)
+    assert (rec - video).abs().max() < 0.06  # every other flat within its quantization step
+    out = model(video)
+    assert torch.allclose(out.reconstruction, rec, atol=1e-5)
+
+
+def test_tokenizer_chunks_and_tiles_equal_one_pass(tmp_path):
+    torch.manual_seed(0)
+    model = VideoTokenizer(mean_config()).eval()
+    video = torch.rand(1, 3, 9, 48, 48) * 2 - 1
+    ids = model.encode(video)
+    assert torch.equal(model.encode(video, max_chunk_frames=5), ids)
+    whole = model.decode(ids)
+    assert torch.allclose(model.decode(ids, max_chunk_frames=5), whole, atol=1e-5)
+    loaded = VideoTokenizer.from_pretrained(model.save_pretrained(tmp_path / "m"))
+    assert loaded.config.mean_bits == (6, 5, 5)
+    assert torch.equal(loaded.encode(video), ids)
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("train_default", ROOT / "scripts" / "train_default.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_init_from_a_plain_model_starts_at_the_rendered_means():
+    script = load_script()
+    torch.manual_seed(0)
+    plain = VideoTokenizer(mean_config(mean_bits=None)).eval()
+    model = VideoTokenizer(mean_config()).eval()
+    script.init_weights(model, plain)
+    w = plain.state_dict()["encoder.conv_out.conv_1.weight"]
+    assert torch.equal(model.state_dict()["encoder.conv_out.conv_1.weight"], w[:2])
+    assert torch.equal(model.state_dict()["decoder.mid_block.0.conv1.conv_1.weight"],
+                       plain.state_dict()["decoder.mid_block.0.conv1.conv_1.weight"])  # fmt: skip
+    video = torch.rand(1, 3, 5, 16, 16) * 2 - 1
+    code = model.decoder.block_mean
+    expected = code.render(code.decode(code.encode(video)), first=True)
+    assert torch.allclose(model.decode(model.encode(video)), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="more than mean_bits"):
+        script.init_weights(VideoTokenizer(mean_config(ch=16)), plain)
