@@ -176,11 +176,16 @@ def to_cpu(obj):
     return obj
 
 
+#: Scale of the decoder's last conv when ``--init`` weights gain the block-mean code (see init_weights).
+MEAN_INIT_SCALE = 0.1
+
+
 def init_weights(model: VideoTokenizer, source: VideoTokenizer) -> None:
     """Start ``model`` from ``source``'s weights. When only ``mean_bits`` differs, the encoder keeps
     the first of ``source``'s latent channels it still learns, and a model that gains the block-mean
-    code starts its decoder's last conv at zero, so that it first outputs exactly the upsampled block
-    means and learns the rest as a correction."""
+    code starts with its decoder's last conv scaled by ``MEAN_INIT_SCALE``: it first outputs the
+    upsampled block means plus a small correction. (Scaled to zero, the decoder's other layers get
+    no useful gradient and the correction does not start to learn.)"""
     mine, theirs = model.config, source.config
     if dataclasses.replace(theirs, mean_bits=mine.mean_bits) != mine:
         raise ValueError(f"--init: {theirs} differs from the model's {mine} in more than mean_bits")
@@ -190,7 +195,7 @@ def init_weights(model: VideoTokenizer, source: VideoTokenizer) -> None:
             state[key] = state[key][: mine.learned_channels]
         if theirs.mean_bits is None:
             for key in ("decoder.conv_out.conv_1.weight", "decoder.conv_out.conv_1.bias"):
-                state[key] = torch.zeros_like(state[key])
+                state[key] = state[key] * MEAN_INIT_SCALE
     model.load_state_dict(state)
 
 

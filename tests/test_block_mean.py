@@ -164,7 +164,7 @@ def load_script():
     return module
 
 
-def test_init_from_a_plain_model_starts_at_the_rendered_means():
+def test_init_from_a_plain_model_starts_near_the_rendered_means():
     script = load_script()
     torch.manual_seed(0)
     plain = VideoTokenizer(mean_config(mean_bits=None)).eval()
@@ -174,9 +174,18 @@ def test_init_from_a_plain_model_starts_at_the_rendered_means():
     assert torch.equal(model.state_dict()["encoder.conv_out.conv_1.weight"], w[:2])
     assert torch.equal(model.state_dict()["decoder.mid_block.0.conv1.conv_1.weight"],
                        plain.state_dict()["decoder.mid_block.0.conv1.conv_1.weight"])  # fmt: skip
+    scale = script.MEAN_INIT_SCALE
+    for key in ("decoder.conv_out.conv_1.weight", "decoder.conv_out.conv_1.bias"):
+        assert torch.allclose(model.state_dict()[key], plain.state_dict()[key] * scale)
+    # the decoder's output is the rendered block means plus the scaled network output
     video = torch.rand(1, 3, 5, 16, 16) * 2 - 1
     code = model.decoder.block_mean
-    expected = code.render(code.decode(code.encode(video)), first=True)
-    assert torch.allclose(model.decode(model.encode(video)), expected, atol=1e-5)
+    codes = model.encode_codes(video)
+    rendered = code.render(code.decode(codes[:, 2:]), first=True)
+    with torch.no_grad():
+        model.decoder.block_mean = None
+        network = model.decoder(codes)
+        model.decoder.block_mean = code
+    assert torch.allclose(model.decode_codes(codes), rendered + network, atol=1e-5)
     with pytest.raises(ValueError, match="more than mean_bits"):
         script.init_weights(VideoTokenizer(mean_config(ch=16)), plain)
