@@ -189,3 +189,14 @@ def test_init_from_a_plain_model_starts_near_the_rendered_means():
     assert torch.allclose(model.decode_codes(codes), rendered + network, atol=1e-5)
     with pytest.raises(ValueError, match="more than mean_bits"):
         script.init_weights(VideoTokenizer(mean_config(ch=16)), plain)
+
+
+def test_token_refinement_never_worse_with_block_mean_bits():
+    from magvit2.inference.refine import encode_refined
+
+    torch.manual_seed(0)
+    model = VideoTokenizer(mean_config()).eval()
+    video = torch.rand(1, 3, 5, 16, 16) * 2 - 1
+    mse = lambda ids: float((model.decode(ids) - video).pow(2).mean())
+    plain, refined = model.encode(video), encode_refined(model, video, steps=4)
+    assert refined.shape == plain.shape and mse(refined) <= mse(plain)

@@ -119,6 +119,25 @@ def test_clip_frames_follow_stride(media, cache):
         assert item.start <= start <= item.start + item.length - 13
 
 
+def test_hold_out_last_keeps_training_off_the_last_frames(media, cache):
+    """With hold_out_last=12, no clip and no frame-as-image reaches the last 12 frames of a video
+    (a.mp4: 48 frames -> frames 0-35; b.mp4: 40 -> 0-27), and clips still cover what is left."""
+    kw = dict(paths=[str(media / "videos")], num_frames=5, resolution=16, seed=2, cache_decoded=cache)
+    ds = VideoClipDataset(DataConfig(**kw, hold_out_last=12))
+    limits = {0: 36, 1: 28}  # frames each file may show, by file index
+    for item in ds.index.video_items + ds.index.image_items:
+        assert item.start + item.length <= limits[item.file], item
+    seen = set()
+    for i in range(60):
+        ids = _frame_ids(ds[i])
+        assert ids[-1] < 36, ids
+        seen.update(ids)
+    assert max(seen) >= 30  # the frames just before the held-out ones are still used
+    assert len(VideoClipDataset(DataConfig(**kw)).index.image_items) == 48 + 40
+    with pytest.raises(ValueError, match="hold_out_last"):
+        DataConfig(**kw, hold_out_last=-1)
+
+
 def test_cache_and_streaming_give_identical_samples(media):
     kw = dict(
         paths=[str(media)],

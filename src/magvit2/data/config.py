@@ -34,6 +34,8 @@ class DataConfig:
     see magvit2.data.augment). pan_images: fraction of video clips made from a still image instead, by a
     crop window that moves a whole number of pixels per frame (a camera pan over a photograph; needs
     image items). pan_speed: the fastest pan, pixels per frame along each axis (at the resized scale).
+    hold_out_last: the last this many frames of every video are never read for training (neither as
+    clips nor as images), so that ``validation`` can score them (``validation.start_frame``).
     cache_decoded: decode everything once into memory
     (cache_max_mb caps it). num_workers: DataLoader worker processes. seed: the whole order and every
     random choice derive from it.
@@ -56,6 +58,7 @@ class DataConfig:
     color_jitter: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])
     pan_images: float = 0.0
     pan_speed: int = 2
+    hold_out_last: int = 0
     cache_decoded: bool = False
     cache_max_mb: float = 4096.0
     num_workers: int = 0
@@ -97,6 +100,8 @@ class DataConfig:
             )
         if self.frame_stride < 1:
             raise ValueError(f"DataConfig.frame_stride must be >= 1, got {self.frame_stride}")
+        if self.hold_out_last < 0:
+            raise ValueError(f"DataConfig.hold_out_last must be >= 0, got {self.hold_out_last}")
         if len(self.size) != 2 or min(self.size) < 1:
             raise ValueError(f"DataConfig.resolution must be a positive int or (h, w), got {self.resolution}")
         if self.resize_mode not in RESIZE_MODES:

@@ -154,22 +154,23 @@ class MediaIndex:
             if info.num_frames <= 1:
                 images.append(MediaItem(i, 0, 1))
                 continue
-            frames_as_images.extend(MediaItem(i, t, 1) for t in range(info.num_frames))
-            if info.num_frames < cfg.span:
+            n = max(0, info.num_frames - cfg.hold_out_last)  # frames training may read
+            frames_as_images.extend(MediaItem(i, t, 1) for t in range(n))
+            if n < cfg.span:
                 if self.files[i] not in self.too_short:
-                    self.too_short[self.files[i]] = info.num_frames
+                    self.too_short[self.files[i]] = n
                     log.warning(
-                        "video %s has %d frames, fewer than a clip of %d frames with stride %d needs "
-                        "(%d): not used as a video",
+                        "video %s has %d frames (before hold_out_last), fewer than a clip of %d frames "
+                        "with stride %d needs (%d): not used as a video",
                         self.files[i],
-                        info.num_frames,
+                        n,
                         cfg.num_frames,
                         cfg.frame_stride,
                         cfg.span,
                     )
                 continue
-            windows = max(1, info.num_frames // cfg.span)
-            region = info.num_frames // windows
+            windows = max(1, n // cfg.span)
+            region = n // windows
             videos.extend(MediaItem(i, k * region, region) for k in range(windows))
         use_frames = cfg.video_frames_as_images
         if use_frames is None:
