@@ -54,6 +54,16 @@ def shared_dir() -> Path:
     return SHARED
 
 
+@pytest.fixture(scope="session")
+def train_default():
+    """``scripts/train_default.py`` (the built-in model's training script) loaded as a module."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / "train_default.py"
+    spec = importlib.util.spec_from_file_location("train_default", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny tensors: one intra-op thread is faster and immune to OpenMP contention on a shared machine.

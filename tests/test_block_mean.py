@@ -3,26 +3,17 @@ that spends part of its bits on it (flat colours exact, chunks and tiles equal t
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
 from magvit2.models import TokenizerConfig, VideoTokenizer
 from magvit2.modules.block_mean import BlockMeanCode, group_means, rgb_to_ycocg, ycocg_to_rgb
 
-ROOT = Path(__file__).resolve().parent.parent
 GREYS = [[v, v, v] for v in (-1.0, -0.5, 0.0, 0.5, 1.0)]
 CORNERS = [[1, -1, -1], [-1, 1, -1], [-1, -1, 1], [1, 1, -1], [1, -1, 1], [-1, 1, 1], [1, 1, 1], [-1, -1, -1]]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def flat(colours: list[list[float]], frames: int, size: int) -> torch.Tensor:
@@ -157,15 +148,8 @@ def test_tokenizer_chunks_and_tiles_equal_one_pass(tmp_path):
     assert torch.equal(loaded.encode(video), ids)
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("train_default", ROOT / "scripts" / "train_default.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_init_from_a_plain_model_starts_near_the_rendered_means():
-    script = load_script()
+def test_init_from_a_plain_model_starts_near_the_rendered_means(train_default):
+    script = train_default
     torch.manual_seed(0)
     plain = VideoTokenizer(mean_config(mean_bits=None)).eval()
     model = VideoTokenizer(mean_config()).eval()

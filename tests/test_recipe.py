@@ -1,7 +1,6 @@
 """The built-in model's recipe (configs/builtin/default.yaml) is runnable: every run's options are
 options of scripts/train_default.py with values it accepts, and each run starts from the one before."""
 
-import importlib.util
 import math
 from pathlib import Path
 from types import SimpleNamespace
@@ -13,15 +12,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("train_default", ROOT / "scripts" / "train_default.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_every_recorded_run_parses_with_the_training_script():
-    parse = _script().parse_args
+def test_every_recorded_run_parses_with_the_training_script(train_default):
+    parse = train_default.parse_args
     recipe = yaml.safe_load((ROOT / "configs" / "builtin" / "default.yaml").read_text())
     previous = None
     for run in recipe["runs"]:
@@ -35,15 +27,15 @@ def test_every_recorded_run_parses_with_the_training_script():
         previous = run["name"]
 
 
-def test_selection_score_is_val_video_or_the_capped_mean():
-    score = _script().selection_score
+def test_selection_score_is_val_video_or_the_capped_mean(train_default):
+    score = train_default.selection_score
     scores = {"val_video": 22.0, "val_image": 23.0, "flat": 55.0}
     assert score(scores, "video") == 22.0
     assert score(scores, "all") == 28.333  # (22 + 23 + 40) / 3: flat capped at 40 dB
     assert score({**scores, "flat": 31.0}, "all") == 25.333
 
 
-def test_validate_scores_each_set_and_the_last_quarter_of_the_clips():
+def test_validate_scores_each_set_and_the_last_quarter_of_the_clips(train_default):
     """A model whose reconstruction errs by 0.1 only on the last quarter of the frames: PSNR of
     10 log10(4 / mse) with mse 0.01 there (26.02 dB) and a quarter of that over the whole clip."""
 
@@ -56,17 +48,17 @@ def test_validate_scores_each_set_and_the_last_quarter_of_the_clips():
 
     clips = torch.rand(5, 3, 8, 16, 16) * 1.6 - 0.8  # values stay inside [-1, 1] after the error
     images = torch.rand(3, 3, 16, 16) * 2 - 1
-    scores = _script().validate(LateError(), {"val_video": clips, "val_image": images}, batch=2)
+    scores = train_default.validate(LateError(), {"val_video": clips, "val_image": images}, batch=2)
     assert scores["val_late"] == round(10 * math.log10(4 / 0.01), 3)
     assert scores["val_video"] == round(10 * math.log10(4 / 0.0025), 3)
     assert scores["val_image"] == round(10 * math.log10(4 / 1e-10), 3)  # exact: mse clamped at 1e-10
     assert scores["val_cast"] == pytest.approx(0.1 / 4 * 255 / 2, abs=1e-3)  # +0.1 on 1/4 of frames
 
 
-def test_colour_cast_is_the_largest_channel_error_of_the_clamped_reconstruction():
+def test_colour_cast_is_the_largest_channel_error_of_the_clamped_reconstruction(train_default):
     """Per-channel offsets (+0.02, -0.06, +0.01): the cast is the largest in size, 0.06 of the [-1, 1]
     range = 7.65/255; the loss term's error keeps signs and, unlike the cast, values past [-1, 1]."""
-    script = _script()
+    script = train_default
     ref = torch.rand(2, 3, 5, 8, 8) * 1.8 - 0.9
     offset = torch.tensor([0.02, -0.06, 0.01]).view(1, 3, 1, 1, 1)
     rec = ref + offset
@@ -78,8 +70,8 @@ def test_colour_cast_is_the_largest_channel_error_of_the_clamped_reconstruction(
     assert torch.allclose(script.colour_cast(over, ref), torch.full((1,), 0.1 * 255 / 2), atol=1e-4)
 
 
-def test_batch_schedule_gives_images_flats_and_clips_their_own_sizes():
-    script = _script()
+def test_batch_schedule_gives_images_flats_and_clips_their_own_sizes(train_default):
+    script = train_default
     options = "--image-every 3 --flat-every 2 --frames 17 --flat-frames 33 --size 80 --image-size 128"
     args = script.parse_args(["--data", "d", "--out", "o", *options.split()])
     calls = []
