@@ -117,6 +117,8 @@ def test_config_checks_mean_bits():
         mean_config(mean_bits=(6, 5))
     with pytest.raises(ValueError, match="3 bit counts"):
         mean_config(mean_bits=(9, 4, 4))
+    with pytest.raises(ValueError, match="expected quantizer kind 'lfq'"):
+        mean_config(quantizer={"kind": "fsq", "levels": [8, 8, 8, 5, 5, 5]})
 
 
 def test_tokenizer_flat_colours_exact_at_zero_correction():

@@ -131,6 +131,11 @@ class TokenizerConfig:
                     f"TokenizerConfig.mean_bits: expected None or 3 bit counts (Y, Co, Cg) in [1, 8], "
                     f"got {self.mean_bits}"
                 )
+            if self.quantizer.kind != "lfq":
+                raise ValueError(
+                    f"TokenizerConfig.mean_bits: the block-mean bits are LFQ signs; expected quantizer kind "
+                    f"'lfq', got {self.quantizer.kind!r}"
+                )
             if sum(self.mean_bits) >= self.z_channels:
                 raise ValueError(
                     f"TokenizerConfig.mean_bits: {self.mean_bits} leaves no learned channel of the "
