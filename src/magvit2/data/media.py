@@ -160,8 +160,8 @@ class MediaIndex:
                 if self.files[i] not in self.too_short:
                     self.too_short[self.files[i]] = n
                     log.warning(
-                        "video %s has %d frames (before hold_out_last), fewer than a clip of %d frames "
-                        "with stride %d needs (%d): not used as a video",
+                        "video %s has %d frames for training (after hold_out_last), fewer than a clip of %d "
+                        "frames with stride %d needs (%d): not used as a video",
                         self.files[i],
                         n,
                         cfg.num_frames,
