@@ -4,7 +4,9 @@ ramps, a fade through black, and colour casts.
 * held-out clips (never trained on, never used to choose anything): the first 33 frames of
   ``carphone_pristine.mp4``, ``carphone_distorted.mp4`` and ``bikes.mp4``, full frame, one pass; PSNR
   and SSIM of the model, PSNR of :func:`magvit2.evaluation.baselines.block_average` (the reference in
-  the same run) and the margin, and the mean error per channel (a colour cast);
+  the same run) and the margin, the mean error per channel (a colour cast), and the PSNR of the
+  block means alone (:func:`magvit2.evaluation.baselines.block_mean_psnr`: the colour of each
+  token's block, whatever happens inside it);
 * :func:`magvit2.evaluation.sanity.sanity_report`: five greys and six saturated colours, two ramps,
   and a photograph fading to black and back (17 frames); the flats again at the held-out clips' length.
 
@@ -33,7 +35,7 @@ from magvit2 import VideoTokenizer
 from magvit2.data.synthetic import ClipSynth
 from magvit2.data.video_io import read_image, read_video
 from magvit2.evaluation import ssim
-from magvit2.evaluation.baselines import block_average
+from magvit2.evaluation.baselines import block_average, block_mean_psnr
 from magvit2.evaluation.sanity import channel_mean_error, flat_report, psnr_uint8, reconstruct, sanity_report
 from magvit2.models.presets import PRESETS
 
@@ -66,6 +68,7 @@ def held_out(model: VideoTokenizer, frames: int, clips: tuple[str, ...]) -> dict
             "block_average_psnr": round(block_psnr, 2),
             "margin_db": round(model_psnr - block_psnr, 2),
             "channel_mean_error": channel_mean_error(rec, src),
+            "block_mean_psnr": round(block_mean_psnr(rec, src), 2),
             "seconds": round(seconds, 2),
         }
     return rows
