@@ -20,6 +20,8 @@ def test_block_means_group_frames_as_the_tokenizer():
     assert np.allclose(means[0, 1, 2], x[0, 8:16, 16:24].mean((0, 1)))
     assert np.allclose(means[1, 0, 1], x[1:5, :8, 8:16].mean((0, 1, 2)))
     assert np.allclose(means[3, 1, 0], x[9, 8:16, :8].mean((0, 1)))
+    eight = block_means(v[:8])  # a length that is a multiple of 4 still starts with frame 0 alone
+    assert eight.shape[0] == 3 and np.allclose(eight[2, 0, 0], x[5:8, :8, :8].mean((0, 1, 2)))
 
 
 def test_block_average_of_flat_blocks_is_flat():

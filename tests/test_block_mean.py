@@ -61,7 +61,7 @@ def test_codes_are_signs_and_decode_reads_levels():
     assert codes.shape == (2, 16, 3, 2, 3)
     assert set(codes.unique().tolist()) <= {-1.0, 1.0}
     # the same levels from the bits as from quantizing the means directly
-    levels = code.quantize(rgb_to_ycocg(group_means(video, 4, 8)))
+    levels = code.quantize(rgb_to_ycocg(group_means(video, 4, 8, first=True)))
     direct = ycocg_to_rgb(code.dequantize(levels))
     assert torch.allclose(code.decode(codes), direct, atol=1e-6)
     # Y past its top level (an LM may sample one) reads as the top level; chroma level 15 is 0
@@ -72,12 +72,14 @@ def test_codes_are_signs_and_decode_reads_levels():
 
 def test_group_means_first_and_later_chunks():
     video = torch.rand(1, 3, 9, 16, 16)
-    first = group_means(video, 4, 8)
+    first = group_means(video, 4, 8, first=True)
     assert first.shape == (1, 3, 3, 2, 2)
     assert torch.allclose(first[:, :, 0, 0, 0], video[:, :, 0, :8, :8].mean((-1, -2)))
     assert torch.allclose(first[:, :, 1, 1, 0], video[:, :, 1:5, 8:, :8].mean((-1, -2, -3)))
-    later = group_means(video[:, :, 1:], 4, 8)  # 8 frames: a later chunk, two groups of four
+    later = group_means(video[:, :, 1:], 4, 8, first=False)  # a later chunk: two groups of four
     assert torch.allclose(later, first[:, :, 1:])
+    short = group_means(video[:, :, :7], 4, 8, first=True)  # frames {0}, {1-4}, {5, 6}
+    assert torch.allclose(short[:, :, 2, 0, 1], video[:, :, 5:7, :8, 8:].mean((-1, -2, -3)))
 
 
 def test_render_frame_counts_constants_and_ramps():
@@ -89,7 +91,7 @@ def test_render_frame_counts_constants_and_ramps():
     # block means of a horizontal linear ramp come back as the ramp (to bicubic's ripple, under 2/255)
     # away from the frame's edges; showing each mean on its whole block would be 14/255 off
     x = torch.linspace(-1, 1, 64).expand(1, 3, 1, 64, 64).contiguous()
-    rendered = code.render(group_means(x, 4, 8), first=True)
+    rendered = code.render(group_means(x, 4, 8, first=True), first=True)
     assert (rendered - x)[..., 12:-12].abs().max() < 0.015
 
 
@@ -145,6 +147,10 @@ def test_tokenizer_chunks_and_tiles_equal_one_pass(tmp_path):
     assert torch.equal(model.encode(video, max_chunk_frames=5), ids)
     whole = model.decode(ids)
     assert torch.allclose(model.decode(ids, max_chunk_frames=5), whole, atol=1e-5)
+    # tiles: the block-mean bits (the low 16 of each id, LFQ's channel 0 being the top bit) are
+    # exact per block, whatever the learned bits do at tile borders
+    tiled = model.encode(video, tile=32, overlap=16)
+    assert torch.equal(tiled & 0xFFFF, ids & 0xFFFF)
     loaded = VideoTokenizer.from_pretrained(model.save_pretrained(tmp_path / "m"))
     assert loaded.config.mean_bits == (6, 5, 5)
     assert torch.equal(loaded.encode(video), ids)

@@ -11,41 +11,35 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from einops import rearrange
+
+from magvit2.modules.block_mean import group_means, upsample_blocks
 
 
 def block_means(video: np.ndarray, temporal: int = 4, spatial: int = 8) -> np.ndarray:
     """``video`` uint8 ``(T, H, W, 3)`` -> float64 ``(n, H/s, W/s, 3)``: the mean colour of every block
-    one token covers.
-
-    Time is grouped as the causal tokenizer groups it: frame 0 alone, then ``temporal`` frames at a
-    time (a last short group is averaged over the frames it has). ``H`` and ``W`` must be multiples of
-    ``spatial``.
-    """
+    one token covers, grouped in time as the causal tokenizer groups frames (frame 0 alone, then
+    ``temporal`` at a time; :func:`magvit2.modules.block_mean.group_means`). ``H`` and ``W`` must be
+    multiples of ``spatial``."""
     t, h, w, _ = video.shape
     if h % spatial or w % spatial:
         raise ValueError(f"block_means: expected H and W multiples of {spatial}, got {h}x{w}")
-    x = torch.from_numpy(video).double()
-    groups = [x[:1], *(x[s : s + temporal] for s in range(1, t, temporal))]
-    means = torch.stack([g.mean(0) for g in groups])
-    small = F.avg_pool2d(rearrange(means, "n h w c -> n c h w"), spatial)
-    return rearrange(small, "n c h w -> n h w c").numpy()
+    x = rearrange(torch.from_numpy(video).double(), "t h w c -> 1 c t h w")
+    return rearrange(group_means(x, temporal, spatial, first=True), "1 c n h w -> n h w c").numpy()
 
 
 def block_average(video: np.ndarray, temporal: int = 4, spatial: int = 8) -> np.ndarray:
     """``video`` uint8 ``(T, H, W, 3)`` -> uint8 ``(T, H, W, 3)`` made of block means.
 
     Each group's ``spatial x spatial`` block means (:func:`block_means`) are upsampled bicubically
-    (edges replicated) and shown on every frame of the group. ``H`` and ``W`` must be multiples of
-    ``spatial``.
+    (edges replicated; :func:`magvit2.modules.block_mean.upsample_blocks`) and shown on every frame
+    of the group. ``H`` and ``W`` must be multiples of ``spatial``.
     """
     t, h, w, _ = video.shape
     if h % spatial or w % spatial:
         raise ValueError(f"block_average: expected H and W multiples of {spatial}, got {h}x{w}")
     small = rearrange(torch.from_numpy(block_means(video, temporal, spatial)), "n h w c -> n c h w")
-    big = F.interpolate(F.pad(small, (1, 1, 1, 1), mode="replicate"), scale_factor=spatial, mode="bicubic")
-    big = rearrange(big[..., spatial : spatial + h, spatial : spatial + w], "n c h w -> n h w c")
+    big = rearrange(upsample_blocks(small, spatial), "n c h w -> n h w c")
     counts = [1, *(min(temporal, t - s) for s in range(1, t, temporal))]
     out = big.repeat_interleave(torch.tensor(counts), dim=0)
     return out.round().clamp(0, 255).to(torch.uint8).numpy()

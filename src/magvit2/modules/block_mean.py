@@ -1,6 +1,6 @@
 """Block-mean code: each token's block mean colour, quantized by a fixed rule into sign bits.
 
-A tokenizer with ``TokenizerConfig.mean_bits = (6, 4, 4)`` spends 14 of its bits per token on the
+A tokenizer with ``TokenizerConfig.mean_bits = (6, 5, 5)`` spends 16 of its bits per token on the
 mean colour of the pixels the token covers (frame 0 alone, then groups of ``t`` frames; ``s x s``
 pixels) and the rest on what its encoder learns:
 
@@ -41,22 +41,27 @@ def ycocg_to_rgb(x: Tensor) -> Tensor:
     return torch.stack((y + co - cg, y + cg, y - co - cg), dim=1)
 
 
-def group_means(video: Tensor, temporal: int, spatial: int) -> Tensor:
-    """Video ``(B, C, T, H, W)`` -> block means ``(B, C, n, H/s, W/s)``.
+def group_means(video: Tensor, temporal: int, spatial: int, first: bool) -> Tensor:
+    """Video ``(B, C, T, H, W)`` -> block means ``(B, C, n, H/s, W/s)``: the mean of every block one
+    token covers (``H`` and ``W`` multiples of ``s``).
 
-    ``T = 1 + t*k`` (a clip's first chunk: frame 0 alone, then groups of ``t``) gives ``n = 1 + k``;
-    ``T = t*k`` (a later chunk) gives ``n = k``.
+    ``first``: the frames start a clip, so frame 0 is a group of its own (``T = 1 + t*k`` gives
+    ``n = 1 + k``); otherwise they continue one (``T = t*k`` gives ``n = k``). Then groups of ``t``
+    frames; a last short group is averaged over the frames it has.
     """
-    frames = video.shape[2]
-    first = temporal == 1 or frames % temporal == 1
-    parts = []
-    if first:
-        parts.append(video[:, :, :1])
-        video = video[:, :, 1:]
-    if video.shape[2]:
-        parts.append(F.avg_pool3d(video, (temporal, 1, 1)))
-    x = torch.cat(parts, dim=2)
-    return F.avg_pool3d(x, (1, spatial, spatial))
+    parts = [video[:, :, :1]] if first else []
+    rest = video[:, :, 1:] if first else video
+    if rest.shape[2]:
+        parts.append(F.avg_pool3d(rest, (temporal, 1, 1), ceil_mode=True))
+    return F.avg_pool3d(torch.cat(parts, dim=2), (1, spatial, spatial))
+
+
+def upsample_blocks(small: Tensor, spatial: int) -> Tensor:
+    """Block values ``(N, C, h, w)`` -> ``(N, C, h*s, w*s)``: bicubic upsampling with the edges
+    replicated (each value lands on the centre of its block)."""
+    h, w, s = small.shape[2], small.shape[3], spatial
+    big = F.interpolate(F.pad(small, (1, 1, 1, 1), mode="replicate"), scale_factor=s, mode="bicubic")
+    return big[..., s : s + h * s, s : s + w * s]
 
 
 class BlockMeanCode(nn.Module):
@@ -105,7 +110,9 @@ class BlockMeanCode(nn.Module):
     def encode(self, video: Tensor) -> Tensor:
         """Video ``(B, 3, T, H, W)`` (a clip's first chunk ``1 + t*k`` frames, or a later chunk of
         ``t*k``) -> codes ``(B, channels, n, H/s, W/s)`` of +-1, in ``video``'s dtype."""
-        means = group_means(video.float(), self.temporal, self.spatial)
+        t = self.temporal
+        first = t == 1 or video.shape[2] % t == 1
+        means = group_means(video.float(), t, self.spatial, first)
         codes = []
         for b, q in zip(self.bits, self.quantize(rgb_to_ycocg(means)), strict=True):
             for k in range(b):
@@ -127,11 +134,9 @@ class BlockMeanCode(nn.Module):
         """Block means ``(B, 3, n, h, w)`` -> frames ``(B, 3, T, h*s, w*s)``: bicubic upsampling with
         replicated edges, each latent frame shown on its frames (``T = 1 + t*(n-1)`` for a clip's
         first chunk, ``first=True``; ``T = t*n`` otherwise)."""
-        b, _, n, h, w = means.shape
-        s = self.spatial
+        b, n = means.shape[0], means.shape[2]
         small = rearrange(means.float(), "b c n h w -> (b n) c h w")
-        big = F.interpolate(F.pad(small, (1, 1, 1, 1), mode="replicate"), scale_factor=s, mode="bicubic")
-        big = rearrange(big[..., s : s + h * s, s : s + w * s], "(b n) c h w -> b c n h w", b=b)
+        big = rearrange(upsample_blocks(small, self.spatial), "(b n) c h w -> b c n h w", b=b)
         repeats = torch.full((n,), self.temporal, device=means.device)
         if first:
             repeats[0] = 1
