@@ -9,7 +9,8 @@ Clips come from :class:`magvit2.data.synthetic.ClipSynth` on the training device
 photographs, moving objects, cartoon frames, cuts, fades, flat colours and ramps); every
 ``--image-every``-th step is a batch of images, and with ``--flat-every`` some of the others are small
 flat-colour clips (``ClipSynth.flat_batch``). Loss: MSE + 0.2 L1 in [-1, 1] + 0.1 x the quantizer's
-entropy and commitment terms (+ ``--mean-weight`` x the squared error of each clip's mean colour, against
+entropy and commitment terms (``--entropy-weight`` sets the entropy term's own weight, 0.1 by default)
+(+ ``--mean-weight`` x the squared error of each clip's mean colour, against
 colour casts); AdamW, warm-up then cosine decay; EMA of the weights. Every
 ``--val-every`` steps the EMA weights are scored on clips synthesised from the validation split of the
 same sources (never on a held-out clip) and on flat colours, and the best (``--select``) are written
@@ -63,6 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--entropy-weight", type=float, default=None,
+                   help="LFQ entropy-loss weight for this run (default: the model config's)")  # fmt: skip
     p.add_argument("--mean-weight", type=float, default=0.0,
                    help="weight of the squared error of each clip's per-channel mean colour")  # fmt: skip
     p.add_argument("--val-every", type=int, default=150)
@@ -199,6 +202,22 @@ def init_weights(model: VideoTokenizer, source: VideoTokenizer) -> None:
     model.load_state_dict(state)
 
 
+def build_model(args: argparse.Namespace) -> VideoTokenizer:
+    """The model to train: ``--preset`` with ``--padding`` and ``--mean-bits``, weights from ``--init``,
+    and the LFQ entropy weight ``--entropy-weight`` (a training setting: the saved config keeps its own)."""
+    config = get_preset(args.preset)
+    if args.padding:
+        config = dataclasses.replace(config, padding=args.padding)
+    if args.mean_bits:
+        config = dataclasses.replace(config, mean_bits=tuple(args.mean_bits))
+    model = VideoTokenizer(config)
+    if args.init:
+        init_weights(model, VideoTokenizer.from_pretrained(args.init))
+    if args.entropy_weight is not None:
+        model.quantizer.entropy_weight = args.entropy_weight
+    return model
+
+
 def save_best(model: VideoTokenizer, ema: EMA, out: Path) -> None:
     """Write the EMA weights as a model folder ``out`` (fp16)."""
     best = VideoTokenizer(model.config)
@@ -219,15 +238,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
-    config = get_preset(args.preset)
-    if args.padding:
-        config = dataclasses.replace(config, padding=args.padding)
-    if args.mean_bits:
-        config = dataclasses.replace(config, mean_bits=tuple(args.mean_bits))
-    model = VideoTokenizer(config)
-    if args.init:
-        init_weights(model, VideoTokenizer.from_pretrained(args.init))
-    model = model.to(device).train()
+    model = build_model(args).to(device).train()
     eval_model = VideoTokenizer(model.config).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
     ema = EMA(model, args.ema)

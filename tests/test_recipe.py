@@ -84,3 +84,26 @@ def test_batch_schedule_gives_images_flats_and_clips_their_own_sizes(train_defau
     clip, flat, image = ("clip", 16, 17, 80), ("flat", 32, 33, 24), ("clip", 64, 1, 128)
     assert calls == [clip, flat, image, clip, flat, image]
     assert script.parse_args(["--data", "d", "--out", "o", "--frames", "9"]).flat_frames == 9
+
+
+def test_entropy_weight_option_sets_the_lfq_entropy_term_only_for_the_run(train_default):
+    """``--entropy-weight 0`` leaves the quantizer loss its commitment term alone; without the option
+    the loss holds 0.1 x (per-token - codebook entropy) too. The saved config is the same either way."""
+    base = ["--data", "d", "--out", "o", "--preset", "tiny"]
+    torch.manual_seed(0)
+    video = torch.rand(2, 3, 5, 32, 32) * 2 - 1
+    losses = {}
+    for extra in ([], ["--entropy-weight", "0"]):
+        torch.manual_seed(1)
+        model = train_default.build_model(train_default.parse_args(base + extra))
+        with torch.no_grad():
+            q = model(video).quantizer
+        losses[bool(extra)] = (q, model.config)
+    (with_entropy, config), (without, config0) = losses[False], losses[True]
+    assert config == config0
+    commit = 0.25
+    assert float(without.loss) == pytest.approx(commit * float(without.commitment), rel=1e-6)
+    expected = 0.1 * (with_entropy.per_token_entropy - with_entropy.codebook_entropy)
+    total = expected + commit * with_entropy.commitment
+    assert float(with_entropy.loss) == pytest.approx(float(total), rel=1e-5)
+    assert abs(float(expected)) > 1e-3
