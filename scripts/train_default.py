@@ -9,9 +9,9 @@ Clips come from :class:`magvit2.data.synthetic.ClipSynth` on the training device
 photographs, moving objects, cartoon frames, cuts, fades, flat colours and ramps); every
 ``--image-every``-th step is a batch of images, and with ``--flat-every`` some of the others are small
 flat-colour clips (``ClipSynth.flat_batch``). Loss: MSE + 0.2 L1 in [-1, 1] + 0.1 x the quantizer's
-entropy and commitment terms (``--entropy-weight`` sets the entropy term's own weight, 0.1 by default)
-(+ ``--mean-weight`` x the squared error of each clip's mean colour, against
-colour casts); AdamW, warm-up then cosine decay; EMA of the weights. Every
+entropy and commitment terms (the entropy term's own weight is ``--entropy-weight``, 0.1 by default)
++ ``--mean-weight`` x the squared error of each clip's mean colour (against colour casts); AdamW,
+warm-up then cosine decay; EMA of the weights. Every
 ``--val-every`` steps the EMA weights are scored on clips synthesised from the validation split of the
 same sources (never on a held-out clip) and on flat colours, and the best (``--select``) are written
 to ``OUT/best`` (fp16). With ``--minutes`` the number of steps is set after the first steps from
