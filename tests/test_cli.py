@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from fractions import Fraction
@@ -124,6 +125,13 @@ def test_help_lists_commands_with_examples(capsys):
         assert "example" in text and f"magvit2 {cmd}" in text
         for flag in ("--model", "--device") + (() if cmd == "info" else ("--batch-size", "--tile")):
             assert flag in text
+
+
+def test_version_matches_the_package_metadata():
+    text = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    declared = re.search(r'^version = "([^"]+)"', text, re.MULTILINE).group(1)
+    r = cli("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"magvit2 {declared}"
 
 
 def test_real_clip_round_trip(tmp_path, clips_dir, model_dir, model):

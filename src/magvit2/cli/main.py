@@ -7,6 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from magvit2 import __version__
 from magvit2.cli import convert, demo, detokenize, evaluate, info, lm, reconstruct, tokenize, train, trainset
 from magvit2.cli.allocator import bound_heap_growth
 from magvit2.cli.common import printable
@@ -19,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Turn videos and images into discrete tokens and back (MAGVIT-v2).",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("--version", action="version", version=f"magvit2 {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in (tokenize, detokenize, reconstruct, info, evaluate, train, trainset, convert, demo, lm):
         module.register(sub)
