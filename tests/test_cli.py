@@ -127,7 +127,7 @@ def test_help_lists_commands_with_examples(capsys):
             assert flag in text
 
 
-def test_version_matches_the_package_metadata():
+def test_version_is_the_one_pyproject_declares():
     text = (Path(__file__).parents[1] / "pyproject.toml").read_text()
     declared = re.search(r'^version = "([^"]+)"', text, re.MULTILINE).group(1)
     r = cli("--version")
