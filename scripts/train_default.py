@@ -13,7 +13,7 @@ entropy and commitment terms (the entropy term's own weight is ``--entropy-weigh
 + ``--mean-weight`` x the squared error of each clip's mean colour (against colour casts); AdamW,
 warm-up then cosine decay; EMA of the weights. Every
 ``--val-every`` steps the EMA weights are scored on clips synthesised from the validation split of the
-same sources (never on a held-out clip) and on flat colours, and the best (``--select``) are written
+same sources (never on a held-out clip) and on flat colours and ramps, and the best (``--select``) are written
 to ``OUT/best`` (fp16). With ``--minutes`` the number of steps is set after the first steps from
 their measured speed, so the run ends within the budget. Progress is printed as JSON lines and kept
 in ``OUT/log.jsonl``.
@@ -29,11 +29,14 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 
 from magvit2 import VideoTokenizer
 from magvit2.data.synthetic import ClipSynth, SynthConfig
+from magvit2.evaluation.sanity import flat_clips, ramp_clips
 from magvit2.models import get_preset
 from magvit2.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from magvit2.training.ema import EMA
@@ -74,7 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--val-size", type=int, default=None, help="default: --size")
     p.add_argument("--select", choices=["video", "all"], default="video",
                    help="keep the weights with the best val_video, or the best mean of val_video, "
-                   "val_image and flat (capped at 40 dB)")  # fmt: skip
+                   "val_image and flat (flat colours and ramps, each capped at 40 dB)")  # fmt: skip
     p.add_argument("--checkpoint-every", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--p-flat", type=float, default=0.12, help="share of flat, ramp and texture clips")
@@ -91,10 +94,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+#: Highest PSNR a simple-content clip counts for: past 40 dB an error is invisible, and one flat
+#: colour far above that must not make up for another below it.
+SIMPLE_CAP = 40.0
+
+
+def item_psnr(rec: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Each item's PSNR in dB for values in [-1, 1], ``rec`` clamped to them: ``(B, ...)`` -> ``(B,)``."""
+    mse = (rec.float().clamp(-1, 1) - ref.float()).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(4 / mse.clamp_min(1e-10))
+
+
 def psnr(rec: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     """Mean over the batch of each item's PSNR in dB for values in [-1, 1]; ``(B, ...)`` -> scalar."""
-    mse = (rec.float().clamp(-1, 1) - ref.float()).pow(2).flatten(1).mean(1)
-    return (10 * torch.log10(4 / mse.clamp_min(1e-10))).mean()
+    return item_psnr(rec, ref).mean()
 
 
 def channel_mean_error(rec: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -111,16 +124,22 @@ def colour_cast(rec: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def validate(model: VideoTokenizer, val: dict[str, torch.Tensor], batch: int) -> dict[str, float]:
-    """PSNR of ``model`` on each validation set (name -> clips), in fp32, ``batch`` items at a time;
-    ``val_late`` is ``val_video``'s PSNR over its last quarter of frames (quality late in a clip) and
-    ``val_cast`` the mean over its clips of the largest per-channel mean-colour error, in 1/255."""
+    """Mean PSNR of ``model`` on each validation set (name -> clips), in fp32, ``batch`` items at a
+    time; on ``flat`` each clip counts for at most :data:`SIMPLE_CAP` dB and ``flat_min`` is its worst
+    clip. ``val_late`` is ``val_video``'s PSNR over its last quarter of frames (quality late in a clip)
+    and ``val_cast`` the mean over its clips of the largest per-channel mean-colour error, in 1/255."""
     model.eval()
     scores = {}
     for name, clips in val.items():
         total = late = cast = 0.0
+        worst = math.inf
         for part in clips.split(batch):
             rec = model(part).reconstruction
-            total += float(psnr(rec, part)) * len(part)
+            each = item_psnr(rec, part)
+            if name == "flat":
+                worst = min(worst, float(each.min()))
+                each = each.clamp_max(SIMPLE_CAP)
+            total += float(each.sum())
             if name == "val_video":
                 tail = max(1, part.shape[2] // 4)
                 late += float(psnr(rec[:, :, -tail:], part[:, :, -tail:])) * len(part)
@@ -129,30 +148,36 @@ def validate(model: VideoTokenizer, val: dict[str, torch.Tensor], batch: int) ->
         if name == "val_video":
             scores["val_late"] = round(late / len(clips), 3)
             scores["val_cast"] = round(cast / len(clips), 3)
+        if name == "flat":
+            scores["flat_min"] = round(worst, 3)
     model.train()
     return scores
 
 
 def selection_score(scores: dict[str, float], select: str) -> float:
     """What ``OUT/best`` maximises: ``val_video``, or (``all``) the mean of ``val_video``, ``val_image``
-    and ``flat`` with ``flat`` capped at 40 dB (past that a flat frame's error is invisible)."""
+    and ``flat`` with ``flat`` capped at :data:`SIMPLE_CAP` dB."""
     if select == "video":
         return scores["val_video"]
-    return round((scores["val_video"] + scores["val_image"] + min(scores["flat"], 40.0)) / 3, 3)
+    return round((scores["val_video"] + scores["val_image"] + min(scores["flat"], SIMPLE_CAP)) / 3, 3)
+
+
+def simple_content(frames: int, size: int = 64) -> torch.Tensor:
+    """The flat colours and ramps of :mod:`magvit2.evaluation.sanity` (what
+    ``benchmarks/builtin_checks.py`` reports), ``(13, 3, frames, size, size)`` in [-1, 1]."""
+    clips = {**flat_clips(frames, size), **ramp_clips(frames, size)}
+    video = torch.from_numpy(np.stack(list(clips.values()))).float() / 127.5 - 1
+    return rearrange(video, "n t h w c -> n c t h w").contiguous()
 
 
 def validation_sets(args: argparse.Namespace) -> dict[str, torch.Tensor]:
-    """Fixed validation clips from the validation split, flat colours and ramps."""
+    """Fixed validation clips from the validation split, and flat colours and ramps."""
     synth = ClipSynth.from_folder(args.data, "val", device=args.device, seed=1234)
     n = args.val_clips
-    greys = [[v, v, v] for v in (-1.0, -0.5, 0.0, 0.5, 1.0)]
-    colours = [[1, -1, -1], [-1, 1, -1], [-1, -1, 1], [1, 1, -1], [1, -1, 1], [-1, 1, 1]]
-    levels = torch.tensor(greys + colours, dtype=torch.float32)
-    flats = levels[:, :, None, None, None].expand(-1, 3, args.val_frames, 64, 64).to(args.device)
     return {
         "val_video": synth.batch(n, args.val_frames, args.val_size),
         "val_image": synth.batch(n, 1, args.val_size)[:, :, 0],
-        "flat": flats.contiguous(),
+        "flat": simple_content(args.val_frames).to(args.device),
     }
 
 

@@ -55,6 +55,37 @@ def test_validate_scores_each_set_and_the_last_quarter_of_the_clips(train_defaul
     assert scores["val_cast"] == pytest.approx(0.1 / 4 * 255 / 2, abs=1e-3)  # +0.1 on 1/4 of frames
 
 
+def test_flat_score_caps_each_clip_so_a_perfect_flat_cannot_hide_a_poor_one(train_default):
+    """Two flat clips: one reconstructed exactly (106 dB, counted as 40), one off by 0.1 (26.02 dB).
+    The score is their capped mean, 33.01 dB, and ``flat_min`` the poor clip's 26.02 dB; a mean
+    capped only after averaging would say 40 dB and miss it."""
+
+    class OffAboveQuarter(torch.nn.Module):
+        def forward(self, x):
+            return SimpleNamespace(reconstruction=torch.where(x > 0.25, x + 0.1, x))
+
+    clips = torch.stack([torch.zeros(3, 5, 8, 8), torch.full((3, 5, 8, 8), 0.5)])
+    scores = train_default.validate(OffAboveQuarter(), {"flat": clips}, batch=1)
+    poor = 10 * math.log10(4 / 0.01)
+    assert scores["flat"] == pytest.approx((train_default.SIMPLE_CAP + poor) / 2, abs=1e-3)
+    assert scores["flat_min"] == pytest.approx(poor, abs=1e-3)
+
+
+def test_flat_validation_set_is_the_checks_flat_colours_and_ramps(train_default):
+    """11 flat colours (black first, white fifth, mid grey 128/255) and a horizontal then a vertical
+    ramp from black to white, as `magvit2.evaluation.sanity` makes them for builtin_checks.py."""
+    clips = train_default.simple_content(frames=5, size=16)
+    assert clips.shape == (13, 3, 5, 16, 16)
+    assert torch.all(clips[0] == -1) and torch.all(clips[4] == 1)
+    assert torch.allclose(clips[2], torch.full_like(clips[2], 128 / 127.5 - 1), atol=1e-6)
+    assert torch.equal(clips[7, :, 0, 0, 0], torch.tensor([-1.0, -1.0, 1.0]))  # blue
+    horizontal, vertical = clips[11], clips[12]
+    row = horizontal[0, 0, 0]
+    assert row[0] == -1 and row[-1] == 1 and torch.all(row.diff() > 0)
+    assert torch.equal(horizontal, row.expand_as(horizontal))
+    assert torch.equal(vertical, horizontal.transpose(2, 3))
+
+
 def test_colour_cast_is_the_largest_channel_error_of_the_clamped_reconstruction(train_default):
     """Per-channel offsets (+0.02, -0.06, +0.01): the cast is the largest in size, 0.06 of the [-1, 1]
     range = 7.65/255; the loss term's error keeps signs and, unlike the cast, values past [-1, 1]."""
