@@ -78,6 +78,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--select", choices=["video", "all"], default="video",
                    help="keep the weights with the best val_video, or the best mean of val_video, "
                    "val_image and flat (flat colours and ramps, each capped at 40 dB)")  # fmt: skip
+    p.add_argument("--guard", action="store_true",
+                   help="with --init: OUT/best only takes weights that beat the --init weights' score "
+                   "and are no worse on val_video, val_late, val_cast and flat_min (the --init weights "
+                   "are validated before the first step)")  # fmt: skip
     p.add_argument("--checkpoint-every", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--p-flat", type=float, default=0.12, help="share of flat, ramp and texture clips")
@@ -87,6 +91,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--resume", action="store_true")
     args = p.parse_args(argv)
+    if args.guard and not args.init:
+        p.error("--guard compares with the --init weights: give --init")
     args.image_size = args.image_size or args.size
     args.val_frames = args.val_frames or args.frames
     args.flat_frames = args.flat_frames or args.frames
@@ -168,6 +174,15 @@ def simple_content(frames: int, size: int = 64) -> torch.Tensor:
     clips = {**flat_clips(frames, size), **ramp_clips(frames, size)}
     video = torch.from_numpy(np.stack(list(clips.values()))).float() / 127.5 - 1
     return rearrange(video, "n t h w c -> n c t h w").contiguous()
+
+
+#: Figures a ``--guard`` run may not worsen, and which way is better (+1: higher).
+GUARDED = {"val_video": 1, "val_late": 1, "flat_min": 1, "val_cast": -1}
+
+
+def no_worse(scores: dict[str, float], floor: dict[str, float]) -> bool:
+    """Whether ``scores`` are at least as good as ``floor`` on every :data:`GUARDED` figure."""
+    return all(sign * (scores[key] - floor[key]) >= 0 for key, sign in GUARDED.items())
 
 
 def validation_sets(args: argparse.Namespace) -> dict[str, torch.Tensor]:
@@ -285,6 +300,10 @@ def main(argv: list[str] | None = None) -> None:
         if args.minutes is None:
             state["total"] = args.steps
         print(json.dumps({"resumed": str(ckpt), "step": state["step"]}), flush=True)
+    elif args.guard:  # the --init weights set the bar (the EMA starts as a copy of them)
+        eval_model.load_state_dict(ema.state_dict())
+        state["floor"] = validate(eval_model, val, batch=8)
+        state["best"] = selection_score(state["floor"], args.select)
 
     log = open(out / "log.jsonl", "a")
     emit = lambda record: (
@@ -294,6 +313,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     emit({"start": state["step"], "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
           "params": sum(p.numel() for p in model.parameters()), "args": vars(args)})  # fmt: skip
+    if "floor" in state and state["step"] == 0:
+        emit({"step": 0, **state["floor"], "score": state["best"], "init": args.init})
     t0, step0, calibrated = time.time(), state["step"], args.minutes is None
     deadline = t0 + args.minutes * 60 if args.minutes else math.inf
     while state["step"] < state["total"] and time.time() < deadline:
@@ -330,7 +351,7 @@ def main(argv: list[str] | None = None) -> None:
             eval_model.load_state_dict(ema.state_dict())
             scores = validate(eval_model, val, batch=8)
             score = selection_score(scores, args.select)
-            better = score > state["best"]
+            better = score > state["best"] and ("floor" not in state or no_worse(scores, state["floor"]))
             if better:
                 state["best"] = score
                 save_best(model, ema, out / "best")

@@ -71,6 +71,16 @@ def test_flat_score_caps_each_clip_so_a_perfect_flat_cannot_hide_a_poor_one(trai
     assert scores["flat_min"] == pytest.approx(poor, abs=1e-3)
 
 
+def test_guard_takes_only_weights_no_worse_than_the_init_on_every_guarded_figure(train_default):
+    floor = {"val_video": 23.0, "val_late": 23.7, "flat_min": 30.0, "val_cast": 2.8, "val_image": 24.0}
+    assert train_default.no_worse({**floor, "val_image": 20.0}, floor)  # val_image is not guarded
+    assert train_default.no_worse({**floor, "val_video": 23.1, "val_cast": 2.5}, floor)
+    for key, worse in [("val_video", 22.99), ("val_late", 23.6), ("flat_min", 29.9), ("val_cast", 2.81)]:
+        assert not train_default.no_worse({**floor, key: worse}, floor), key
+    with pytest.raises(SystemExit):
+        train_default.parse_args(["--data", "d", "--out", "o", "--guard"])  # nothing to compare with
+
+
 def test_flat_validation_set_is_the_checks_flat_colours_and_ramps(train_default):
     """11 flat colours (black first, white fifth, mid grey 128/255) and a horizontal then a vertical
     ramp from black to white, as `magvit2.evaluation.sanity` makes them for builtin_checks.py."""

@@ -98,3 +98,27 @@ def test_training_script_resumes_bit_identically(tmp_path):
     scores = [r for r in whole if "val_video" in r]
     assert [r["step"] for r in scores] == [3, 6] and all(np.isfinite(r["val_video"]) for r in scores)
     assert (tmp_path / "a" / "best" / "model.safetensors").is_file()
+
+
+def test_guarded_run_keeps_no_weights_worse_than_its_init(tmp_path):
+    """A run that ruins its --init weights (learning rate 0.5) logs their validation as step 0 and,
+    with --guard, never writes OUT/best; the same run without --guard keeps its best checkpoint."""
+    scenes, stamps = _sources(tmp_path)
+    data = tmp_path / "set"
+    build_trainset(
+        data, TrainsetConfig(scene_side=96, val_share=0.25), scenes=scenes, stamps=stamps, video=None
+    )
+    common = ["--data", str(data), "--preset", "tiny", "--batch", "1", "--image-batch", "2", "--size", "32",
+              "--frames", "5", "--val-every", "3", "--val-clips", "2", "--checkpoint-every", "3",
+              "--warmup", "1", "--steps", "3", "--threads", "1"]  # fmt: skip
+    _run([*common, "--out", str(tmp_path / "init")])
+    init = str(tmp_path / "init" / "best")
+    ruin = [*common, "--init", init, "--lr", "0.5"]
+    guarded = _run([*ruin, "--out", str(tmp_path / "guarded"), "--guard"])
+    floor, last = [r for r in guarded if "val_video" in r]
+    assert floor["step"] == 0 and floor["init"] == init and last["step"] == 3
+    assert last["val_video"] < floor["val_video"] and last["best"] is False
+    assert not (tmp_path / "guarded" / "best").exists()
+    plain = _run([*ruin, "--out", str(tmp_path / "plain")])
+    assert [r["best"] for r in plain if "val_video" in r] == [True]
+    assert (tmp_path / "plain" / "best" / "model.safetensors").is_file()
