@@ -11,12 +11,12 @@ photographs, moving objects, cartoon frames, cuts, fades, flat colours and ramps
 flat-colour clips (``ClipSynth.flat_batch``). Loss: MSE + 0.2 L1 in [-1, 1] + 0.1 x the quantizer's
 entropy and commitment terms (the entropy term's own weight is ``--entropy-weight``, 0.1 by default)
 + ``--mean-weight`` x the squared error of each clip's mean colour (against colour casts); AdamW,
-warm-up then cosine decay; EMA of the weights. Every
-``--val-every`` steps the EMA weights are scored on clips synthesised from the validation split of the
-same sources (never on a held-out clip) and on flat colours and ramps, and the best (``--select``) are written
-to ``OUT/best`` (fp16). With ``--minutes`` the number of steps is set after the first steps from
-their measured speed, so the run ends within the budget. Progress is printed as JSON lines and kept
-in ``OUT/log.jsonl``.
+warm-up then cosine decay; EMA of the weights. Every ``--val-every`` steps the EMA weights are scored
+on clips synthesised from the validation split of the same sources (never on a held-out clip) and on
+flat colours and ramps, and the best (``--select``; with ``--guard`` only weights no worse than the
+``--init`` ones) are written to ``OUT/best`` (fp16). With ``--minutes`` the number of steps is set
+after the first steps from their measured speed, so the run ends within the budget. Progress is
+printed as JSON lines and kept in ``OUT/log.jsonl``.
 """
 
 from __future__ import annotations
