@@ -8,7 +8,9 @@ ramps, a fade through black, and colour casts.
   block means alone (:func:`magvit2.evaluation.baselines.block_mean_psnr`: the colour of each
   token's block, whatever happens inside it);
 * :func:`magvit2.evaluation.sanity.sanity_report`: five greys and six saturated colours, two ramps,
-  and a photograph fading to black and back (17 frames); the flats again at the held-out clips' length.
+  and a photograph fading to black and back (17 frames); the flats again at the held-out clips' length;
+* :func:`magvit2.evaluation.sanity.flat_grid_report`: 729 flat colours (9 levels per channel, 9 frames
+  of 32x32), how many reach 35 dB: flat colour in general, not only those eleven.
 
     PYTHONPATH=src python benchmarks/builtin_checks.py                       # the built-in model
     PYTHONPATH=src python benchmarks/builtin_checks.py --model DIR --previous OLD_DIR --trainset data/trainset
@@ -36,7 +38,14 @@ from magvit2.data.synthetic import ClipSynth
 from magvit2.data.video_io import read_image, read_video
 from magvit2.evaluation import ssim
 from magvit2.evaluation.baselines import block_average, block_mean_psnr
-from magvit2.evaluation.sanity import channel_mean_error, flat_report, psnr_uint8, reconstruct, sanity_report
+from magvit2.evaluation.sanity import (
+    channel_mean_error,
+    flat_grid_report,
+    flat_report,
+    psnr_uint8,
+    reconstruct,
+    sanity_report,
+)
 from magvit2.models.presets import PRESETS
 
 HELD_OUT = ("carphone_pristine.mp4", "carphone_distorted.mp4", "bikes.mp4")
@@ -93,6 +102,7 @@ def report(model, args: argparse.Namespace, val: torch.Tensor | None) -> dict:
         **sanity_report(model, image, frames=17, size=args.size),
         # flats that hold at 17 frames can drift in later latent frames: again at the held-out length
         "flat_long": {name: row["psnr"] for name, row in flat_report(model, args.frames, args.size).items()},
+        "flat_grid": flat_grid_report(model, levels=args.grid_levels),
     }
     if val is not None:
         out["validation_psnr"] = validation_psnr(model, val)
@@ -107,12 +117,13 @@ def main() -> None:
     p.add_argument("--frames", type=int, default=33)
     p.add_argument("--size", type=int, default=64, help="side of the flat and ramp clips")
     p.add_argument("--clips", nargs="+", default=list(HELD_OUT))
+    p.add_argument("--grid-levels", type=int, default=9, help="levels per channel of the flat-colour grid")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--smoke", action="store_true", help="a random small model on 5 frames of one clip")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     if args.smoke:
-        args.frames, args.size, args.clips = 5, 32, ["carphone_pristine.mp4"]
+        args.frames, args.size, args.clips, args.grid_levels = 5, 32, ["carphone_pristine.mp4"], 2
         models = {"random": VideoTokenizer.from_config(dict(PRESETS["tiny"], norm="channel"))}
     else:
         models = {"model": VideoTokenizer.from_pretrained(args.model)}

@@ -81,6 +81,31 @@ def flat_report(model, frames: int = 17, size: int = 64) -> dict:
     return report
 
 
+def flat_grid_report(model, levels: int = 9, frames: int = 9, size: int = 32, batch: int = 64) -> dict:
+    """PSNR of every flat colour on a ``levels`` x ``levels`` x ``levels`` grid of the RGB cube (each
+    channel 0-255 in equal steps), as ``frames x size x size`` clips: the number of colours at 35 dB or
+    more and under 30 dB, the mean PSNR with each colour capped at 40 dB, and the five worst colours.
+    Unlike :func:`flat_report`'s eleven colours, this shows whether flat colour comes back in general."""
+    steps = np.round(np.linspace(0, 255, levels)).astype(np.uint8)
+    colours = np.stack(np.meshgrid(steps, steps, steps, indexing="ij"), -1).reshape(-1, 3)
+    scores = []
+    for part in np.array_split(colours, -(-len(colours) // batch)):
+        clips = np.broadcast_to(part[:, None, None, None, :], (len(part), frames, size, size, 3))
+        video = torch.from_numpy(np.ascontiguousarray(clips)).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
+        with torch.inference_mode():
+            rec = to_uint8(model.decode(model.encode(video)))
+        scores += [psnr_uint8(r, c) for r, c in zip(rec, clips, strict=True)]
+    psnrs = np.array(scores)
+    worst = np.argsort(psnrs)[:5]
+    return {
+        "colours": len(colours),
+        "at_35_db": int((psnrs >= 35).sum()),
+        "under_30_db": int((psnrs < 30).sum()),
+        "mean_capped_40": round(float(np.minimum(psnrs, 40).mean()), 2),
+        "worst": [{"rgb": colours[i].tolist(), "psnr": round(float(psnrs[i]), 2)} for i in worst],
+    }
+
+
 def sanity_report(model, image: np.ndarray | None = None, frames: int = 17, size: int = 64) -> dict:
     """PSNR of every flat colour and ramp, and, given an ``image``, how black the black frames of a fade
     through black come back (mean and max of the reconstruction there, 0-255)."""
