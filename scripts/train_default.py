@@ -176,6 +176,14 @@ def simple_content(frames: int, size: int = 64) -> torch.Tensor:
     return rearrange(video, "n t h w c -> n c t h w").contiguous()
 
 
+def random_flats(count: int, frames: int, size: int = 64, seed: int = 4321) -> torch.Tensor:
+    """``count`` flat clips of colours drawn uniformly from the RGB cube's 256 levels per channel (a
+    fixed seed), ``(count, 3, frames, size, size)`` in [-1, 1]: flat colour in general."""
+    levels = torch.randint(0, 256, (count, 3), generator=torch.Generator().manual_seed(seed))
+    colours = levels.float() / 127.5 - 1
+    return colours[:, :, None, None, None].expand(-1, -1, frames, size, size).contiguous()
+
+
 #: Figures a ``--guard`` run may not worsen, and which way is better (+1: higher).
 GUARDED = {"val_video": 1, "val_late": 1, "flat_min": 1, "val_cast": -1}
 
@@ -186,13 +194,14 @@ def no_worse(scores: dict[str, float], floor: dict[str, float]) -> bool:
 
 
 def validation_sets(args: argparse.Namespace) -> dict[str, torch.Tensor]:
-    """Fixed validation clips from the validation split, and flat colours and ramps."""
+    """Fixed validation clips from the validation split; flat colours (the checks' eleven and 16 drawn
+    at random) and ramps."""
     synth = ClipSynth.from_folder(args.data, "val", device=args.device, seed=1234)
-    n = args.val_clips
+    n, frames = args.val_clips, args.val_frames
     return {
-        "val_video": synth.batch(n, args.val_frames, args.val_size),
+        "val_video": synth.batch(n, frames, args.val_size),
         "val_image": synth.batch(n, 1, args.val_size)[:, :, 0],
-        "flat": simple_content(args.val_frames).to(args.device),
+        "flat": torch.cat([simple_content(frames), random_flats(16, frames)]).to(args.device),
     }
 
 

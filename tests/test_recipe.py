@@ -96,6 +96,17 @@ def test_flat_validation_set_is_the_checks_flat_colours_and_ramps(train_default)
     assert torch.equal(vertical, horizontal.transpose(2, 3))
 
 
+def test_random_flats_are_fixed_flat_clips_of_varied_uint8_colours(train_default):
+    clips = train_default.random_flats(16, frames=3, size=8)
+    assert clips.shape == (16, 3, 3, 8, 8)
+    assert torch.equal(clips, train_default.random_flats(16, frames=3, size=8))  # the same every run
+    colours = clips[:, :, 0, 0, 0]
+    assert torch.equal(clips, colours[:, :, None, None, None].expand_as(clips))  # flat in space and time
+    levels = (colours + 1) * 127.5
+    assert torch.allclose(levels, levels.round(), atol=1e-4)  # on the 256 levels a video can hold
+    assert len({tuple(c) for c in levels.round().tolist()}) == 16 and levels.std(0).min() > 40
+
+
 def test_colour_cast_is_the_largest_channel_error_of_the_clamped_reconstruction(train_default):
     """Per-channel offsets (+0.02, -0.06, +0.01): the cast is the largest in size, 0.06 of the [-1, 1]
     range = 7.65/255; the loss term's error keeps signs and, unlike the cast, values past [-1, 1]."""
