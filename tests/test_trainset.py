@@ -77,17 +77,22 @@ def _run(args: list[str]) -> list[dict]:
     return [json.loads(line) for line in out.stdout.splitlines()]
 
 
-def test_training_script_resumes_bit_identically(tmp_path):
-    """Six steps in one go equal three steps, a stop, and three more with --resume; the best model is
-    written with its validation score."""
+def _tiny_run_options(tmp_path: Path) -> list[str]:
+    """A small training set under ``tmp_path`` and train_default.py options for a seconds-long run on it
+    (tiny preset, 5-frame 32-pixel clips, validation and a checkpoint every 3 steps)."""
     scenes, stamps = _sources(tmp_path)
     data = tmp_path / "set"
     build_trainset(
         data, TrainsetConfig(scene_side=96, val_share=0.25), scenes=scenes, stamps=stamps, video=None
     )
-    common = ["--data", str(data), "--preset", "tiny", "--batch", "1", "--image-batch", "2", "--size", "32",
-              "--frames", "5", "--val-every", "3", "--val-clips", "2", "--checkpoint-every", "3",
-              "--warmup", "2"]  # fmt: skip
+    return ["--data", str(data), "--preset", "tiny", "--batch", "1", "--image-batch", "2", "--size", "32",
+            "--frames", "5", "--val-every", "3", "--val-clips", "2", "--checkpoint-every", "3"]  # fmt: skip
+
+
+def test_training_script_resumes_bit_identically(tmp_path):
+    """Six steps in one go equal three steps, a stop, and three more with --resume; the best model is
+    written with its validation score."""
+    common = [*_tiny_run_options(tmp_path), "--warmup", "2"]
     whole = _run([*common, "--out", str(tmp_path / "a"), "--steps", "6"])
     _run([*common, "--out", str(tmp_path / "b"), "--steps", "3"])
     resumed = _run([*common, "--out", str(tmp_path / "b"), "--steps", "6", "--resume"])
@@ -103,14 +108,7 @@ def test_training_script_resumes_bit_identically(tmp_path):
 def test_guarded_run_keeps_no_weights_worse_than_its_init(tmp_path):
     """A run that ruins its --init weights (learning rate 0.5) logs their validation as step 0 and,
     with --guard, never writes OUT/best; the same run without --guard keeps its best checkpoint."""
-    scenes, stamps = _sources(tmp_path)
-    data = tmp_path / "set"
-    build_trainset(
-        data, TrainsetConfig(scene_side=96, val_share=0.25), scenes=scenes, stamps=stamps, video=None
-    )
-    common = ["--data", str(data), "--preset", "tiny", "--batch", "1", "--image-batch", "2", "--size", "32",
-              "--frames", "5", "--val-every", "3", "--val-clips", "2", "--checkpoint-every", "3",
-              "--warmup", "1", "--steps", "3", "--threads", "1"]  # fmt: skip
+    common = [*_tiny_run_options(tmp_path), "--warmup", "1", "--steps", "3", "--threads", "1"]
     _run([*common, "--out", str(tmp_path / "init")])
     init = str(tmp_path / "init" / "best")
     ruin = [*common, "--init", init, "--lr", "0.5"]
