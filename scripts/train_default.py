@@ -51,7 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--init", default=None, help="start from this model folder's weights")
     p.add_argument("--padding", choices=["zeros", "replicate"], default=None, help="default: the preset's")
     p.add_argument("--mean-bits", type=int, nargs=3, default=None, metavar=("Y", "CO", "CG"),
-                   help="bits per token for the block mean colour (TokenizerConfig.mean_bits)")  # fmt: skip
+                   help="block-mean bits (TokenizerConfig.mean_bits); default: --init's")  # fmt: skip
     p.add_argument("--steps", type=int, default=20000, help="total steps (ignored with --minutes)")
     p.add_argument("--minutes", type=float, default=None, help="wall-clock budget; sets --steps")
     p.add_argument("--batch", type=int, default=16, help="clips per video step")
@@ -252,16 +252,19 @@ def init_weights(model: VideoTokenizer, source: VideoTokenizer) -> None:
 
 
 def build_model(args: argparse.Namespace) -> VideoTokenizer:
-    """The model to train: ``--preset`` with ``--padding`` and ``--mean-bits``, weights from ``--init``,
-    and the LFQ entropy weight ``--entropy-weight`` (a training setting: the saved config keeps its own)."""
+    """The model to train: ``--preset`` with ``--padding`` and ``--mean-bits`` (default: the ``--init``
+    model's), weights from ``--init``, and the LFQ entropy weight ``--entropy-weight`` (a training
+    setting: the saved config keeps its own)."""
+    source = VideoTokenizer.from_pretrained(args.init) if args.init else None
     config = get_preset(args.preset)
     if args.padding:
         config = dataclasses.replace(config, padding=args.padding)
-    if args.mean_bits:
-        config = dataclasses.replace(config, mean_bits=tuple(args.mean_bits))
+    mean_bits = args.mean_bits or (source.config.mean_bits if source else None)
+    if mean_bits:
+        config = dataclasses.replace(config, mean_bits=tuple(mean_bits))
     model = VideoTokenizer(config)
-    if args.init:
-        init_weights(model, VideoTokenizer.from_pretrained(args.init))
+    if source is not None:
+        init_weights(model, source)
     if args.entropy_weight is not None:
         model.quantizer.entropy_weight = args.entropy_weight
     return model

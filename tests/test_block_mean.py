@@ -3,11 +3,14 @@ that spends part of its bits on it (flat colours exact, chunks and tiles equal t
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from magvit2.models import TokenizerConfig, VideoTokenizer
+from magvit2.models.presets import get_preset
 from magvit2.modules.block_mean import (
     BlockMeanCode,
     group_means,
@@ -215,3 +218,15 @@ def test_token_refinement_never_worse_with_block_mean_bits():
     mse = lambda ids: float((model.decode(ids) - video).pow(2).mean())
     plain, refined = model.encode(video), encode_refined(model, video, steps=4)
     assert refined.shape == plain.shape and mse(refined) <= mse(plain)
+
+
+def test_a_run_from_a_block_mean_model_keeps_its_code(train_default, tmp_path):
+    """train_default.py --init MODEL without --mean-bits continues MODEL as it is: the same block-mean
+    code and the same weights."""
+    torch.manual_seed(0)
+    source = VideoTokenizer(replace(get_preset("tiny"), mean_bits=(6, 5, 5)))
+    folder = source.save_pretrained(tmp_path / "m")
+    args = train_default.parse_args(["--data", "d", "--out", "o", "--preset", "tiny", "--init", str(folder)])
+    model = train_default.build_model(args)
+    assert model.config.mean_bits == (6, 5, 5)
+    assert all(torch.equal(v, source.state_dict()[k]) for k, v in model.state_dict().items())
