@@ -7,7 +7,8 @@
 #       copy it over: about 25 MB). OUT: receives log.jsonl and, when a step beat the starting weights,
 #       best/ (fp16 model folder); checkpoints stay in a temporary folder. Options after OUT are passed
 #       on to scripts/train_default.py and override the recipe below (the last of a repeated option
-#       wins), e.g. `--mean-bits 6 5 5`, `--minutes 3`, or `--device cpu` for a dry run.
+#       wins), e.g. `--lr 5e-5`, `--minutes 3`, or `--device cpu` for a dry run. The block-mean code
+#       comes with the --init weights.
 # The recipe: the shipped weights continued under --guard (best/ only takes weights that beat them on
 # validation and are no worse on val_video, val_late, val_cast and flat_min), on 33-frame clips at
 # 128x128, 6.5 minutes of steps. Held-out clips are never touched: check OUT/best afterwards with
