@@ -29,13 +29,12 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 
 from magvit2 import VideoTokenizer
 from magvit2.data.synthetic import ClipSynth, SynthConfig
+from magvit2.data.video_io import to_tensor
 from magvit2.evaluation.sanity import flat_clips, ramp_clips
 from magvit2.models import get_preset
 from magvit2.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -172,8 +171,7 @@ def simple_content(frames: int, size: int = 64) -> torch.Tensor:
     """The flat colours and ramps of :mod:`magvit2.evaluation.sanity` (what
     ``benchmarks/builtin_checks.py`` reports), ``(13, 3, frames, size, size)`` in [-1, 1]."""
     clips = {**flat_clips(frames, size), **ramp_clips(frames, size)}
-    video = torch.from_numpy(np.stack(list(clips.values()))).float() / 127.5 - 1
-    return rearrange(video, "n t h w c -> n c t h w").contiguous()
+    return torch.stack([to_tensor(clip) for clip in clips.values()])
 
 
 def random_flats(count: int, frames: int, size: int = 64, seed: int = 4321) -> torch.Tensor:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from einops import rearrange
 
 from magvit2.data.video_io import to_tensor, to_uint8
 
@@ -92,7 +91,7 @@ def flat_grid_report(model, levels: int = 9, frames: int = 9, size: int = 32, ba
     scores = []
     for part in np.array_split(colours, -(-len(colours) // batch)):
         clips = np.broadcast_to(part[:, None, None, None, :], (len(part), frames, size, size, 3))
-        video = rearrange(torch.from_numpy(np.ascontiguousarray(clips)), "b t h w c -> b c t h w") / 127.5 - 1
+        video = torch.stack([to_tensor(clip) for clip in clips])
         with torch.inference_mode():
             rec = to_uint8(model.decode(model.encode(video)))
         scores += [psnr_uint8(r, c) for r, c in zip(rec, clips, strict=True)]
