@@ -51,6 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--padding", choices=["zeros", "replicate"], default=None, help="default: the preset's")
     p.add_argument("--mean-bits", type=int, nargs=3, default=None, metavar=("Y", "CO", "CG"),
                    help="block-mean bits (TokenizerConfig.mean_bits); default: --init's")  # fmt: skip
+    p.add_argument("--mean-slope", type=float, default=None,
+                   help="TokenizerConfig.mean_slope; default: --init's")  # fmt: skip
     p.add_argument("--steps", type=int, default=20000, help="total steps (ignored with --minutes)")
     p.add_argument("--minutes", type=float, default=None, help="wall-clock budget; sets --steps")
     p.add_argument("--batch", type=int, default=16, help="clips per video step")
@@ -237,8 +239,10 @@ def init_weights(model: VideoTokenizer, source: VideoTokenizer) -> None:
     upsampled block means plus a small correction. (Scaled to zero, the decoder's other layers get
     no useful gradient and the correction does not start to learn.)"""
     mine, theirs = model.config, source.config
-    if dataclasses.replace(theirs, mean_bits=mine.mean_bits) != mine:
-        raise ValueError(f"--init: {theirs} differs from the model's {mine} in more than mean_bits")
+    if dataclasses.replace(theirs, mean_bits=mine.mean_bits, mean_slope=mine.mean_slope) != mine:
+        raise ValueError(
+            f"--init: {theirs} differs from the model's {mine} in more than mean_bits and mean_slope"
+        )
     state = source.state_dict()
     if theirs.mean_bits != mine.mean_bits:
         for key in ("encoder.conv_out.conv_1.weight", "encoder.conv_out.conv_1.bias"):
@@ -250,9 +254,9 @@ def init_weights(model: VideoTokenizer, source: VideoTokenizer) -> None:
 
 
 def build_model(args: argparse.Namespace) -> VideoTokenizer:
-    """The model to train: ``--preset`` with ``--padding`` and ``--mean-bits`` (default: the ``--init``
-    model's), weights from ``--init``, and the LFQ entropy weight ``--entropy-weight`` (a training
-    setting: the saved config keeps its own)."""
+    """The model to train: ``--preset`` with ``--padding``, ``--mean-bits`` and ``--mean-slope``
+    (default: the ``--init`` model's), weights from ``--init``, and the LFQ entropy weight
+    ``--entropy-weight`` (a training setting: the saved config keeps its own)."""
     source = VideoTokenizer.from_pretrained(args.init) if args.init else None
     config = get_preset(args.preset)
     if args.padding:
@@ -260,6 +264,10 @@ def build_model(args: argparse.Namespace) -> VideoTokenizer:
     mean_bits = args.mean_bits or (source.config.mean_bits if source else None)
     if mean_bits:
         config = dataclasses.replace(config, mean_bits=tuple(mean_bits))
+    mean_slope = (
+        args.mean_slope if args.mean_slope is not None else (source.config.mean_slope if source else 0.0)
+    )
+    config = dataclasses.replace(config, mean_slope=mean_slope)
     model = VideoTokenizer(config)
     if source is not None:
         init_weights(model, source)

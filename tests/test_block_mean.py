@@ -121,6 +121,51 @@ def test_render_blocks_keeps_the_block_means():
     assert torch.equal(render_blocks(torch.full((1, 3, 2, 2), 0.5), 8), torch.full((1, 3, 16, 16), 0.5))
 
 
+def test_render_slope_follows_a_linear_fade_and_keeps_group_means():
+    """With slope 1 a flat clip brightening at a constant rate comes back exactly, frame by frame
+    (nearest in time: up to 1.5 frames' change off); each group keeps its mean at any slope."""
+    frames = 17
+    level = torch.linspace(-0.8, 0.4, frames)  # 0.075 per frame
+    video = level.view(1, 1, frames, 1, 1).expand(1, 3, frames, 16, 16).contiguous()
+    means = group_means(video, 4, 8, first=True)
+    line = BlockMeanCode((6, 5, 5), 4, 8, slope=1.0).render(means, first=True)
+    steps = BlockMeanCode((6, 5, 5), 4, 8).render(means, first=True)
+    assert torch.allclose(line, video, atol=1e-5)
+    assert (steps - video).abs().max() == pytest.approx(1.5 * 0.075, abs=1e-5)
+    torch.manual_seed(0)
+    means = torch.rand(2, 3, 4, 3, 3) * 1.6 - 0.8
+    rendered = BlockMeanCode((6, 5, 5), 4, 8, slope=0.75).render(means, first=True)
+    groups = group_means(rendered, 4, 1, first=True)  # per-pixel group means
+    assert torch.allclose(
+        groups, BlockMeanCode((6, 5, 5), 4, 8).render(means, first=True)[:, :, ::4], atol=1e-5
+    )
+
+
+def test_render_slope_stays_in_range_and_keeps_black_black():
+    """A block that turns black stays exactly black (its line would leave [-1, 1]); a cut to white
+    never overshoots it."""
+    means = torch.tensor([0.5, 0.0, -1.0, -1.0, 1.0, 1.0]).view(1, 1, 6, 1, 1).expand(1, 3, 6, 2, 2)
+    rendered = BlockMeanCode((6, 5, 5), 4, 8, slope=1.0).render(means.contiguous(), first=True)
+    assert torch.equal(rendered[:, :, 5:13], torch.full_like(rendered[:, :, 5:13], -1.0))  # frames 5-12
+    assert rendered.abs().max() <= 1 + 1e-6
+    assert rendered[0, 0, 1, 0, 0] > 0.25 and rendered[0, 0, 4, 0, 0] < -0.25  # frames 1-4 do fade
+
+
+def test_render_slope_chunks_equal_one_pass():
+    """A later chunk given the previous chunk's last means renders the frames one pass does, also
+    when the previous chunk was frame 0 alone."""
+    torch.manual_seed(0)
+    code = BlockMeanCode((6, 5, 5), 4, 8, slope=0.75)
+    means = torch.rand(1, 3, 5, 2, 3) * 1.6 - 0.8
+    whole = code.render(means, first=True)
+    for cut in (1, 2, 3):
+        head = code.render(means[:, :, :cut], first=True)
+        tail = code.render(
+            means[:, :, cut:], first=False, previous=means[:, :, cut - 1], previous_is_frame0=cut == 1
+        )
+        assert torch.allclose(torch.cat([head, tail], dim=2), whole, atol=1e-5), cut
+
+
 def mean_config(**kw) -> TokenizerConfig:
     args = dict(
         quantizer={"kind": "lfq", "bits": 18},
@@ -147,6 +192,9 @@ def test_config_checks_mean_bits():
         mean_config(mean_bits=(9, 4, 4))
     with pytest.raises(ValueError, match="expected quantizer kind 'lfq'"):
         mean_config(quantizer={"kind": "fsq", "levels": [8, 8, 8, 5, 5, 5]})
+    assert TokenizerConfig.from_dict(mean_config(mean_slope=0.5).to_dict()).mean_slope == 0.5
+    with pytest.raises(ValueError, match="mean_slope: expected a value in"):
+        mean_config(mean_slope=1.5)
 
 
 def test_tokenizer_flat_colours_exact_at_zero_correction():
@@ -167,18 +215,19 @@ def test_tokenizer_flat_colours_exact_at_zero_correction():
 
 def test_tokenizer_chunks_and_tiles_equal_one_pass(tmp_path):
     torch.manual_seed(0)
-    model = VideoTokenizer(mean_config()).eval()
-    video = torch.rand(1, 3, 9, 48, 48) * 2 - 1
+    model = VideoTokenizer(mean_config(mean_slope=0.75)).eval()
+    video = torch.rand(1, 3, 13, 48, 48) * 2 - 1
     ids = model.encode(video)
     assert torch.equal(model.encode(video, max_chunk_frames=5), ids)
     whole = model.decode(ids)
-    assert torch.allclose(model.decode(ids, max_chunk_frames=5), whole, atol=1e-5)
+    for chunk in (1, 5, 9):  # the means' line carries over chunk borders
+        assert torch.allclose(model.decode(ids, max_chunk_frames=chunk), whole, atol=1e-5), chunk
     # tiles: the block-mean bits (the low 16 of each id, LFQ's channel 0 being the top bit) are
     # exact per block, whatever the learned bits do at tile borders
     tiled = model.encode(video, tile=32, overlap=16)
     assert torch.equal(tiled & 0xFFFF, ids & 0xFFFF)
     loaded = VideoTokenizer.from_pretrained(model.save_pretrained(tmp_path / "m"))
-    assert loaded.config.mean_bits == (6, 5, 5)
+    assert (loaded.config.mean_bits, loaded.config.mean_slope) == ((6, 5, 5), 0.75)
     assert torch.equal(loaded.encode(video), ids)
 
 
@@ -205,7 +254,7 @@ def test_init_from_a_plain_model_starts_near_the_rendered_means(train_default):
         network = model.decoder(codes)
         model.decoder.block_mean = code
     assert torch.allclose(model.decode_codes(codes), rendered + network, atol=1e-5)
-    with pytest.raises(ValueError, match="more than mean_bits"):
+    with pytest.raises(ValueError, match="more than mean_bits and mean_slope"):
         script.init_weights(VideoTokenizer(mean_config(ch=16)), plain)
 
 
@@ -221,12 +270,14 @@ def test_token_refinement_never_worse_with_block_mean_bits():
 
 
 def test_a_run_from_a_block_mean_model_keeps_its_code(train_default, tmp_path):
-    """train_default.py --init MODEL without --mean-bits continues MODEL as it is: the same block-mean
-    code and the same weights."""
+    """train_default.py --init MODEL without --mean-bits or --mean-slope continues MODEL as it is: the
+    same block-mean code, render and weights; --mean-slope changes only the render."""
     torch.manual_seed(0)
-    source = VideoTokenizer(replace(get_preset("tiny"), mean_bits=(6, 5, 5)))
+    source = VideoTokenizer(replace(get_preset("tiny"), mean_bits=(6, 5, 5), mean_slope=0.5))
     folder = source.save_pretrained(tmp_path / "m")
-    args = train_default.parse_args(["--data", "d", "--out", "o", "--preset", "tiny", "--init", str(folder)])
-    model = train_default.build_model(args)
-    assert model.config.mean_bits == (6, 5, 5)
+    base = ["--data", "d", "--out", "o", "--preset", "tiny", "--init", str(folder)]
+    model = train_default.build_model(train_default.parse_args(base))
+    assert (model.config.mean_bits, model.config.mean_slope) == ((6, 5, 5), 0.5)
     assert all(torch.equal(v, source.state_dict()[k]) for k, v in model.state_dict().items())
+    model = train_default.build_model(train_default.parse_args([*base, "--mean-slope", "0.25"]))
+    assert model.decoder.block_mean.slope == 0.25

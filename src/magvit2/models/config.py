@@ -80,6 +80,9 @@ class TokenizerConfig:
             ``z_channels`` bits per token hold the block's mean colour, quantized by a fixed rule
             (:mod:`magvit2.modules.block_mean`), and the decoder adds its output to those means
             upsampled; the encoder learns the other ``z_channels - sum(mean_bits)``.
+        mean_slope: with ``mean_bits``, in [0, 1]: how far the rendered means follow the change from one
+            group of frames to the next within a group (0: each group's mean on all its frames; see
+            :mod:`magvit2.modules.block_mean`).
     """
 
     quantizer: QuantizerConfig = field(default_factory=LFQConfig)
@@ -96,6 +99,7 @@ class TokenizerConfig:
     time_pooled_norm: bool = False
     padding: str = "zeros"
     mean_bits: tuple[int, ...] | None = None
+    mean_slope: float = 0.0
 
     def __post_init__(self) -> None:
         if isinstance(self.quantizer, dict):
@@ -141,6 +145,9 @@ class TokenizerConfig:
                     f"TokenizerConfig.mean_bits: {self.mean_bits} leaves no learned channel of the "
                     f"{self.z_channels}; expected a sum below {self.z_channels}"
                 )
+        self.mean_slope = float(self.mean_slope)
+        if not 0 <= self.mean_slope <= 1:
+            raise ValueError(f"TokenizerConfig.mean_slope: expected a value in [0, 1], got {self.mean_slope}")
         if self.norm == "channel" and self.time_pooled_norm:
             raise ValueError("TokenizerConfig: time_pooled_norm applies to norm 'group' only")
         for c in (self.ch * m for m in self.ch_mult) if self.norm == "group" else ():

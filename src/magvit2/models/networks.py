@@ -66,7 +66,8 @@ class Decoder(nn.Module):
     ``adaptive.{i}.gamma/beta``, ``norm_out``, ``conv_out``. Level ``i`` runs from the last to the
     first; ``up.{i}`` mirrors encoder level ``i`` and its upsampler undoes ``down.{i-1}.downsample``.
     With ``cfg.mean_bits`` the output is added to the block means the last code channels hold,
-    upsampled (:meth:`~magvit2.modules.block_mean.BlockMeanCode.render`).
+    upsampled (:meth:`~magvit2.modules.block_mean.BlockMeanCode.render`; the last latent frame's means
+    go into ``cache`` for the next chunk's first group).
     """
 
     def __init__(self, cfg: TokenizerConfig) -> None:
@@ -117,11 +118,15 @@ class Decoder(nn.Module):
         t = self.temporal_factor
         first = t == 1 or out.shape[2] % t == 1  # a clip's first chunk: 1 + t*(n-1) frames
         means = self.block_mean.decode(q[:, -self.block_mean.channels :])
-        return out + self.block_mean.render(means, first).to(out.dtype)
+        previous = cache.get(self.block_mean) if cache is not None else None
+        frames = self.block_mean.render(means, first, *(previous or ()))
+        if cache is not None:
+            cache.set(self.block_mean, (means[:, :, -1:], first and means.shape[2] == 1))
+        return out + frames.to(out.dtype)
 
 
 def mean_code(cfg: TokenizerConfig) -> BlockMeanCode | None:
     """The block-mean code of ``cfg`` (``cfg.mean_bits``), or None when every channel is learned."""
     if cfg.mean_bits is None:
         return None
-    return BlockMeanCode(cfg.mean_bits, cfg.temporal_factor, cfg.spatial_factor)
+    return BlockMeanCode(cfg.mean_bits, cfg.temporal_factor, cfg.spatial_factor, cfg.mean_slope)

@@ -16,10 +16,18 @@ pixels) and the rest on what its encoder learns:
 * each level index written in binary, least significant bit first, as +-1 code channels, so the
   LFQ quantizer after the encoder leaves them as they are and the token id holds them as bits.
 
-``render`` turns decoded means back into frames (bicubic upsampling with replicated edges, then
-back-projection so that each block of the picture has its mean; each mean shown on every frame of
-its group): the decoder adds its output to that picture, so flat colours, ramps and a clip's overall
-colour are right by construction and the network models the detail.
+``render`` turns decoded means back into frames: bicubic upsampling with replicated edges, then
+back-projection so that each block of the picture has its mean. In time, with ``slope > 0``, the
+frames of a group follow a line through the group's mean whose slope is ``slope`` times the change
+since the previous group's mean (per frame), scaled down per block where it would leave [-1, 1]::
+
+    frame_k = m_j + slope * (m_j - m_{j-1}) / d * (k - (t - 1) / 2)      k = 0 .. t-1
+
+(``d``: frames between the two groups' centres). The offsets sum to zero, so each group keeps its
+mean; the line only uses earlier groups, so decoding stays causal, and a flat or black stretch stays
+flat. With ``slope = 0`` each mean is shown on every frame of its group. The decoder adds its output
+to that picture, so flat colours, ramps and a clip's overall colour are right by construction and
+the network models the detail.
 """
 
 from __future__ import annotations
@@ -87,14 +95,18 @@ class BlockMeanCode(nn.Module):
     Args:
         bits: bits for ``(Y, Co, Cg)``, each 1 to 8.
         temporal, spatial: the tokenizer's temporal and spatial factors (frames and pixels per token).
+        slope: how far :meth:`render` carries the change between consecutive groups' means into the
+            frames of a group (0: each group's mean on all its frames).
     """
 
-    def __init__(self, bits: tuple[int, int, int], temporal: int, spatial: int) -> None:
+    def __init__(self, bits: tuple[int, int, int], temporal: int, spatial: int, slope: float = 0.0) -> None:
         super().__init__()
         if len(bits) != 3 or not all(1 <= int(b) <= 8 for b in bits):
             raise ValueError(f"BlockMeanCode: expected 3 bit counts (Y, Co, Cg) in [1, 8], got {bits}")
+        if not 0 <= slope <= 1:
+            raise ValueError(f"BlockMeanCode: expected slope in [0, 1], got {slope}")
         self.bits = tuple(int(b) for b in bits)
-        self.temporal, self.spatial = temporal, spatial
+        self.temporal, self.spatial, self.slope = temporal, spatial, float(slope)
 
     @property
     def channels(self) -> int:
@@ -102,7 +114,7 @@ class BlockMeanCode(nn.Module):
         return sum(self.bits)
 
     def extra_repr(self) -> str:
-        return f"bits={self.bits}, temporal={self.temporal}, spatial={self.spatial}"
+        return f"bits={self.bits}, temporal={self.temporal}, spatial={self.spatial}, slope={self.slope}"
 
     def quantize(self, ycocg: Tensor) -> list[Tensor]:
         """YCoCg ``(B, 3, ...)`` -> per component int64 level indices ``(B, ...)``."""
@@ -147,14 +159,49 @@ class BlockMeanCode(nn.Module):
             start += b
         return ycocg_to_rgb(self.dequantize(levels))
 
-    def render(self, means: Tensor, first: bool) -> Tensor:
+    def render(
+        self, means: Tensor, first: bool, previous: Tensor | None = None, previous_is_frame0: bool = False
+    ) -> Tensor:
         """Block means ``(B, 3, n, h, w)`` -> frames ``(B, 3, T, h*s, w*s)``: :func:`render_blocks`
-        (block means kept), each latent frame shown on its frames (``T = 1 + t*(n-1)`` for a clip's
-        first chunk, ``first=True``; ``T = t*n`` otherwise)."""
-        b, n = means.shape[0], means.shape[2]
-        small = rearrange(means.float(), "b c n h w -> (b n) c h w")
-        big = rearrange(render_blocks(small, self.spatial), "(b n) c h w -> b c n h w", b=b)
-        repeats = torch.full((n,), self.temporal, device=means.device)
+        in space (block means kept), the module docstring's line in time (group means kept).
+
+        ``first``: the means start a clip (``T = 1 + t*(n-1)``, latent frame 0 is frame 0 alone);
+        otherwise they continue one (``T = t*n``) and ``previous`` ``(B, 3, h, w)`` is the latent frame
+        before them (the last of the previous chunk; None: no line for the first group;
+        ``previous_is_frame0``: that chunk was frame 0 alone).
+        """
+        b, n, t = means.shape[0], means.shape[2], self.temporal
+        means = means.float()
+        slopes = self.group_slopes(means, first, previous, previous_is_frame0)
+        small = rearrange(torch.cat([means, slopes]), "b c n h w -> (b n) c h w")
+        big = rearrange(render_blocks(small, self.spatial), "(b n) c h w -> b c n h w", b=2 * b)
+        repeats = torch.full((n,), t, device=means.device)
+        offsets = torch.arange(t, device=means.device, dtype=means.dtype).repeat(n) - (t - 1) / 2
         if first:
             repeats[0] = 1
-        return big.repeat_interleave(repeats, dim=2)
+            offsets = torch.cat([offsets.new_zeros(1), offsets[t:]])
+        frames = big.repeat_interleave(repeats, dim=2)
+        return frames[:b] + offsets.view(1, 1, -1, 1, 1) * frames[b:]
+
+    def group_slopes(
+        self, means: Tensor, first: bool, previous: Tensor | None, previous_is_frame0: bool = False
+    ) -> Tensor:
+        """Block means ``(B, 3, n, h, w)`` -> per-frame slopes ``(B, 3, n, h, w)`` of the frames of each
+        group (0 where there is no earlier group), limited so that ``mean +- slope * (t-1)/2`` stays
+        in [-1, 1] (one factor for the three channels, so the line keeps its hue). Arguments as in
+        :meth:`render`."""
+        t = self.temporal
+        if self.slope == 0 or t == 1:
+            return torch.zeros_like(means)
+        if previous is None:
+            previous = means[:, :, :1]  # no earlier group: zero change
+        before = torch.cat([previous.float().reshape_as(means[:, :, :1]), means[:, :, :-1]], dim=2)
+        gaps = torch.full((means.shape[2],), float(t), device=means.device)
+        if first and means.shape[2] > 1:
+            gaps[1] = (t + 1) / 2  # from frame 0 to the centre of the first group
+        if not first and previous_is_frame0:
+            gaps[0] = (t + 1) / 2
+        slopes = self.slope * (means - before) / gaps.view(1, 1, -1, 1, 1)
+        room = (1 - means.abs()).clamp_min(0) / ((t - 1) / 2)
+        scale = (room / slopes.abs().clamp_min(1e-12)).clamp(max=1).amin(dim=1, keepdim=True)
+        return slopes * scale
