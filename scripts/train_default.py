@@ -53,7 +53,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="block-mean bits (TokenizerConfig.mean_bits); default: --init's")  # fmt: skip
     p.add_argument("--mean-slope", type=float, default=None,
                    help="TokenizerConfig.mean_slope; default: --init's")  # fmt: skip
-    p.add_argument("--steps", type=int, default=20000, help="total steps (ignored with --minutes)")
+    p.add_argument("--mean-slope-bits", type=int, default=None, choices=(0, 2),
+                   help="TokenizerConfig.mean_slope_bits; default: --init's")  # fmt: skip
+    p.add_argument("--steps", type=int, default=20000,
+                   help="total steps (ignored with --minutes); 0: write the --init weights under this "
+                        "run's config to OUT/best, validated")  # fmt: skip
     p.add_argument("--minutes", type=float, default=None, help="wall-clock budget; sets --steps")
     p.add_argument("--batch", type=int, default=16, help="clips per video step")
     p.add_argument("--image-batch", type=int, default=64, help="images per image step")
@@ -233,30 +237,33 @@ MEAN_INIT_SCALE = 0.1
 
 
 def init_weights(model: VideoTokenizer, source: VideoTokenizer) -> None:
-    """Start ``model`` from ``source``'s weights. When only ``mean_bits`` differs, the encoder keeps
-    the first of ``source``'s latent channels it still learns, and a model that gains the block-mean
-    code starts with its decoder's last conv scaled by ``MEAN_INIT_SCALE``: it first outputs the
-    upsampled block means plus a small correction. (Scaled to zero, the decoder's other layers get
-    no useful gradient and the correction does not start to learn.)"""
+    """Start ``model`` from ``source``'s weights. When only the block-mean code differs (``mean_bits``,
+    ``mean_slope``, ``mean_slope_bits``), the encoder keeps the first of ``source``'s latent channels
+    it still learns (none: no encoder network), and a model that gains the block-mean code starts
+    with its decoder's last conv scaled by ``MEAN_INIT_SCALE``: it first outputs the upsampled block
+    means plus a small correction. (Scaled to zero, the decoder's other layers get no useful
+    gradient and the correction does not start to learn.)"""
     mine, theirs = model.config, source.config
-    if dataclasses.replace(theirs, mean_bits=mine.mean_bits, mean_slope=mine.mean_slope) != mine:
-        raise ValueError(
-            f"--init: {theirs} differs from the model's {mine} in more than mean_bits and mean_slope"
-        )
+    code = ("mean_bits", "mean_slope", "mean_slope_bits")
+    if dataclasses.replace(theirs, **{k: getattr(mine, k) for k in code}) != mine:
+        raise ValueError(f"--init: {theirs} differs from the model's {mine} in more than {', '.join(code)}")
     state = source.state_dict()
-    if theirs.mean_bits != mine.mean_bits:
+    if mine.learned_channels == 0:
+        state = {k: v for k, v in state.items() if not k.startswith("encoder.")}
+    elif theirs.learned_channels != mine.learned_channels:
         for key in ("encoder.conv_out.conv_1.weight", "encoder.conv_out.conv_1.bias"):
             state[key] = state[key][: mine.learned_channels]
-        if theirs.mean_bits is None:
-            for key in ("decoder.conv_out.conv_1.weight", "decoder.conv_out.conv_1.bias"):
-                state[key] = state[key] * MEAN_INIT_SCALE
+    if theirs.mean_bits is None and mine.mean_bits is not None:
+        for key in ("decoder.conv_out.conv_1.weight", "decoder.conv_out.conv_1.bias"):
+            state[key] = state[key] * MEAN_INIT_SCALE
     model.load_state_dict(state)
 
 
 def build_model(args: argparse.Namespace) -> VideoTokenizer:
-    """The model to train: ``--preset`` with ``--padding``, ``--mean-bits`` and ``--mean-slope``
-    (default: the ``--init`` model's), weights from ``--init``, and the LFQ entropy weight
-    ``--entropy-weight`` (a training setting: the saved config keeps its own)."""
+    """The model to train: ``--preset`` with ``--padding`` and the block-mean code options
+    (``--mean-bits``, ``--mean-slope``, ``--mean-slope-bits``; default: the ``--init`` model's),
+    weights from ``--init``, and the LFQ entropy weight ``--entropy-weight`` (a training setting: the
+    saved config keeps its own)."""
     source = VideoTokenizer.from_pretrained(args.init) if args.init else None
     config = get_preset(args.preset)
     if args.padding:
@@ -264,10 +271,11 @@ def build_model(args: argparse.Namespace) -> VideoTokenizer:
     mean_bits = args.mean_bits or (source.config.mean_bits if source else None)
     if mean_bits:
         config = dataclasses.replace(config, mean_bits=tuple(mean_bits))
-    mean_slope = (
-        args.mean_slope if args.mean_slope is not None else (source.config.mean_slope if source else 0.0)
-    )
-    config = dataclasses.replace(config, mean_slope=mean_slope)
+    for key in ("mean_slope", "mean_slope_bits"):
+        value = getattr(args, key)
+        if value is None:
+            value = getattr(source.config if source else config, key)
+        config = dataclasses.replace(config, **{key: value})
     model = VideoTokenizer(config)
     if source is not None:
         init_weights(model, source)
@@ -333,6 +341,12 @@ def main(argv: list[str] | None = None) -> None:
           "params": sum(p.numel() for p in model.parameters()), "args": vars(args)})  # fmt: skip
     if "floor" in state and state["step"] == 0:
         emit({"step": 0, **state["floor"], "score": state["best"], "init": args.init})
+    if state["total"] == 0:  # a conversion: the --init weights under this run's config
+        eval_model.load_state_dict(ema.state_dict())
+        scores = validate(eval_model, val, batch=8)
+        save_best(model, ema, out / "best")
+        state["best"] = selection_score(scores, args.select)
+        emit({"step": 0, **scores, "score": state["best"], "best": True})
     t0, step0, calibrated = time.time(), state["step"], args.minutes is None
     deadline = t0 + args.minutes * 60 if args.minutes else math.inf
     while state["step"] < state["total"] and time.time() < deadline:

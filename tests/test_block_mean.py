@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from magvit2.models import TokenizerConfig, VideoTokenizer
 from magvit2.models.presets import get_preset
 from magvit2.modules.block_mean import (
+    SLOPE_STEPS,
     BlockMeanCode,
     group_means,
     render_blocks,
@@ -161,9 +162,46 @@ def test_render_slope_chunks_equal_one_pass():
     for cut in (1, 2, 3):
         head = code.render(means[:, :, :cut], first=True)
         tail = code.render(
-            means[:, :, cut:], first=False, previous=means[:, :, cut - 1], previous_is_frame0=cut == 1
+            means[:, :, cut:], first=False, previous=means[:, :, cut - 1 : cut], previous_is_frame0=cut == 1
         )
         assert torch.allclose(torch.cat([head, tail], dim=2), whole, atol=1e-5), cut
+
+
+def test_slope_bits_pick_the_best_step_per_block_and_group():
+    """With slope_bits each block and group gets the step of SLOPE_STEPS whose line is closest to its
+    frames: no constant step gives any block's frame means a smaller error; a linear fade is exact."""
+    torch.manual_seed(0)
+    code = BlockMeanCode((6, 5, 5), 4, 8, slope_bits=2)
+    video = F.interpolate(torch.rand(2, 3, 5, 3, 3) * 2 - 1, size=(17, 24, 24), mode="trilinear")
+    codes = code.encode(video)
+    assert codes.shape == (2, 18, 5, 3, 3) and set(codes.unique().tolist()) == {-1.0, 1.0}
+    means, steps = code.decode(codes), code.decode_steps(codes)
+    assert set(steps.unique().tolist()) <= set(SLOPE_STEPS) and len(steps.unique()) > 2
+    frame_means = group_means(video, 1, 8, first=True)
+
+    def errors(step):  # squared error of each block's line against its frame means, per group
+        slopes = code.group_slopes(means, True, None, False, step)[:, :, 1:]
+        offsets = torch.arange(4.0) - 1.5
+        lines = means[:, :, 1:, None] + slopes[:, :, :, None] * offsets.view(1, 1, 1, 4, 1, 1)
+        frames = frame_means[:, :, 1:].unflatten(2, (4, 4))
+        return (lines - frames).square().sum((1, 3))
+
+    chosen = errors(steps)
+    for step in SLOPE_STEPS:
+        assert (chosen <= errors(step) + 1e-6).all(), step
+    assert chosen.sum() < 0.8 * errors(0.0).sum()
+    level = torch.linspace(-0.8, 0.4, 17).view(1, 1, 17, 1, 1).expand(1, 3, 17, 16, 16).contiguous()
+    fade = code.encode(level)
+    line = code.render(code.decode(fade), first=True, steps=code.decode_steps(fade))
+    assert (line - level).abs().max() < 0.025  # the 6-bit luma levels' error (steps: 0.11 off)
+
+
+def test_slope_bits_come_first_so_ids_keep_the_means_in_their_low_bits():
+    code = BlockMeanCode((6, 5, 5), 4, 8, slope_bits=2)
+    plain = BlockMeanCode((6, 5, 5), 4, 8)
+    video = torch.rand(1, 3, 9, 16, 16) * 2 - 1
+    assert torch.equal(code.encode(video)[:, 2:], plain.encode(video))
+    assert torch.equal(code.decode(code.encode(video)), plain.decode(plain.encode(video)))
 
 
 def mean_config(**kw) -> TokenizerConfig:
@@ -184,8 +222,9 @@ def mean_config(**kw) -> TokenizerConfig:
 def test_config_checks_mean_bits():
     assert mean_config().learned_channels == 2
     assert TokenizerConfig.from_dict(mean_config().to_dict()).mean_bits == (6, 5, 5)
-    with pytest.raises(ValueError, match="leaves no learned channel"):
-        mean_config(mean_bits=(6, 6, 6))
+    assert mean_config(mean_bits=(6, 6, 6)).learned_channels == 0  # every bit fixed: allowed
+    with pytest.raises(ValueError, match="take more than the 18 latent channels"):
+        mean_config(mean_bits=(6, 6, 6), mean_slope_bits=2)
     with pytest.raises(ValueError, match="3 bit counts"):
         mean_config(mean_bits=(6, 5))
     with pytest.raises(ValueError, match="3 bit counts"):
@@ -195,6 +234,10 @@ def test_config_checks_mean_bits():
     assert TokenizerConfig.from_dict(mean_config(mean_slope=0.5).to_dict()).mean_slope == 0.5
     with pytest.raises(ValueError, match="mean_slope: expected a value in"):
         mean_config(mean_slope=1.5)
+    assert mean_config(mean_slope_bits=2).learned_channels == 0
+    for bad in (dict(mean_slope_bits=1), dict(mean_slope_bits=2, mean_slope=0.5)):
+        with pytest.raises(ValueError, match="mean_slope_bits: expected 0, or 2"):
+            mean_config(**bad)
 
 
 def test_tokenizer_flat_colours_exact_at_zero_correction():
@@ -231,6 +274,25 @@ def test_tokenizer_chunks_and_tiles_equal_one_pass(tmp_path):
     assert torch.equal(loaded.encode(video), ids)
 
 
+def test_tokenizer_with_every_bit_fixed_has_no_encoder_network(tmp_path):
+    """mean_slope_bits=2 with (6, 5, 5): 18 fixed bits, so the encoder has no weights; its ids carry
+    the slope across chunk borders and match a whole pass, tiled or not, and after a save and load."""
+    torch.manual_seed(0)
+    model = VideoTokenizer(mean_config(mean_slope_bits=2)).eval()
+    assert not any(k.startswith("encoder.") for k in model.state_dict())
+    video = F.interpolate(torch.rand(1, 3, 7, 6, 6) * 2 - 1, size=(25, 48, 48), mode="trilinear")
+    ids = model.encode(video)
+    assert len((ids >> 16).unique()) > 1  # the slope bits vary
+    for chunk in (1, 5, 9):
+        assert torch.equal(model.encode(video, max_chunk_frames=chunk), ids), chunk
+    assert torch.equal(model.encode(video, tile=32, overlap=16), ids)
+    whole = model.decode(ids)
+    for chunk in (1, 5, 9):
+        assert torch.allclose(model.decode(ids, max_chunk_frames=chunk), whole, atol=1e-5), chunk
+    loaded = VideoTokenizer.from_pretrained(model.save_pretrained(tmp_path / "m"))
+    assert loaded.config.mean_slope_bits == 2 and torch.equal(loaded.encode(video), ids)
+
+
 def test_init_from_a_plain_model_starts_near_the_rendered_means(train_default):
     script = train_default
     torch.manual_seed(0)
@@ -254,7 +316,7 @@ def test_init_from_a_plain_model_starts_near_the_rendered_means(train_default):
         network = model.decoder(codes)
         model.decoder.block_mean = code
     assert torch.allclose(model.decode_codes(codes), rendered + network, atol=1e-5)
-    with pytest.raises(ValueError, match="more than mean_bits and mean_slope"):
+    with pytest.raises(ValueError, match="more than mean_bits, mean_slope, mean_slope_bits"):
         script.init_weights(VideoTokenizer(mean_config(ch=16)), plain)
 
 
@@ -281,3 +343,9 @@ def test_a_run_from_a_block_mean_model_keeps_its_code(train_default, tmp_path):
     assert all(torch.equal(v, source.state_dict()[k]) for k, v in model.state_dict().items())
     model = train_default.build_model(train_default.parse_args([*base, "--mean-slope", "0.25"]))
     assert model.decoder.block_mean.slope == 0.25
+    # every bit fixed: the encoder's weights are dropped, the decoder's kept
+    model = train_default.build_model(
+        train_default.parse_args([*base, "--mean-slope", "0", "--mean-slope-bits", "2"])
+    )
+    assert not any(k.startswith("encoder.") for k in model.state_dict())
+    assert all(torch.equal(v, source.state_dict()[k]) for k, v in model.state_dict().items())

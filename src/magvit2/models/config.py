@@ -83,6 +83,10 @@ class TokenizerConfig:
         mean_slope: with ``mean_bits``, in [0, 1]: how far the rendered means follow the change from one
             group of frames to the next within a group (0: each group's mean on all its frames; see
             :mod:`magvit2.modules.block_mean`).
+        mean_slope_bits: with ``mean_bits`` and ``mean_slope = 0``: 0, or 2 more fixed bits per token
+            that choose that factor per block and group (the encoder picks the one nearest the
+            group's own frames). When the fixed bits fill all ``z_channels`` the encoder has no
+            network.
     """
 
     quantizer: QuantizerConfig = field(default_factory=LFQConfig)
@@ -100,6 +104,7 @@ class TokenizerConfig:
     padding: str = "zeros"
     mean_bits: tuple[int, ...] | None = None
     mean_slope: float = 0.0
+    mean_slope_bits: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.quantizer, dict):
@@ -140,14 +145,21 @@ class TokenizerConfig:
                     f"TokenizerConfig.mean_bits: the block-mean bits are LFQ signs; expected quantizer kind "
                     f"'lfq', got {self.quantizer.kind!r}"
                 )
-            if sum(self.mean_bits) >= self.z_channels:
+            if sum(self.mean_bits) + self.mean_slope_bits > self.z_channels:
                 raise ValueError(
-                    f"TokenizerConfig.mean_bits: {self.mean_bits} leaves no learned channel of the "
-                    f"{self.z_channels}; expected a sum below {self.z_channels}"
+                    f"TokenizerConfig.mean_bits: {self.mean_bits} and mean_slope_bits {self.mean_slope_bits} "
+                    f"take more than the {self.z_channels} latent channels"
                 )
-        self.mean_slope = float(self.mean_slope)
+        self.mean_slope, self.mean_slope_bits = float(self.mean_slope), int(self.mean_slope_bits)
         if not 0 <= self.mean_slope <= 1:
             raise ValueError(f"TokenizerConfig.mean_slope: expected a value in [0, 1], got {self.mean_slope}")
+        if self.mean_slope_bits not in (0, 2) or (
+            self.mean_slope_bits and (self.mean_slope or not self.mean_bits)
+        ):
+            raise ValueError(
+                f"TokenizerConfig.mean_slope_bits: expected 0, or 2 with mean_bits and mean_slope 0; got "
+                f"{self.mean_slope_bits} (mean_bits {self.mean_bits}, mean_slope {self.mean_slope})"
+            )
         if self.norm == "channel" and self.time_pooled_norm:
             raise ValueError("TokenizerConfig: time_pooled_norm applies to norm 'group' only")
         for c in (self.ch * m for m in self.ch_mult) if self.norm == "group" else ():
@@ -164,8 +176,8 @@ class TokenizerConfig:
 
     @property
     def learned_channels(self) -> int:
-        """Latent channels the encoder learns (``z_channels`` less the block-mean bits)."""
-        return self.z_channels - sum(self.mean_bits or ())
+        """Latent channels the encoder learns (``z_channels`` less the block-mean and slope bits)."""
+        return self.z_channels - sum(self.mean_bits or ()) - self.mean_slope_bits
 
     @property
     def spatial_factor(self) -> int:

@@ -15,7 +15,8 @@ class Encoder(nn.Module):
     """Video ``(B, in_channels, 1+t*k, H, W)`` -> latent ``(B, z_channels, 1+k, H/s, W/s)``.
 
     With ``cfg.mean_bits`` the network's ``learned_channels`` come first, then the block-mean code
-    (+-1, :class:`~magvit2.modules.block_mean.BlockMeanCode`) of the same frames.
+    (+-1, :class:`~magvit2.modules.block_mean.BlockMeanCode`) of the same frames; with no learned
+    channel there is no network.
 
     Keys: ``conv_in``, ``down.{i}.block.{j}``, ``down.{i}.downsample``, ``mid_block.{j}``,
     ``norm_out``, ``conv_out`` (each conv's weight under ``.conv_1``).
@@ -23,6 +24,9 @@ class Encoder(nn.Module):
 
     def __init__(self, cfg: TokenizerConfig) -> None:
         super().__init__()
+        self.block_mean = mean_code(cfg)
+        if cfg.learned_channels == 0:  # every bit is fixed: no network
+            return
         g, eps, pooled, kind, pad = cfg.norm_groups, cfg.norm_eps, cfg.time_pooled_norm, cfg.norm, cfg.padding
         self.conv_in = CausalConv3d(cfg.in_channels, cfg.ch, 3, bias=False, padding=pad)
         self.down = nn.ModuleList()
@@ -42,9 +46,11 @@ class Encoder(nn.Module):
         )
         self.norm_out = make_norm(kind, block_in, g, eps, pooled)
         self.conv_out = CausalConv3d(block_in, cfg.learned_channels, 1, bias=True)
-        self.block_mean = mean_code(cfg)
 
     def forward(self, video: Tensor, cache: CausalCache | None = None) -> Tensor:
+        code = self.encode_fixed(video, cache)
+        if not hasattr(self, "conv_in"):
+            return code
         x = self.conv_in(video, cache)
         for level in self.down:
             for block in level.block:
@@ -54,9 +60,21 @@ class Encoder(nn.Module):
         for block in self.mid_block:
             x = block(x, cache)
         z = self.conv_out(swish(self.norm_out(x)), cache)
+        return z if code is None else torch.cat([z, code], dim=1)
+
+    def encode_fixed(self, video: Tensor, cache: CausalCache | None) -> Tensor | None:
+        """The block-mean code of ``video`` (None without ``mean_bits``); the last latent frame's
+        decoded means go into ``cache`` for the next chunk's slope."""
         if self.block_mean is None:
-            return z
-        return torch.cat([z, self.block_mean.encode(video)], dim=1)
+            return None
+        previous = cache.get(self.block_mean) if cache is not None else None
+        code = self.block_mean.encode(video, *(previous or ()))
+        if cache is not None:
+            first = previous is None
+            cache.set(
+                self.block_mean, (self.block_mean.decode(code[:, :, -1:]), first and code.shape[2] == 1)
+            )
+        return code
 
 
 class Decoder(nn.Module):
@@ -117,9 +135,12 @@ class Decoder(nn.Module):
             return out
         t = self.temporal_factor
         first = t == 1 or out.shape[2] % t == 1  # a clip's first chunk: 1 + t*(n-1) frames
-        means = self.block_mean.decode(q[:, -self.block_mean.channels :])
+        code = q[:, -self.block_mean.channels :]
+        means = self.block_mean.decode(code)
         previous = cache.get(self.block_mean) if cache is not None else None
-        frames = self.block_mean.render(means, first, *(previous or ()))
+        frames = self.block_mean.render(
+            means, first, *(previous or ()), steps=self.block_mean.decode_steps(code)
+        )
         if cache is not None:
             cache.set(self.block_mean, (means[:, :, -1:], first and means.shape[2] == 1))
         return out + frames.to(out.dtype)
@@ -129,4 +150,6 @@ def mean_code(cfg: TokenizerConfig) -> BlockMeanCode | None:
     """The block-mean code of ``cfg`` (``cfg.mean_bits``), or None when every channel is learned."""
     if cfg.mean_bits is None:
         return None
-    return BlockMeanCode(cfg.mean_bits, cfg.temporal_factor, cfg.spatial_factor, cfg.mean_slope)
+    return BlockMeanCode(
+        cfg.mean_bits, cfg.temporal_factor, cfg.spatial_factor, cfg.mean_slope, cfg.mean_slope_bits
+    )
