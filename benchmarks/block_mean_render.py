@@ -10,6 +10,8 @@ Variants (``magvit2.modules.block_mean``; the quantized means of ``--bits``, no 
   (``render_blocks``);
 * ``slope_A``: plus the line in time with ``mean_slope = A`` (what ``TokenizerConfig.mean_slope``
   chooses between);
+* ``slope_bits``: the line's factor chosen per block and group by 2 more bits
+  (``TokenizerConfig.mean_slope_bits = 2``, the built-in model's code);
 * ``per_frame_exact_backprojected``: exact means of every frame (not of groups of 4), rendered in
   space: about what any rendering in time could reach;
 * ``per_frame_exact_least_squares``: the same means through the best linear interpolator from 5x5
@@ -122,6 +124,11 @@ def main(argv: list[str] | None = None) -> dict:
     for a in args.slopes:
         code = BlockMeanCode(tuple(args.bits), TEMPORAL, SPATIAL, slope=a)
         scores[f"slope_{a:g}"] = psnr(code.render(means, True), video)
+    coded = BlockMeanCode(tuple(args.bits), TEMPORAL, SPATIAL, slope_bits=2)
+    codes = coded.encode(video)
+    scores["slope_bits"] = psnr(
+        coded.render(coded.decode(codes), True, steps=coded.decode_steps(codes)), video
+    )
     scores["per_frame_exact_backprojected"] = psnr(
         per_frame(lambda m: render_blocks(m, SPATIAL), video), video
     )

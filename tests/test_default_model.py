@@ -26,7 +26,7 @@ CARPHONE_MARGIN_DB = 0.05  # over the 4x8x8 block average on carphone_pristine's
 GREY_FLOOR_DB = 42.0  # each of five flat greys
 COLOUR_FLOOR_DB = 38.0  # each of six flat saturated colours
 RAMP_FLOOR_DB = 38.5
-BLACK_MEAN = 2.0  # mean value (0-255) of the black frames of a fade through black
+BLACK_MEAN = 1.0  # mean value (0-255) of the black frames of a fade through black
 
 
 @pytest.fixture(scope="module")
