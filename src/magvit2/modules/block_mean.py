@@ -2,7 +2,8 @@
 
 A tokenizer with ``TokenizerConfig.mean_bits = (6, 5, 5)`` spends 16 of its bits per token on the
 mean colour of the pixels the token covers (frame 0 alone, then groups of ``t`` frames; ``s x s``
-pixels) and the rest on what its encoder learns:
+pixels), with ``mean_slope_bits = 2`` 2 more on how that colour moves across the group's frames, and
+the rest (if any) on what its encoder learns:
 
 * colour space YCoCg (exactly invertible, decorrelates natural images' channels)::
 
