@@ -238,6 +238,8 @@ def test_config_checks_mean_bits():
     for bad in (dict(mean_slope_bits=1), dict(mean_slope_bits=2, mean_slope=0.5)):
         with pytest.raises(ValueError, match="mean_slope_bits: expected 0, or 2"):
             mean_config(**bad)
+    with pytest.raises(ValueError, match="needs a temporal factor above 1"):
+        mean_config(mean_slope_bits=2, temporal_downsample=(False, False, False))
 
 
 def test_tokenizer_flat_colours_exact_at_zero_correction():

@@ -160,6 +160,10 @@ class TokenizerConfig:
                 f"TokenizerConfig.mean_slope_bits: expected 0, or 2 with mean_bits and mean_slope 0; got "
                 f"{self.mean_slope_bits} (mean_bits {self.mean_bits}, mean_slope {self.mean_slope})"
             )
+        if self.mean_slope_bits and not any(self.temporal_downsample):
+            raise ValueError(
+                "TokenizerConfig.mean_slope_bits: a line in time needs a temporal factor above 1"
+            )
         if self.norm == "channel" and self.time_pooled_norm:
             raise ValueError("TokenizerConfig: time_pooled_norm applies to norm 'group' only")
         for c in (self.ch * m for m in self.ch_mult) if self.norm == "group" else ():
