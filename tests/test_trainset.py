@@ -4,14 +4,18 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from magvit2 import VideoTokenizer
 from magvit2.data.trainset import TrainsetConfig, build_trainset
+from magvit2.models import get_preset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -120,6 +124,35 @@ def test_guarded_run_keeps_no_weights_worse_than_its_init(tmp_path):
     plain = _run([*ruin, "--out", str(tmp_path / "plain")])
     assert [r["best"] for r in plain if "val_video" in r] == [True]
     assert (tmp_path / "plain" / "best" / "model.safetensors").is_file()
+
+
+def test_zero_steps_writes_the_init_weights_under_the_new_code(tmp_path):
+    """--steps 0 with --mean-slope-bits 2 turns a model with 2 learned bits into one whose bits are all
+    fixed: OUT/best holds the --init decoder (fp16), no encoder, the new config, and its validation."""
+    torch.manual_seed(0)
+    source = VideoTokenizer(replace(get_preset("tiny"), mean_bits=(6, 5, 5)))
+    init = source.save_pretrained(tmp_path / "init")
+    out = tmp_path / "conv"
+    options = [
+        "--init",
+        str(init),
+        "--mean-slope-bits",
+        "2",
+        "--steps",
+        "0",
+        "--out",
+        str(out),
+        "--threads",
+        "1",
+    ]
+    records = _run([*_tiny_run_options(tmp_path), *options])
+    (scores,) = [r for r in records if "val_video" in r]
+    assert scores["step"] == 0 and scores["best"] is True and records[-1]["best_score"] == scores["score"]
+    best = VideoTokenizer.from_pretrained(out / "best")
+    assert best.config.mean_slope_bits == 2 and best.config.learned_channels == 0
+    mine, theirs = best.state_dict(), source.state_dict()
+    assert mine and not any(k.startswith("encoder.") for k in mine)
+    assert all(torch.equal(v, theirs[k].half().float()) for k, v in mine.items())
 
 
 def _run_gpu_script(data: str, out: Path, options: list[str], python: str = sys.executable):
