@@ -86,6 +86,7 @@ BACK_PROJECTION_PASSES = 2
 
 
 #: The slope multipliers ``slope_bits = 2`` choose between (index = the two bits, low bit first).
+#: Part of the token format: other values would change what existing tokens decode to.
 SLOPE_STEPS = (0.0, 0.5, 1.0, 2.0)
 
 
