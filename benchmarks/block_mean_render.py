@@ -89,6 +89,45 @@ def bicubic_steps(means: torch.Tensor) -> torch.Tensor:
     return big.repeat_interleave(repeats, 2)
 
 
+def smoke_data() -> tuple[torch.Tensor, torch.Tensor]:
+    """Two smooth random clips ``(2, 3, 9, 32, 32)`` and four images ``(4, 3, 32, 32)``."""
+    torch.manual_seed(0)
+    smooth = lambda *shape: F.interpolate(torch.rand(*shape) * 2 - 1, scale_factor=4, mode="bilinear")
+    return rearrange(smooth(18, 3, 8, 8), "(b t) c h w -> b c t h w", b=2), smooth(4, 3, 8, 8)
+
+
+def trainset_data(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
+    """The validation clips of scripts/train_default.py's ``val_video`` (same seed) and
+    ``--fit-images`` 128x128 training images."""
+    video = ClipSynth.from_folder(args.trainset, "val", seed=1234).batch(args.clips, args.frames, args.size)
+    images = ClipSynth.from_folder(args.trainset, "train", seed=7).batch(args.fit_images, 1, 128)[:, :, 0]
+    return video, images
+
+
+def render_scores(video: torch.Tensor, images: torch.Tensor, bits: tuple, slopes) -> dict[str, float]:
+    """PSNR of each rendering variant (module docstring) of ``video`` ``(B, 3, 1+4k, H, W)``; the
+    least-squares interpolator is fitted to ``images`` ``(N, 3, H', W')``."""
+    scores = {"block_average": psnr(bicubic_steps(group_means(video, TEMPORAL, SPATIAL, True)), video)}
+    plain = BlockMeanCode(bits, TEMPORAL, SPATIAL)
+    means = plain.decode(plain.encode(video))
+    scores["space_bicubic"] = psnr(bicubic_steps(means), video)
+    scores["space_backprojected"] = psnr(plain.render(means, True), video)
+    for a in slopes:
+        scores[f"slope_{a:g}"] = psnr(
+            BlockMeanCode(bits, TEMPORAL, SPATIAL, slope=a).render(means, True), video
+        )
+    coded = BlockMeanCode(bits, TEMPORAL, SPATIAL, slope_bits=2)
+    codes = coded.encode(video)
+    steps = coded.decode_steps(codes)
+    scores["slope_bits"] = psnr(coded.render(coded.decode(codes), True, steps=steps), video)
+    exact = per_frame(lambda m: render_blocks(m, SPATIAL), video)
+    scores["per_frame_exact_backprojected"] = psnr(exact, video)
+    weights = fit_least_squares(images)
+    fitted = per_frame(lambda m: least_squares_render(m, weights), video)
+    scores["per_frame_exact_least_squares"] = psnr(fitted, video)
+    return scores
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--trainset", help="a `magvit2 trainset` folder")
@@ -105,36 +144,9 @@ def main(argv: list[str] | None = None) -> dict:
         p.error("--trainset: expected a `magvit2 trainset` folder (or --smoke)")
     if args.threads:
         torch.set_num_threads(args.threads)
-    # the same validation clips as scripts/train_default.py's val_video
-    if args.smoke:
-        torch.manual_seed(0)
-        smooth = lambda *shape: F.interpolate(torch.rand(*shape) * 2 - 1, scale_factor=4, mode="bilinear")
-        video = rearrange(smooth(18, 3, 8, 8), "(b t) c h w -> b c t h w", b=2)[:, :, :17]
-        images = smooth(4, 3, 8, 8)
-    else:
-        synth = ClipSynth.from_folder(args.trainset, "val", seed=1234)
-        video = synth.batch(args.clips, args.frames, args.size)
-        images = ClipSynth.from_folder(args.trainset, "train", seed=7).batch(args.fit_images, 1, 128)[:, :, 0]
-    reference = psnr(bicubic_steps(group_means(video, TEMPORAL, SPATIAL, True)), video)
-    scores = {"block_average": reference}
-    plain = BlockMeanCode(tuple(args.bits), TEMPORAL, SPATIAL)
-    means = plain.decode(plain.encode(video))
-    scores["space_bicubic"] = psnr(bicubic_steps(means), video)
-    scores["space_backprojected"] = psnr(plain.render(means, True), video)
-    for a in args.slopes:
-        code = BlockMeanCode(tuple(args.bits), TEMPORAL, SPATIAL, slope=a)
-        scores[f"slope_{a:g}"] = psnr(code.render(means, True), video)
-    coded = BlockMeanCode(tuple(args.bits), TEMPORAL, SPATIAL, slope_bits=2)
-    codes = coded.encode(video)
-    scores["slope_bits"] = psnr(
-        coded.render(coded.decode(codes), True, steps=coded.decode_steps(codes)), video
-    )
-    scores["per_frame_exact_backprojected"] = psnr(
-        per_frame(lambda m: render_blocks(m, SPATIAL), video), video
-    )
-    weights = fit_least_squares(images)
-    fitted = per_frame(lambda m: least_squares_render(m, weights), video)
-    scores["per_frame_exact_least_squares"] = psnr(fitted, video)
+    video, images = smoke_data() if args.smoke else trainset_data(args)
+    scores = render_scores(video, images, tuple(args.bits), args.slopes)
+    reference = scores["block_average"]
     result = {
         "clips": f"{video.shape[0]} validation clips of {'x'.join(map(str, video.shape[2:]))}",
         "bits": list(args.bits),
