@@ -165,31 +165,30 @@ class BlockMeanCode(nn.Module):
         ``previous_is_frame0``: as in :meth:`render` (the decoded means before a later chunk)."""
         t = self.temporal
         first = t == 1 or video.shape[2] % t == 1
-        levels = self.quantize(rgb_to_ycocg(group_means(video.float(), t, self.spatial, first)))
+        frames = group_means(video.float(), 1, self.spatial, first=False)  # (B, 3, T, h, w)
+        levels = self.quantize(rgb_to_ycocg(group_means(frames, t, 1, first)))
         codes = [to_signs(q, b) for b, q in zip(self.bits, levels, strict=True)]
         if self.slope_bits:
             means = ycocg_to_rgb(self.dequantize(levels))
-            steps = self.choose_steps(video.float(), means, first, previous, previous_is_frame0)
+            steps = self.choose_steps(frames, means, first, previous, previous_is_frame0)
             codes.insert(0, to_signs(steps, self.slope_bits))
         return torch.cat(codes, dim=1).to(video.dtype)
 
     def choose_steps(
-        self, video: Tensor, means: Tensor, first: bool, previous: Tensor | None, previous_is_frame0: bool
+        self, frames: Tensor, means: Tensor, first: bool, previous: Tensor | None, previous_is_frame0: bool
     ) -> Tensor:
-        """Per block and group, the index ``(B, n, h, w)`` into :data:`SLOPE_STEPS` whose line (limited
-        as :meth:`render` limits it) is nearest the least-squares slope of the group's own frames'
-        block means (summed over R, G, B: the frames' squared error grows with that distance)."""
+        """Per-frame block means ``(B, 3, T, h, w)`` and the decoded group means ``(B, 3, n, h, w)`` ->
+        per block and group the index ``(B, n, h, w)`` into :data:`SLOPE_STEPS` whose line (limited as
+        :meth:`render` limits it) is nearest the least-squares slope of the group's frames (summed
+        over R, G, B: the frames' squared error grows with that distance)."""
         t = self.temporal
-        frames = group_means(video, 1, self.spatial, first=False)  # (B, 3, T, h, w) per-frame means
         grouped = rearrange(frames[:, :, 1:] if first else frames, "b c (n k) h w -> b c n k h w", k=t)
-        offsets = torch.arange(t, device=video.device, dtype=video.dtype) - (t - 1) / 2
+        offsets = torch.arange(t, device=frames.device, dtype=frames.dtype) - (t - 1) / 2
         target = (grouped * offsets.view(1, 1, 1, t, 1, 1)).sum(3) / offsets.square().sum()
         if first:
             target = torch.cat([torch.zeros_like(means[:, :, :1]), target], dim=2)  # frame 0: no line
-        errors = [
-            (self.group_slopes(means, first, previous, previous_is_frame0, step) - target).square().sum(1)
-            for step in SLOPE_STEPS
-        ]
+        changes = self.group_changes(means, first, previous, previous_is_frame0)
+        errors = [(self.limit(step * changes, means) - target).square().sum(1) for step in SLOPE_STEPS]
         return torch.stack(errors).argmin(0)
 
     def decode(self, codes: Tensor) -> Tensor:
@@ -249,12 +248,17 @@ class BlockMeanCode(nn.Module):
         factor: Tensor | float = 1.0,
     ) -> Tensor:
         """Block means ``(B, 3, n, h, w)`` -> per-frame slopes ``(B, 3, n, h, w)`` of the frames of each
-        group: ``factor`` times the change from the previous group per frame (0 where there is no
-        earlier group), limited so that ``mean +- slope * (t-1)/2`` stays in [-1, 1] (one scale for
-        the three channels, so the line keeps its hue). Other arguments as in :meth:`render`."""
-        t = self.temporal
-        if t == 1 or (isinstance(factor, float) and factor == 0):
+        group: ``factor`` times :meth:`group_changes`, :meth:`limit`-ed. Arguments as in :meth:`render`."""
+        if self.temporal == 1 or (isinstance(factor, float) and factor == 0):
             return torch.zeros_like(means)
+        return self.limit(factor * self.group_changes(means, first, previous, previous_is_frame0), means)
+
+    def group_changes(
+        self, means: Tensor, first: bool, previous: Tensor | None, previous_is_frame0: bool = False
+    ) -> Tensor:
+        """Block means ``(B, 3, n, h, w)`` -> the change per frame from the previous group's mean to each
+        group's, centre to centre (0 where there is no earlier group). Arguments as in :meth:`render`."""
+        t = self.temporal
         if previous is None:
             previous = means[:, :, :1]  # no earlier group: zero change
         before = torch.cat([previous.float(), means[:, :, :-1]], dim=2)
@@ -263,8 +267,12 @@ class BlockMeanCode(nn.Module):
             gaps[1] = (t + 1) / 2  # from frame 0 to the centre of the first group
         if not first and previous_is_frame0:
             gaps[0] = (t + 1) / 2
-        slopes = factor * (means - before) / gaps.view(1, 1, -1, 1, 1)
-        room = (1 - means.abs()).clamp_min(0) / ((t - 1) / 2)
+        return (means - before) / gaps.view(1, 1, -1, 1, 1)
+
+    def limit(self, slopes: Tensor, means: Tensor) -> Tensor:
+        """Slopes ``(B, 3, n, h, w)`` scaled down per block so that ``mean +- slope * (t-1)/2`` stays in
+        [-1, 1] (one scale for the three channels, so the line keeps its hue)."""
+        room = (1 - means.abs()).clamp_min(0) / ((self.temporal - 1) / 2)
         scale = (room / slopes.abs().clamp_min(1e-12)).clamp(max=1).amin(dim=1, keepdim=True)
         return slopes * scale
 
