@@ -37,6 +37,7 @@ from magvit2.data.synthetic import ClipSynth, SynthConfig
 from magvit2.data.video_io import to_tensor
 from magvit2.evaluation.sanity import flat_clips, ramp_clips
 from magvit2.models import get_preset
+from magvit2.modules.block_mean import fit_detail
 from magvit2.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from magvit2.training.ema import EMA
 from magvit2.training.schedule import warmup_cosine
@@ -55,6 +56,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="TokenizerConfig.mean_slope; default: --init's")  # fmt: skip
     p.add_argument("--mean-slope-bits", type=int, default=None, choices=(0, 2),
                    help="TokenizerConfig.mean_slope_bits; default: --init's")  # fmt: skip
+    p.add_argument("--mean-chroma-share", type=int, default=None, choices=(1, 2),
+                   help="TokenizerConfig.mean_chroma_share; default: --init's")  # fmt: skip
+    p.add_argument("--mean-detail-bits", type=int, default=None,
+                   help="TokenizerConfig.mean_detail_bits; default: --init's")  # fmt: skip
+    p.add_argument("--no-decoder-network", action="store_true",
+                   help="TokenizerConfig.decoder_network=False: with every bit fixed the model has no "
+                        "weights to train; its detail table is fitted (--fit-clips)")  # fmt: skip
+    p.add_argument("--fit-clips", type=int, default=96, help="training clips the detail table is fitted on")
     p.add_argument("--steps", type=int, default=20000,
                    help="total steps (ignored with --minutes); 0: write the --init weights under this "
                         "run's config to OUT/best, validated")  # fmt: skip
@@ -244,7 +253,7 @@ def init_weights(model: VideoTokenizer, source: VideoTokenizer) -> None:
     means plus a small correction. (Scaled to zero, the decoder's other layers get no useful
     gradient and the correction does not start to learn.)"""
     mine, theirs = model.config, source.config
-    code = ("mean_bits", "mean_slope", "mean_slope_bits")
+    code = ("mean_bits", "mean_slope", "mean_slope_bits", "mean_chroma_share", "mean_detail_bits")
     if dataclasses.replace(theirs, **{k: getattr(mine, k) for k in code}) != mine:
         raise ValueError(f"--init: {theirs} differs from the model's {mine} in more than {', '.join(code)}")
     state = source.state_dict()
@@ -268,14 +277,15 @@ def build_model(args: argparse.Namespace) -> VideoTokenizer:
     config = get_preset(args.preset)
     if args.padding:
         config = dataclasses.replace(config, padding=args.padding)
-    mean_bits = args.mean_bits or (source.config.mean_bits if source else None)
-    if mean_bits:
-        config = dataclasses.replace(config, mean_bits=tuple(mean_bits))
-    for key in ("mean_slope", "mean_slope_bits"):
+    code = {"mean_bits": args.mean_bits or (source.config.mean_bits if source else None)}
+    for key in ("mean_slope", "mean_slope_bits", "mean_chroma_share", "mean_detail_bits"):
         value = getattr(args, key)
-        if value is None:
-            value = getattr(source.config if source else config, key)
-        config = dataclasses.replace(config, **{key: value})
+        code[key] = getattr(source.config if source else config, key) if value is None else value
+    if code["mean_bits"]:
+        code["mean_bits"] = tuple(code["mean_bits"])
+    if args.no_decoder_network:
+        code["decoder_network"] = False
+    config = dataclasses.replace(config, **code)
     model = VideoTokenizer(config)
     if source is not None:
         init_weights(model, source)
@@ -289,6 +299,26 @@ def save_best(model: VideoTokenizer, ema: EMA, out: Path) -> None:
     best = VideoTokenizer(model.config)
     best.load_state_dict({k: v.float().cpu() for k, v in ema.state_dict().items()})
     best.save_pretrained(out, dtype=torch.float16)
+
+
+def fit_fixed_model(model: VideoTokenizer, args: argparse.Namespace, out: Path) -> None:
+    """A model with no weights (every bit fixed, no decoder network): fit its detail table by k-means
+    (:func:`magvit2.modules.block_mean.fit_detail`) on ``--fit-clips`` training clips of ``--frames``
+    x ``--size``, score it on the validation sets and write it to ``OUT/best`` (fp16)."""
+    code = model.encoder.block_mean
+    fitted = {}
+    if code.detail_bits:
+        mix = SynthConfig(p_flat=args.p_flat, p_pure=args.p_pure)
+        synth = ClipSynth.from_folder(args.data, "train", cfg=mix, seed=args.seed)
+        clips = [synth.batch(8, args.frames, args.size) for _ in range(max(1, args.fit_clips // 8))]
+        fitted = fit_detail(code, clips, seed=args.seed)
+        model.decoder.block_mean.detail.copy_(code.detail)
+    model.save_pretrained(out / "best", dtype=torch.float16)
+    best = VideoTokenizer.from_pretrained(out / "best").eval()
+    scores = validate(best, validation_sets(args), batch=8)
+    record = {"step": 0, "fit": fitted, **scores, "score": selection_score(scores, args.select), "best": True}
+    print(json.dumps(record), flush=True)
+    (out / "log.jsonl").open("a").write(json.dumps({"args": vars(args)}) + "\n" + json.dumps(record) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -305,6 +335,8 @@ def main(argv: list[str] | None = None) -> None:
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
     model = build_model(args).to(device).train()
+    if not any(True for _ in model.parameters()):
+        return fit_fixed_model(model.cpu().eval(), args, out)
     eval_model = VideoTokenizer(model.config).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
     ema = EMA(model, args.ema)

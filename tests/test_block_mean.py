@@ -14,7 +14,10 @@ from magvit2.models.presets import get_preset
 from magvit2.modules.block_mean import (
     SLOPE_STEPS,
     BlockMeanCode,
+    fit_detail,
     group_means,
+    luma_patches,
+    quantize_level,
     render_blocks,
     rgb_to_ycocg,
     upsample_blocks,
@@ -223,7 +226,7 @@ def test_config_checks_mean_bits():
     assert mean_config().learned_channels == 2
     assert TokenizerConfig.from_dict(mean_config().to_dict()).mean_bits == (6, 5, 5)
     assert mean_config(mean_bits=(6, 6, 6)).learned_channels == 0  # every bit fixed: allowed
-    with pytest.raises(ValueError, match="take more than the 18 latent channels"):
+    with pytest.raises(ValueError, match="take 20 bits, more than the 18 latent channels"):
         mean_config(mean_bits=(6, 6, 6), mean_slope_bits=2)
     with pytest.raises(ValueError, match="3 bit counts"):
         mean_config(mean_bits=(6, 5))
@@ -351,3 +354,138 @@ def test_a_run_from_a_block_mean_model_keeps_its_code(train_default, tmp_path):
     )
     assert not any(k.startswith("encoder.") for k in model.state_dict())
     assert all(torch.equal(v, source.state_dict()[k]) for k, v in model.state_dict().items())
+
+
+def detail_code() -> BlockMeanCode:
+    """The built-in model's layout: slope 2 + Y 6 + chroma piece 3 + detail 7 = 18 bits."""
+    return BlockMeanCode((6, 6, 6), 4, 8, slope_bits=2, chroma_share=2, detail_bits=7)
+
+
+def smooth_video(frames: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
+    torch.manual_seed(seed)
+    coarse = torch.rand(1, 3, 5, h // 12, w // 12) * 1.8 - 0.9
+    return F.interpolate(coarse, size=(frames, h, w), mode="trilinear")
+
+
+def test_shared_chroma_pieces_reassemble_and_edge_tokens_keep_their_own():
+    """chroma_share=2 on a 5x7 token grid: each complete 2x2 gets back the quantized mean chroma of its
+    pixels (the four pieces reassembled), the odd last row and column their own chroma; luma is per
+    token either way."""
+    code = detail_code()
+    assert (code.channels, code.chroma_bits, code.own_bits) == (18, 3, 5)
+    video = smooth_video(9, 40, 56)
+    codes = code.encode(video)
+    assert codes.shape == (1, 18, 3, 5, 7)
+    _, luma, rest = code.unpack(codes)
+    chroma = rgb_to_ycocg(group_means(video, 4, 8, True))[:, 1:]  # (1, 2, 3, 5, 7)
+    shared = F.avg_pool3d(chroma[..., :4, :6], (1, 2, 2))
+    pieces = rearrange_pieces(rest & 7)
+    value = sum(pieces[..., i] << (3 * i) for i in range(4))
+    assert torch.equal(value & 63, quantize_level(shared[:, 0], 6, companded=True))
+    assert torch.equal(value >> 6, quantize_level(shared[:, 1], 6, companded=True))
+    edge = code.edge_tokens(5, 7, codes.device)
+    assert edge.sum() == 5 + 7 - 1 and edge[4].all() and edge[:, 6].all()
+    decoded = code.decode_chroma(rest)
+    assert (decoded[:, :, :, edge] - chroma[:, :, :, edge]).abs().max() < 0.04  # own 5-bit levels
+    # inside, the interpolated chroma keeps each 2x2's mean (back-projection) and follows the pixels
+    assert (F.avg_pool3d(decoded[..., :4, :6], (1, 2, 2)) - shared).abs().max() < 0.03
+    repeated = shared.repeat_interleave(2, -2).repeat_interleave(2, -1)
+    error = (decoded[..., :4, :6] - chroma[..., :4, :6]).abs().mean()
+    assert error < 0.75 * (repeated - chroma[..., :4, :6]).abs().mean(), error
+    assert torch.equal(luma, quantize_level(rgb_to_ycocg(group_means(video, 4, 8, True))[:, 0], 6, False))
+
+
+def rearrange_pieces(field: torch.Tensor) -> torch.Tensor:
+    """Token fields ``(B, n, h, w)`` -> ``(B, n, h//2, w//2, 4)``: the pieces of each complete 2x2."""
+    h, w = field.shape[-2] // 2 * 2, field.shape[-1] // 2 * 2
+    f = field[..., :h, :w]
+    return torch.stack([f[..., 0::2, 0::2], f[..., 0::2, 1::2], f[..., 1::2, 0::2], f[..., 1::2, 1::2]], -1)
+
+
+def textured(batch: int, frames: int, size: int, seed: int) -> torch.Tensor:
+    """Clips with detail inside every 8x8 block: two gratings of random direction and period (6 to 14
+    pixels) drifting a pixel a frame, over a smooth colour."""
+    gen = torch.Generator().manual_seed(seed)
+    y, x = torch.meshgrid(torch.arange(size * 1.0), torch.arange(size * 1.0), indexing="ij")
+    clips = []
+    for _ in range(batch):
+        luma = torch.zeros(frames, size, size)
+        for _ in range(2):
+            angle, period = torch.rand(2, generator=gen) * torch.tensor([3.1416, 8.0]) + torch.tensor(
+                [0, 6.0]
+            )
+            along = x * angle.cos() + y * angle.sin()
+            luma += 0.2 * torch.sin(2 * 3.1416 * (along[None] - torch.arange(frames)[:, None, None]) / period)
+        clips.append(luma.unsqueeze(0) + smooth_video(frames, size, size, seed)[0])
+    return torch.stack(clips).clamp(-1, 1)
+
+
+def test_fit_detail_lowers_the_error_and_pattern_zero_keeps_flats_exact():
+    code = detail_code()
+    fitted = fit_detail(code, [textured(4, 9, 48, seed=1)], iters=10)
+    assert fitted["mse_after"] < 0.8 * fitted["mse_before"], fitted
+    assert torch.equal(code.detail[0], torch.zeros(64)) and code.detail[1:].abs().amax(1).min() > 0
+    unseen = textured(2, 9, 48, seed=2)
+    codes = code.encode(unseen)
+    with_detail = code.reconstruct(codes, first=True)
+    assert len((code.unpack(codes)[2] >> 3).unique()) > 16  # many patterns in use
+    plain = code.render(code.decode(codes), True, steps=code.decode_steps(codes))
+    assert (with_detail - unseen).square().mean() < 0.9 * (plain - unseen).square().mean()
+    flats = flat(GREYS + CORNERS[:6], 5, 32)
+    flat_codes = code.encode(flats)
+    assert (code.unpack(flat_codes)[2] >> 3).eq(0).all()  # pattern 0 everywhere
+    rec = code.reconstruct(flat_codes, first=True)
+    assert torch.allclose(rec[[0, 2, 4]], flats[[0, 2, 4]], atol=1e-5)  # black, mid grey, white
+    assert (rec - flats).abs().max() < 0.03
+
+
+def test_detail_index_is_the_nearest_pattern_to_what_the_means_miss():
+    code = detail_code()
+    fit_detail(code, [textured(2, 9, 32, seed=3)], iters=5)
+    video = textured(1, 9, 32, seed=4)
+    codes = code.encode(video)
+    index = code.unpack(codes)[2] >> 3
+    shown = code.render(code.decode(codes), True, steps=code.decode_steps(codes))
+    patches = luma_patches(video - shown, 4, 8, first=True)  # (1, 3, 4, 4, 64)
+    distances = (patches.unsqueeze(-2) - code.detail).square().sum(-1)
+    assert torch.equal(index, distances.argmin(-1))
+
+
+def fixed_model() -> VideoTokenizer:
+    """A tokenizer with every bit fixed and no decoder network: the built-in model's layout."""
+    cfg = mean_config(mean_bits=(6, 6, 6), mean_slope_bits=2, mean_chroma_share=2, mean_detail_bits=7)
+    model = VideoTokenizer(replace(cfg, decoder_network=False)).eval()
+    fit_detail(model.encoder.block_mean, [textured(2, 9, 48, seed=5)], iters=5)
+    model.decoder.block_mean.detail.copy_(model.encoder.block_mean.detail)
+    return model
+
+
+def test_a_model_with_no_network_codes_in_chunks_ignores_tiles_and_saves_its_table(tmp_path):
+    model = fixed_model()
+    assert not list(model.parameters()) and model.config.learned_channels == 0
+    video = textured(1, 25, 56, seed=6)[..., :40, :]  # a 5x7 token grid: odd, so edge tokens too
+    ids = model.encode(video)
+    assert ids.shape == (1, 7, 5, 7) and ids.max() < 2**18
+    for chunk in (1, 5, 9):
+        assert torch.equal(model.encode(video, max_chunk_frames=chunk), ids), chunk
+    assert torch.equal(model.encode(video, tile=32, overlap=16), ids)
+    whole = model.decode(ids)
+    code = model.decoder.block_mean
+    assert torch.allclose(whole, code.reconstruct(model.quantizer.indices_to_codes(ids), True), atol=1e-6)
+    for chunk in (1, 5, 9):
+        assert torch.allclose(model.decode(ids, max_chunk_frames=chunk), whole, atol=1e-5), chunk
+    assert torch.equal(model.decode(ids, tile=32, overlap=16), whole)
+    loaded = VideoTokenizer.from_pretrained(model.save_pretrained(tmp_path / "m", dtype=torch.float16))
+    assert not loaded.config.decoder_network and loaded.config.mean_detail_bits == 7
+    assert torch.equal(loaded.decoder.block_mean.detail, code.detail.half().float())
+    assert torch.equal(loaded.encode(video), model.encode(video))  # half-precision table: same choices here
+
+
+def test_config_checks_shared_chroma_and_detail():
+    with pytest.raises(ValueError, match="4 whole pieces"):
+        mean_config(mean_bits=(6, 5, 5), mean_chroma_share=2, mean_detail_bits=6)
+    with pytest.raises(ValueError, match="need mean_bits"):
+        replace(mean_config(mean_bits=None), decoder_network=False)
+    with pytest.raises(ValueError, match="take 20 bits"):
+        mean_config(mean_bits=(6, 6, 6), mean_slope_bits=2, mean_chroma_share=2, mean_detail_bits=9)
+    assert mean_config(mean_bits=(6, 6, 6), mean_chroma_share=2, mean_detail_bits=9).learned_channels == 0

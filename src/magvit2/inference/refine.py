@@ -82,7 +82,7 @@ def refine_ids(
         [-1, 1] values) of their decoded chunk.
     """
     decoder, quantizer = model.decoder, model.quantizer
-    dtype = model.last_layer_weight().dtype
+    dtype = model.reference_tensor().dtype
     frames = target.shape[2] if frames is None else frames
     height = target.shape[3] if height is None else height
     width = target.shape[4] if width is None else width

@@ -290,7 +290,7 @@ class TokenizerRunner:
         """ids ``(1, n, h, w)`` -> float video ``(1, 3, T, h*s, w*s)`` (tiles blended)."""
         model = self.model
         with torch.inference_mode():
-            codes = model.quantizer.indices_to_codes(ids).to(model.last_layer_weight().dtype)
+            codes = model.quantizer.indices_to_codes(ids).to(model.reference_tensor().dtype)
             run = lambda crops, g: model.decoder(crops, caches[g])
             per_tile = plan.map(codes, run, 1, self.options.batch_size)
             return per_tile[0] if len(per_tile) == 1 else plan.blend(per_tile)

@@ -42,12 +42,12 @@ class LoadedLM:
 
     def encode(self, video: Tensor) -> Tensor:
         """Video ``(B, 3, 1 + t*(n-1), H, W)`` in [-1, 1] -> ids ``(B, n, h, w)``."""
-        device = next(self.tokenizer.parameters()).device
+        device = self.tokenizer.reference_tensor().device
         return self.tokenizer.encode(video.to(device), max_chunk_frames=CHUNK_FRAMES)
 
     def decode(self, ids: Tensor) -> Tensor:
         """ids ``(B, n, h, w)`` -> video ``(B, 3, 1 + t*(n-1), H, W)`` in [-1, 1] (clamped)."""
-        device = next(self.tokenizer.parameters()).device
+        device = self.tokenizer.reference_tensor().device
         return self.tokenizer.decode(ids.to(device), max_chunk_frames=CHUNK_FRAMES).float().clamp(-1, 1)
 
     def unigram_counts(self) -> Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from magvit2.modules.block_mean import check_layout
 from magvit2.quantizers.config import LFQConfig, QuantizerConfig
 
 #: Keys of feedback encoding (removed) and the value each had when it was off.
@@ -87,6 +88,12 @@ class TokenizerConfig:
             that choose that factor per block and group (the encoder picks the one nearest the
             group's own frames). When the fixed bits fill all ``z_channels`` the encoder has no
             network.
+        mean_chroma_share: with ``mean_bits``: 1 (default), or 2: one chroma per 2x2 tokens, its
+            ``mean_bits[1] + mean_bits[2]`` bits split over the four (the bits saved go to detail).
+        mean_detail_bits: with ``mean_bits``: 0 (default), or the bits of a per-token index into a
+            fitted table of luma patterns (:func:`magvit2.modules.block_mean.fit_detail`).
+        decoder_network: False: the decoder is the block-mean code's reconstruction alone (no
+            weights; needs ``mean_bits``).
     """
 
     quantizer: QuantizerConfig = field(default_factory=LFQConfig)
@@ -105,6 +112,9 @@ class TokenizerConfig:
     mean_bits: tuple[int, ...] | None = None
     mean_slope: float = 0.0
     mean_slope_bits: int = 0
+    mean_chroma_share: int = 1
+    mean_detail_bits: int = 0
+    decoder_network: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.quantizer, dict):
@@ -145,11 +155,24 @@ class TokenizerConfig:
                     f"TokenizerConfig.mean_bits: the block-mean bits are LFQ signs; expected quantizer kind "
                     f"'lfq', got {self.quantizer.kind!r}"
                 )
-            if sum(self.mean_bits) + self.mean_slope_bits > self.z_channels:
+            self.mean_chroma_share = int(self.mean_chroma_share)
+            self.mean_detail_bits = int(self.mean_detail_bits)
+            try:
+                check_layout(self.mean_bits, self.mean_chroma_share, self.mean_detail_bits)
+            except ValueError as e:
+                raise ValueError(f"TokenizerConfig.mean_bits: {e}") from None
+            if self.fixed_channels > self.z_channels:
                 raise ValueError(
-                    f"TokenizerConfig.mean_bits: {self.mean_bits} and mean_slope_bits {self.mean_slope_bits} "
-                    f"take more than the {self.z_channels} latent channels"
+                    f"TokenizerConfig.mean_bits: {self.mean_bits}, mean_slope_bits {self.mean_slope_bits}, "
+                    f"mean_chroma_share {self.mean_chroma_share} and mean_detail_bits "
+                    f"{self.mean_detail_bits} take {self.fixed_channels} bits, more than the "
+                    f"{self.z_channels} latent channels"
                 )
+        elif self.mean_chroma_share != 1 or self.mean_detail_bits or not self.decoder_network:
+            raise ValueError(
+                "TokenizerConfig: mean_chroma_share, mean_detail_bits and decoder_network=False need "
+                "mean_bits"
+            )
         self.mean_slope, self.mean_slope_bits = float(self.mean_slope), int(self.mean_slope_bits)
         if not 0 <= self.mean_slope <= 1:
             raise ValueError(f"TokenizerConfig.mean_slope: expected a value in [0, 1], got {self.mean_slope}")
@@ -181,7 +204,15 @@ class TokenizerConfig:
     @property
     def learned_channels(self) -> int:
         """Latent channels the encoder learns (``z_channels`` less the block-mean and slope bits)."""
-        return self.z_channels - sum(self.mean_bits or ()) - self.mean_slope_bits
+        return self.z_channels - self.fixed_channels
+
+    @property
+    def fixed_channels(self) -> int:
+        """Latent channels the block-mean code fixes (0 without ``mean_bits``)."""
+        if self.mean_bits is None:
+            return 0
+        chroma = (self.mean_bits[1] + self.mean_bits[2]) // self.mean_chroma_share**2
+        return self.mean_slope_bits + self.mean_bits[0] + chroma + self.mean_detail_bits
 
     @property
     def spatial_factor(self) -> int:

@@ -90,6 +90,10 @@ class Decoder(nn.Module):
 
     def __init__(self, cfg: TokenizerConfig) -> None:
         super().__init__()
+        self.block_mean = mean_code(cfg)
+        self.temporal_factor = cfg.temporal_factor
+        if not cfg.decoder_network:  # the block-mean code's reconstruction alone
+            return
         g, eps, pooled, kind, pad = cfg.norm_groups, cfg.norm_eps, cfg.time_pooled_norm, cfg.norm, cfg.padding
         levels = len(cfg.ch_mult)
         block_in = cfg.ch * cfg.ch_mult[-1]
@@ -117,10 +121,11 @@ class Decoder(nn.Module):
         self.adaptive = nn.ModuleList(adaptive)
         self.norm_out = make_norm(kind, block_in, g, eps, pooled)
         self.conv_out = CausalConv3d(block_in, cfg.in_channels, 3, bias=True, padding=pad)
-        self.block_mean = mean_code(cfg)
-        self.temporal_factor = cfg.temporal_factor
 
     def forward(self, q: Tensor, cache: CausalCache | None = None) -> Tensor:
+        frames = self.reconstruct_fixed(q, cache)
+        if not hasattr(self, "conv_in"):
+            return frames
         x = self.conv_in(q, cache)
         for block in self.mid_block:
             x = block(x, cache)
@@ -131,19 +136,21 @@ class Decoder(nn.Module):
             if hasattr(self.up[i], "upsample"):
                 x = self.up[i].upsample(x, cache)
         out = self.conv_out(swish(self.norm_out(x)), cache)
+        return out if frames is None else out + frames.to(out.dtype)
+
+    def reconstruct_fixed(self, q: Tensor, cache: CausalCache | None) -> Tensor | None:
+        """Latent ``(B, z_channels, n, h, w)`` -> the block-mean code's frames ``(B, 3, T, H, W)`` (None
+        without ``mean_bits``); the last latent frame's means go into ``cache`` for the next chunk."""
         if self.block_mean is None:
-            return out
+            return None
         t = self.temporal_factor
-        first = t == 1 or out.shape[2] % t == 1  # a clip's first chunk: 1 + t*(n-1) frames
-        code = q[:, -self.block_mean.channels :]
-        means = self.block_mean.decode(code)
         previous = cache.get(self.block_mean) if cache is not None else None
-        frames = self.block_mean.render(
-            means, first, *(previous or ()), steps=self.block_mean.decode_steps(code)
-        )
+        first = t == 1 or previous is None  # a clip's first chunk: latent frame 0 is frame 0 alone
+        code = q[:, -self.block_mean.channels :]
+        frames = self.block_mean.reconstruct(code, first, *(previous or ()))
         if cache is not None:
-            cache.set(self.block_mean, (means[:, :, -1:], first and means.shape[2] == 1))
-        return out + frames.to(out.dtype)
+            cache.set(self.block_mean, (self.block_mean.decode(code[:, :, -1:]), first and q.shape[2] == 1))
+        return frames
 
 
 def mean_code(cfg: TokenizerConfig) -> BlockMeanCode | None:
@@ -151,5 +158,11 @@ def mean_code(cfg: TokenizerConfig) -> BlockMeanCode | None:
     if cfg.mean_bits is None:
         return None
     return BlockMeanCode(
-        cfg.mean_bits, cfg.temporal_factor, cfg.spatial_factor, cfg.mean_slope, cfg.mean_slope_bits
+        cfg.mean_bits,
+        cfg.temporal_factor,
+        cfg.spatial_factor,
+        cfg.mean_slope,
+        cfg.mean_slope_bits,
+        cfg.mean_chroma_share,
+        cfg.mean_detail_bits,
     )

@@ -215,6 +215,14 @@ class VideoTokenizer(nn.Module):
         """Weight of the decoder's last conv (for the adaptive GAN-loss weight)."""
         return self.decoder.conv_out.conv_1.weight
 
+    def reference_tensor(self) -> Tensor:
+        """A floating weight or buffer of the model: its dtype and device are the model's (a model with
+        no network still has its block-mean code's tables)."""
+        for t in (*self.parameters(), *self.buffers()):
+            if t.is_floating_point():
+                return t
+        return torch.empty(0)
+
     # ------------------------------------------------------------------ input checks
     def _check_video(self, x: Tensor, where: str) -> tuple[Tensor, bool]:
         """Validate a video/image; return it 5-D in the model's dtype, and whether it was an image."""
@@ -242,7 +250,7 @@ class VideoTokenizer(nn.Module):
             raise ValueError(
                 f"VideoTokenizer.{where}: expected height and width multiples of {s}; got {h}x{w}"
             )
-        return x.to(self.last_layer_weight().dtype), image
+        return x.to(self.reference_tensor().dtype), image
 
     def _check_codes(self, codes: Tensor, where: str) -> tuple[Tensor, bool]:
         z = self.z_channels
@@ -302,7 +310,9 @@ class VideoTokenizer(nn.Module):
 
         For ``norm="channel"`` models the tokens equal a whole-frame pass when half the overlap
         covers the encoder's receptive field; for ``norm="group"`` models each tile normalises with
-        its own statistics (an approximation). Decoded tiles are blended with linear ramps.
+        its own statistics (an approximation). Decoded tiles are blended with linear ramps. A side
+        with no network (a fixed block-mean code: little memory, and its values depend on the whole
+        frame) ignores tiles.
         """
         self.tiling = Tiling(tile, overlap)
 
@@ -310,11 +320,13 @@ class VideoTokenizer(nn.Module):
         """Encode and decode whole frames (the default)."""
         self.tiling = None
 
-    def _tile_plan(self, tile: int | None, overlap: int | None, h: int, w: int) -> TilePlan | None:
+    def _tile_plan(
+        self, tile: int | None, overlap: int | None, h: int, w: int, side: nn.Module
+    ) -> TilePlan | None:
         """Tiles of an ``h`` x ``w`` latent grid (``tile`` given, else :meth:`enable_tiling`'s), or
-        None when the frame fits in one tile."""
+        None when the frame fits in one tile or ``side`` (encoder or decoder) has no network."""
         tiling = self.tiling if tile is None else Tiling(tile, overlap)
-        if tiling is None:
+        if tiling is None or not hasattr(side, "conv_in"):
             return None
         plan = tiling.plan(h, w, self.spatial_factor)
         return plan if len(plan.tiles) > 1 else None
@@ -340,7 +352,7 @@ class VideoTokenizer(nn.Module):
         n_latent = 1 + (x.shape[2] - 1) // self.temporal_factor
         bounds = self._check_chunking(max_chunk_frames, n_latent, "encode")
         s = self.spatial_factor
-        plan = self._tile_plan(tile, overlap, x.shape[3] // s, x.shape[4] // s)
+        plan = self._tile_plan(tile, overlap, x.shape[3] // s, x.shape[4] // s, self.encoder)
         chunked = len(bounds) > 1  # one cache per tile carries each tile's causal state across chunks
         caches = [CausalCache() if chunked else None for _ in (plan.tiles if plan else [None])]
         if plan is None:
@@ -379,7 +391,7 @@ class VideoTokenizer(nn.Module):
     ) -> Tensor:
         """Quantized codes ``(B, Z, 1+k, h, w)`` (for LFQ: +-1) of a video or image."""
         ids = self.encode(video, max_chunk_frames, tile, overlap)
-        return self.quantizer.indices_to_codes(ids).to(self.last_layer_weight().dtype)
+        return self.quantizer.indices_to_codes(ids).to(self.reference_tensor().dtype)
 
     @torch.inference_mode()
     def decode_codes(
@@ -392,7 +404,7 @@ class VideoTokenizer(nn.Module):
         """Codes ``(B, Z, 1+k, h, w)`` -> video ``(B, 3, 1+t*k, h*s, w*s)``; image codes
         ``(B, Z, h, w)`` -> image ``(B, 3, h*s, w*s)``. Arguments as in :meth:`decode`."""
         q, image = self._check_codes(codes, "decode_codes")
-        q = q.to(self.last_layer_weight().dtype)
+        q = q.to(self.reference_tensor().dtype)
         out = self._decode_chunked(lambda a, b: q[:, :, a:b], q.shape, max_chunk_frames, tile, overlap)
         return out[:, :, 0] if image else out
 
@@ -408,7 +420,7 @@ class VideoTokenizer(nn.Module):
         ids ``(B, h, w)`` -> image ``(B, 3, h*s, w*s)``. ``max_chunk_frames`` counts output frames;
         ``tile``/``overlap`` in output pixels (overlapping tiles blended with linear ramps)."""
         ids, image = self._check_ids(ids, "decode")
-        dtype = self.last_layer_weight().dtype
+        dtype = self.reference_tensor().dtype
         get = lambda a, b: self.quantizer.indices_to_codes(ids[:, a:b]).to(dtype)
         b, n, h, w = ids.shape
         out = self._decode_chunked(get, (b, self.z_channels, n, h, w), max_chunk_frames, tile, overlap)
@@ -419,7 +431,7 @@ class VideoTokenizer(nn.Module):
         ``(B, Z, n, h, w)`` of all of them) chunk by chunk and tile by tile into one output video."""
         batch, _, n_latent, h, w = shape
         bounds = self._check_chunking(max_chunk_frames, n_latent, "decode")
-        plan = self._tile_plan(tile, overlap, h, w)
+        plan = self._tile_plan(tile, overlap, h, w, self.decoder)
         chunked = len(bounds) > 1
         caches = [CausalCache() if chunked else None for _ in (plan.tiles if plan else [None])]
 
@@ -431,7 +443,7 @@ class VideoTokenizer(nn.Module):
 
         if not chunked:
             return decode(0, n_latent)
-        t, s, weight = self.temporal_factor, self.spatial_factor, self.last_layer_weight()
+        t, s, weight = self.temporal_factor, self.spatial_factor, self.reference_tensor()
         frames = video_frames(n_latent, t)
         out = weight.new_empty(batch, self.config.in_channels, frames, h * s, w * s)
         for a, b in bounds:
