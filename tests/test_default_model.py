@@ -22,12 +22,12 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 #: Floors of the model card (docs/default-model.md), each a little under the measured figure so
 #: another platform's float rounding of the same weights still passes.
-CARPHONE_MARGIN_DB = 0.05  # over the 4x8x8 block average on carphone_pristine's first 33 frames
-BIKES_MARGIN_DB = 1.5  # the same on bikes.mp4 (17 frames, middle 320 columns): its motion
-GREY_FLOOR_DB = 42.0  # each of five flat greys
-COLOUR_FLOOR_DB = 38.0  # each of six flat saturated colours
-RAMP_FLOOR_DB = 38.5
-BLACK_MEAN = 1.0  # mean value (0-255) of the black frames of a fade through black
+CARPHONE_MARGIN_DB = 3.0  # over the 4x8x8 block average on carphone_pristine's first 33 frames
+BIKES_MARGIN_DB = 2.8  # the same on bikes.mp4 (17 frames, middle 320 columns): its motion
+GREY_FLOOR_DB = 50.0  # each of five flat greys
+COLOUR_FLOOR_DB = 50.0  # each of six flat saturated colours
+RAMP_FLOOR_DB = 41.5
+BLACK_MEAN = 0.5  # mean value (0-255) of the black frames of a fade through black
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,10 @@ def test_default_model_is_shipped_small_and_loads_by_name(model):
     assert (folder / "model.safetensors").stat().st_size < 20_000_000  # fp16, at most 20 MB
     assert model.config.spatial_factor == 8 and model.config.temporal_factor == 4
     assert model.config.norm == "channel" and model.codebook_size == 2**18
-    assert all(p.dtype == torch.float32 and p.isfinite().all() for p in model.parameters())
+    tables = [model.encoder.block_mean.detail, model.decoder.block_mean.detail]
+    assert not list(model.parameters())  # every bit fixed, no decoder network: a fitted table only
+    assert all(t.dtype == torch.float32 and t.isfinite().all() and t.abs().max() > 0 for t in tables)
+    assert torch.equal(tables[0], tables[1])
 
 
 def test_default_model_beats_block_average_on_held_out_clip(clips_dir, model):
@@ -76,8 +79,8 @@ def test_default_model_beats_block_average_on_held_out_clip(clips_dir, model):
 
 def test_default_model_follows_motion_on_held_out_bikes(clips_dir, model):
     """bikes.mp4 (held out), its first 17 frames, the middle 320 columns (to keep the test short): the
-    slope bits carry the motion inside each group of 4 frames, 1.5 dB past the block average (whose
-    means stand still for 4 frames; 1.9 dB measured)."""
+    slope bits carry the motion inside each group of 4 frames and the detail patterns the edges, 2.8 dB
+    past the block average (whose means stand still for 4 frames; 3.2 dB measured)."""
     src = read_video(clips_dir / "bikes.mp4", max_frames=17)[:, :, 160:480].copy()
     rec = to_uint8(model.decode(model.encode(to_tensor(src)[None]))[0])
     floor = psnr_uint8(block_average(src), src) + BIKES_MARGIN_DB
@@ -94,17 +97,11 @@ def test_default_model_flat_colours_ramps_and_fades(model, photos_dir):
     assert report["fade"]["black_mean"] <= BLACK_MEAN, report["fade"]
 
 
-def test_token_refinement_on_the_default_model_is_never_worse(clips_dir, model):
-    """Refinement on the real model: 3 steps on the first 5 frames of carphone_pristine are never worse
-    than the encoder's one pass (16 of the model's 18 bits are block means, rendered by a fixed rule
-    the search cannot see through, so the gain is small), and the weights never change."""
+def test_token_refinement_on_the_default_model_keeps_the_encoders_tokens(clips_dir, model):
+    """The built-in decoder is a fixed rule with no network: refinement has no gradient to follow and
+    returns the encoder's tokens, in the time of one pass; the weights never change."""
     src = read_video(clips_dir / "carphone_pristine.mp4", max_frames=5)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     video = to_tensor(src)[None]
-
-    def psnr(ids) -> float:
-        return psnr_uint8(to_uint8(model.decode(ids)[0]), src)
-
-    plain, refined = psnr(model.encode(video)), psnr(encode_refined(model, video, steps=3))
-    assert refined >= plain, (plain, refined)
+    assert torch.equal(encode_refined(model, video, steps=3), model.encode(video))
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())

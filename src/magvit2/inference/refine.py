@@ -106,7 +106,7 @@ def refine_ids(
         better = mse.detach() < best_mse
         best_mse = torch.where(better, mse.detach(), best_mse)
         best_ids[better] = ids[better]
-        if last:
+        if last or not mse.requires_grad:  # a decoder with no network: no gradient to follow
             break
         (grad,) = torch.autograd.grad(mse.sum(), u)
         u.grad = grad
@@ -128,7 +128,8 @@ def encode_refined(
     decode closer to ``video`` (never worse than the encoder's, same vocabulary). Costs ``steps``
     decoder forward + backward passes per chunk; the weights are not changed. ``max_chunk_frames`` as
     in :meth:`VideoTokenizer.encode` (each chunk is refined given the chosen tokens of the chunks
-    before it)."""
+    before it). With a decoder that has no network (a fixed rule) there is no gradient to follow and
+    the encoder's tokens come back as they are."""
     options = RefineOptions(steps, lr)
     x = video.unsqueeze(2) if video.ndim == 4 else video
     latent = model.encode_latent(x, max_chunk_frames)  # checks the video
