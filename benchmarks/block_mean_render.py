@@ -11,7 +11,11 @@ Variants (``magvit2.modules.block_mean``; the quantized means of ``--bits``, no 
 * ``slope_A``: plus the line in time with ``mean_slope = A`` (what ``TokenizerConfig.mean_slope``
   chooses between);
 * ``slope_bits``: the line's factor chosen per block and group by 2 more bits
-  (``TokenizerConfig.mean_slope_bits = 2``, the built-in model's code);
+  (``TokenizerConfig.mean_slope_bits = 2``);
+* ``shared_chroma``: the built-in model's layout without its detail patterns: luma at 6 bits per
+  token, chroma at 6 + 6 bits per 2x2 tokens (``mean_chroma_share = 2``), slope bits;
+  ``shared_chroma_detail``: plus the 7-bit detail patterns, fitted on ``--fit-clips`` training clips
+  as ``scripts/train_default.py`` fits them (the built-in model's code);
 * ``per_frame_exact_backprojected``: exact means of every frame (not of groups of 4), rendered in
   space: about what any rendering in time could reach;
 * ``per_frame_exact_least_squares``: the same means through the best linear interpolator from 5x5
@@ -31,8 +35,8 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from magvit2.data.synthetic import ClipSynth
-from magvit2.modules.block_mean import BlockMeanCode, group_means, render_blocks, upsample_blocks
+from magvit2.data.synthetic import ClipSynth, SynthConfig
+from magvit2.modules.block_mean import BlockMeanCode, fit_detail, group_means, render_blocks, upsample_blocks
 
 SPATIAL, TEMPORAL, NEIGHBOURHOOD = 8, 4, 5
 
@@ -89,24 +93,32 @@ def bicubic_steps(means: torch.Tensor) -> torch.Tensor:
     return big.repeat_interleave(repeats, 2)
 
 
-def smoke_data() -> tuple[torch.Tensor, torch.Tensor]:
-    """Two smooth random clips ``(2, 3, 9, 32, 32)`` and four images ``(4, 3, 32, 32)``."""
+def smoke_data() -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """Two smooth random clips ``(2, 3, 9, 32, 32)``, four images ``(4, 3, 32, 32)`` and two more
+    clips to fit detail patterns on."""
     torch.manual_seed(0)
     smooth = lambda *shape: F.interpolate(torch.rand(*shape) * 2 - 1, scale_factor=4, mode="bilinear")
-    return rearrange(smooth(18, 3, 8, 8), "(b t) c h w -> b c t h w", b=2), smooth(4, 3, 8, 8)
+    clips = lambda: rearrange(smooth(18, 3, 8, 8), "(b t) c h w -> b c t h w", b=2)
+    return clips(), smooth(4, 3, 8, 8), [clips()]
 
 
-def trainset_data(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
-    """The validation clips of scripts/train_default.py's ``val_video`` (same seed) and
-    ``--fit-images`` 128x128 training images."""
+def trainset_data(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """The validation clips of scripts/train_default.py's ``val_video`` (same seed), ``--fit-images``
+    128x128 training images, and the ``--fit-clips`` training clips the script fits detail patterns
+    on (its defaults: seed 0, 12% flat, ramp and texture clips)."""
     video = ClipSynth.from_folder(args.trainset, "val", seed=1234).batch(args.clips, args.frames, args.size)
     images = ClipSynth.from_folder(args.trainset, "train", seed=7).batch(args.fit_images, 1, 128)[:, :, 0]
-    return video, images
+    synth = ClipSynth.from_folder(args.trainset, "train", cfg=SynthConfig(p_flat=0.12), seed=0)
+    fit = [synth.batch(8, args.frames, args.size) for _ in range(max(1, args.fit_clips // 8))]
+    return video, images, fit
 
 
-def render_scores(video: torch.Tensor, images: torch.Tensor, bits: tuple, slopes) -> dict[str, float]:
+def render_scores(
+    video: torch.Tensor, images: torch.Tensor, fit: list[torch.Tensor], bits: tuple, slopes
+) -> dict[str, float]:
     """PSNR of each rendering variant (module docstring) of ``video`` ``(B, 3, 1+4k, H, W)``; the
-    least-squares interpolator is fitted to ``images`` ``(N, 3, H', W')``."""
+    least-squares interpolator is fitted to ``images`` ``(N, 3, H', W')``, detail patterns to the
+    clips ``fit``."""
     scores = {"block_average": psnr(bicubic_steps(group_means(video, TEMPORAL, SPATIAL, True)), video)}
     plain = BlockMeanCode(bits, TEMPORAL, SPATIAL)
     means = plain.decode(plain.encode(video))
@@ -120,6 +132,10 @@ def render_scores(video: torch.Tensor, images: torch.Tensor, bits: tuple, slopes
     codes = coded.encode(video)
     steps = coded.decode_steps(codes)
     scores["slope_bits"] = psnr(coded.render(coded.decode(codes), True, steps=steps), video)
+    shared = BlockMeanCode((6, 6, 6), TEMPORAL, SPATIAL, slope_bits=2, chroma_share=2, detail_bits=7)
+    scores["shared_chroma"] = psnr(shared.reconstruct(shared.encode(video), True), video)  # patterns all 0
+    fit_detail(shared, fit)
+    scores["shared_chroma_detail"] = psnr(shared.reconstruct(shared.encode(video), True), video)
     exact = per_frame(lambda m: render_blocks(m, SPATIAL), video)
     scores["per_frame_exact_backprojected"] = psnr(exact, video)
     weights = fit_least_squares(images)
@@ -137,6 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--bits", type=int, nargs=3, default=(6, 5, 5))
     p.add_argument("--slopes", type=float, nargs="+", default=(0.25, 0.5, 0.75, 1.0))
     p.add_argument("--fit-images", type=int, default=600)
+    p.add_argument("--fit-clips", type=int, default=96, help="training clips the detail patterns fit")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--smoke", action="store_true", help="smooth random clips and images, no training set")
     args = p.parse_args(argv)
@@ -144,8 +161,8 @@ def main(argv: list[str] | None = None) -> dict:
         p.error("--trainset: expected a `magvit2 trainset` folder (or --smoke)")
     if args.threads:
         torch.set_num_threads(args.threads)
-    video, images = smoke_data() if args.smoke else trainset_data(args)
-    scores = render_scores(video, images, tuple(args.bits), args.slopes)
+    video, images, fit = smoke_data() if args.smoke else trainset_data(args)
+    scores = render_scores(video, images, fit, tuple(args.bits), args.slopes)
     reference = scores["block_average"]
     result = {
         "clips": f"{video.shape[0]} validation clips of {'x'.join(map(str, video.shape[2:]))}",

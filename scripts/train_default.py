@@ -60,10 +60,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="TokenizerConfig.mean_chroma_share; default: --init's")  # fmt: skip
     p.add_argument("--mean-detail-bits", type=int, default=None,
                    help="TokenizerConfig.mean_detail_bits; default: --init's")  # fmt: skip
-    p.add_argument("--no-decoder-network", action="store_true",
-                   help="TokenizerConfig.decoder_network=False: with every bit fixed the model has no "
-                        "weights to train; its detail table is fitted (--fit-clips)")  # fmt: skip
+    p.add_argument("--decoder-network", choices=("yes", "no"), default=None,
+                   help="TokenizerConfig.decoder_network; default: --init's. 'no' with every bit fixed: "
+                        "no weights to train, the detail table is fitted (--fit-clips); 'yes' from an "
+                        "--init without one: a new network learns a correction to its output")  # fmt: skip
     p.add_argument("--fit-clips", type=int, default=96, help="training clips the detail table is fitted on")
+    p.add_argument("--fit-iters", type=int, default=30, help="k-means iterations of that fit")
     p.add_argument("--steps", type=int, default=20000,
                    help="total steps (ignored with --minutes); 0: write the --init weights under this "
                         "run's config to OUT/best, validated")  # fmt: skip
@@ -246,24 +248,35 @@ MEAN_INIT_SCALE = 0.1
 
 
 def init_weights(model: VideoTokenizer, source: VideoTokenizer) -> None:
-    """Start ``model`` from ``source``'s weights. When only the block-mean code differs (``mean_bits``,
-    ``mean_slope``, ``mean_slope_bits``), the encoder keeps the first of ``source``'s latent channels
-    it still learns (none: no encoder network), and a model that gains the block-mean code starts
-    with its decoder's last conv scaled by ``MEAN_INIT_SCALE``: it first outputs the upsampled block
-    means plus a small correction. (Scaled to zero, the decoder's other layers get no useful
-    gradient and the correction does not start to learn.)"""
+    """Start ``model`` from ``source``'s weights (and tables). They may differ only in the block-mean
+    code (``mean_bits``, ``mean_slope``, ``mean_slope_bits``, ``mean_chroma_share``,
+    ``mean_detail_bits``) and in ``decoder_network``:
+
+    * the encoder keeps the first of ``source``'s latent channels it still learns (none: no encoder
+      network); a model without a decoder network drops ``source``'s;
+    * a decoder network new to the model, or a model that gains the block-mean code, starts with the
+      decoder's last conv scaled by ``MEAN_INIT_SCALE``: it first outputs the fixed reconstruction
+      plus a small correction. (Scaled to zero, the decoder's other layers get no useful gradient
+      and the correction does not start to learn.)"""
     mine, theirs = model.config, source.config
     code = ("mean_bits", "mean_slope", "mean_slope_bits", "mean_chroma_share", "mean_detail_bits")
-    if dataclasses.replace(theirs, **{k: getattr(mine, k) for k in code}) != mine:
+    if dataclasses.replace(theirs, **{k: getattr(mine, k) for k in (*code, "decoder_network")}) != mine:
         raise ValueError(f"--init: {theirs} differs from the model's {mine} in more than {', '.join(code)}")
-    state = source.state_dict()
-    if mine.learned_channels == 0:
-        state = {k: v for k, v in state.items() if not k.startswith("encoder.")}
-    elif theirs.learned_channels != mine.learned_channels:
+    state, wanted = source.state_dict(), model.state_dict()
+    last = ("decoder.conv_out.conv_1.weight", "decoder.conv_out.conv_1.bias")
+    if mine.decoder_network and not theirs.decoder_network:
+        state.update({k: wanted[k] for k in wanted if k.startswith("decoder.") and k not in state})
+    state.update({k: wanted[k] for k in wanted if k.endswith("block_mean.detail") and k not in state})
+    for side, kept in (("encoder.", mine.learned_channels > 0), ("decoder.", mine.decoder_network)):
+        if not kept:  # no network on this side: only its tables (the detail patterns) stay
+            state = {k: v for k, v in state.items() if not k.startswith(side) or k in wanted}
+    if mine.learned_channels and theirs.learned_channels != mine.learned_channels:
         for key in ("encoder.conv_out.conv_1.weight", "encoder.conv_out.conv_1.bias"):
             state[key] = state[key][: mine.learned_channels]
-    if theirs.mean_bits is None and mine.mean_bits is not None:
-        for key in ("decoder.conv_out.conv_1.weight", "decoder.conv_out.conv_1.bias"):
+    if (theirs.mean_bits is None and mine.mean_bits is not None) or (
+        mine.decoder_network and not theirs.decoder_network
+    ):
+        for key in last:
             state[key] = state[key] * MEAN_INIT_SCALE
     model.load_state_dict(state)
 
@@ -283,8 +296,8 @@ def build_model(args: argparse.Namespace) -> VideoTokenizer:
         code[key] = getattr(source.config if source else config, key) if value is None else value
     if code["mean_bits"]:
         code["mean_bits"] = tuple(code["mean_bits"])
-    if args.no_decoder_network:
-        code["decoder_network"] = False
+    network = source.config.decoder_network if source else config.decoder_network
+    code["decoder_network"] = network if args.decoder_network is None else args.decoder_network == "yes"
     config = dataclasses.replace(config, **code)
     model = VideoTokenizer(config)
     if source is not None:
@@ -311,7 +324,7 @@ def fit_fixed_model(model: VideoTokenizer, args: argparse.Namespace, out: Path) 
         mix = SynthConfig(p_flat=args.p_flat, p_pure=args.p_pure)
         synth = ClipSynth.from_folder(args.data, "train", cfg=mix, seed=args.seed)
         clips = [synth.batch(8, args.frames, args.size) for _ in range(max(1, args.fit_clips // 8))]
-        fitted = fit_detail(code, clips, seed=args.seed)
+        fitted = fit_detail(code, clips, iters=args.fit_iters, seed=args.seed)
         model.decoder.block_mean.detail.copy_(code.detail)
     model.save_pretrained(out / "best", dtype=torch.float16)
     best = VideoTokenizer.from_pretrained(out / "best").eval()

@@ -23,10 +23,10 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 #: Floors of the model card (docs/default-model.md), each a little under the measured figure so
 #: another platform's float rounding of the same weights still passes.
 CARPHONE_MARGIN_DB = 3.0  # over the 4x8x8 block average on carphone_pristine's first 33 frames
-BIKES_MARGIN_DB = 2.8  # the same on bikes.mp4 (17 frames, middle 320 columns): its motion
+BIKES_MARGIN_DB = 5.5  # the same on bikes.mp4 (17 frames, middle 320 columns): its motion
 GREY_FLOOR_DB = 50.0  # each of five flat greys
 COLOUR_FLOOR_DB = 50.0  # each of six flat saturated colours
-RAMP_FLOOR_DB = 41.5
+RAMP_FLOOR_DB = 43.0
 BLACK_MEAN = 0.5  # mean value (0-255) of the black frames of a fade through black
 
 
@@ -79,8 +79,8 @@ def test_default_model_beats_block_average_on_held_out_clip(clips_dir, model):
 
 def test_default_model_follows_motion_on_held_out_bikes(clips_dir, model):
     """bikes.mp4 (held out), its first 17 frames, the middle 320 columns (to keep the test short): the
-    slope bits carry the motion inside each group of 4 frames and the detail patterns the edges, 2.8 dB
-    past the block average (whose means stand still for 4 frames; 3.2 dB measured)."""
+    detail patterns carry edges and their motion inside each group of 4 frames, 5.5 dB past the block
+    average (whose means stand still for 4 frames; 6.2 dB measured)."""
     src = read_video(clips_dir / "bikes.mp4", max_frames=17)[:, :, 160:480].copy()
     rec = to_uint8(model.decode(model.encode(to_tensor(src)[None]))[0])
     floor = psnr_uint8(block_average(src), src) + BIKES_MARGIN_DB

@@ -39,11 +39,13 @@ Two options spend bits on detail inside the block instead of on colour precision
   The decoder interpolates that chroma to the token grid (:func:`render_blocks` at factor 2) before
   rendering. Tokens of an incomplete 2x2 at the bottom or right edge of an odd grid keep their own
   ``(Co, Cg)`` instead, in the bits their piece and detail would use.
-* ``detail_bits = d``: the index of one of ``2^d`` luma patterns of ``s x s`` pixels, added to every
-  frame of the token's group (the same to R, G and B). The patterns are the model's
-  learned part: :func:`fit_detail` fits them by k-means to what the rendered means miss on training
-  clips; pattern 0 is all zeros, so flat content stays exact. The encoder picks the pattern nearest
-  the group's mean luma residual, which minimises the group's squared error.
+* ``detail_bits = d``: the index of one of ``2^d`` luma patterns added to the token's pixels (the
+  same to R, G and B): a pattern of ``t`` frames of ``s x s`` pixels for a group, and a pattern of
+  one frame for frame 0 alone (a clip's first latent frame, an image); the table ``detail`` holds
+  both, ``(2^d, 1 + t, s*s)``. The patterns are the model's fitted part: :func:`fit_detail` fits
+  them by k-means to what the rendered means miss on training clips; pattern 0 is all zeros, so
+  flat content stays exact. The encoder picks the pattern nearest the token's luma residual, which
+  minimises its squared error.
 
 Channel order of a code, each field least significant bit first: the ``slope_bits``; Y; then Co and
 Cg (or, with ``chroma_share = 2``, the token's chroma piece); then the detail index. So in an LFQ
@@ -156,8 +158,8 @@ class BlockMeanCode(nn.Module):
         self.chroma_bits = (bits[1] + bits[2]) // chroma_share**2
         #: with chroma_share 2, the bits of Co and of Cg of an edge token (its own chroma)
         self.own_bits = (self.chroma_bits + detail_bits) // 2
-        table = torch.zeros(2**detail_bits, spatial * spatial) if detail_bits else None
-        self.register_buffer("detail", table)  # (patterns, s*s) luma, or None
+        table = torch.zeros(2**detail_bits, 1 + temporal, spatial * spatial) if detail_bits else None
+        self.register_buffer("detail", table)  # (patterns, 1 + t, s*s) luma: frame 0, then a group
 
     @property
     def channels(self) -> int:
@@ -222,11 +224,13 @@ class BlockMeanCode(nn.Module):
 
     def choose_detail(self, residual: Tensor, first: bool) -> Tensor:
         """What the rendered means miss, ``(B, 3, T, H, W)`` -> per token the index ``(B, n, h, w)`` of
-        the ``detail`` pattern nearest the luma of that residual averaged over the token's frames."""
-        wanted = luma_patches(residual, self.temporal, self.spatial, first)
+        the ``detail`` pattern nearest the luma of that residual over the token's frames."""
+        head, groups = luma_patches(residual, self.temporal, self.spatial, first)
         table = self.detail.float()
-        distance = table.square().sum(1) - 2 * wanted @ table.T  # ||wanted - p||^2 - ||wanted||^2
-        return distance.argmin(-1)
+        index = [nearest(groups, table[:, 1:].flatten(1))]
+        if head is not None:
+            index.insert(0, nearest(head, table[:, 0]))
+        return torch.cat(index, dim=1)
 
     def pack(self, steps: Tensor, luma: Tensor, rest: Tensor) -> Tensor:
         """Slope index, Y level and the rest (chroma field, detail index above it) ``(B, n, h, w)``
@@ -321,11 +325,16 @@ class BlockMeanCode(nn.Module):
         if not self.detail_bits:
             return frames
         _, _, rest = self.unpack(codes)
-        h, w = rest.shape[-2:]
-        patterns = self.detail.float()[rest >> self.chroma_bits]  # (B, n, h, w, s*s)
-        patterns = patterns * ~self.edge_tokens(h, w, codes.device)[..., None]
-        luma = rearrange(patterns, "b n h w (p q) -> b 1 n (h p) (w q)", p=self.spatial)
-        return frames + expand_groups(luma, self.temporal, first)
+        index = rest >> self.chroma_bits
+        table = self.detail.float()
+        keep = ~self.edge_tokens(*rest.shape[-2:], codes.device)[..., None, None]  # (h, w, 1, 1)
+        groups = table[:, 1:][index[:, int(first) :]] * keep  # (B, n', h, w, t, s*s)
+        luma = rearrange(groups, "b n h w k (p q) -> b 1 (n k) (h p) (w q)", p=self.spatial)
+        if first:
+            head = table[:, :1][index[:, :1]] * keep  # (B, 1, h, w, 1, s*s)
+            head = rearrange(head, "b n h w k (p q) -> b 1 (n k) (h p) (w q)", p=self.spatial)
+            luma = torch.cat([head, luma], dim=2)
+        return frames + luma
 
     def render(
         self,
@@ -447,44 +456,72 @@ def expand_groups(x: Tensor, temporal: int, first: bool) -> Tensor:
     return x.repeat_interleave(repeats, dim=2)
 
 
-def luma_patches(residual: Tensor, temporal: int, spatial: int, first: bool) -> Tensor:
-    """RGB ``(B, 3, T, H, W)`` -> its luma averaged over each group's frames, one ``s*s`` patch per
-    token ``(B, n, h, w, s*s)``."""
-    luma = group_means(rgb_to_ycocg(residual)[:, :1], temporal, 1, first)[:, 0]
-    return rearrange(luma, "b n (h p) (w q) -> b n h w (p q)", p=spatial, q=spatial)
+def luma_patches(residual: Tensor, temporal: int, spatial: int, first: bool) -> tuple[Tensor | None, Tensor]:
+    """RGB ``(B, 3, T, H, W)`` -> its luma cut into one patch per token: frame 0 alone ``(B, 1, h, w,
+    s*s)`` (``first``; else None) and the groups' frames ``(B, n, h, w, t*s*s)``."""
+    luma = rearrange(rgb_to_ycocg(residual)[:, 0], "b t (h p) (w q) -> b t h w (p q)", p=spatial, q=spatial)
+    groups = rearrange(luma[:, 1:] if first else luma, "b (n k) h w d -> b n h w (k d)", k=temporal)
+    return (luma[:, :1] if first else None), groups
 
 
-@torch.no_grad()
-def fit_detail(code: BlockMeanCode, clips: list[Tensor], iters: int = 30, seed: int = 0) -> dict[str, float]:
-    """Fit ``code.detail`` by k-means to what ``code``'s rendered means miss on ``clips`` (each
-    ``(B, 3, 1 + t*k, H, W)``, frames starting a clip): pattern 0 stays all zeros, the others are the
-    centroids of the tokens' luma patches (:func:`luma_patches`; edge tokens left out). Returns the
-    mean squared luma error per pixel before and after (on those patches)."""
-    gen = torch.Generator().manual_seed(seed)
-    code.detail.zero_()
-    patches = []
-    for clip in clips:
-        codes = code.encode(clip)
-        shown = code.reconstruct(codes, first=True)
-        keep = ~code.edge_tokens(*codes.shape[-2:], codes.device)
-        patches.append(luma_patches(clip.float() - shown, code.temporal, code.spatial, True)[:, :, keep])
-    x = torch.cat([p.reshape(-1, code.spatial**2) for p in patches])
-    k = len(code.detail)
+def nearest(x: Tensor, table: Tensor, chunk: int = 65536) -> Tensor:
+    """Vectors ``(..., d)`` -> the index ``(...)`` of the nearest row of ``table`` ``(K, d)`` (``chunk``
+    vectors at a time, so memory stays ``chunk x K``)."""
+    norms, flat = table.square().sum(1), x.reshape(-1, x.shape[-1])
+    parts = [(norms - 2 * part @ table.T).argmin(-1) for part in flat.split(chunk)]  # ||x-p||^2 - ||x||^2
+    return torch.cat(parts).reshape(x.shape[:-1]) if parts else flat.new_zeros(x.shape[:-1], dtype=torch.long)
+
+
+def kmeans(x: Tensor, k: int, iters: int, gen: torch.Generator) -> Tensor:
+    """``k`` centroids ``(k, d)`` of the rows of ``x`` ``(N, d)`` by Lloyd's iterations from ``k``
+    random rows; centroid 0 is held at zero (flat content keeps pattern 0)."""
     start = torch.randperm(len(x), generator=gen)[:k]
-    if len(start) < k:  # fewer patches than patterns: some start as repeats (and may stay unused)
+    if len(start) < k:  # fewer rows than centroids: some start as repeats (and may stay unused)
         start = torch.cat([start, torch.randint(len(x), (k - len(start),), generator=gen)])
     centres = x[start].clone()
     for _ in range(iters):
         centres[0] = 0
-        nearest = (centres.square().sum(1) - 2 * x @ centres.T).argmin(1)
-        sums = torch.zeros_like(centres).index_add_(0, nearest, x)
-        counts = torch.bincount(nearest, minlength=len(centres)).unsqueeze(1)
+        index = nearest(x, centres)
+        sums = torch.zeros_like(centres).index_add_(0, index, x)
+        counts = torch.bincount(index, minlength=k).unsqueeze(1)
         centres = torch.where(counts > 0, sums / counts.clamp_min(1), centres)
     centres[0] = 0
-    code.detail.copy_(centres)
-    nearest = (centres.square().sum(1) - 2 * x @ centres.T).argmin(1)
-    after = (x - centres[nearest]).square().mean()
-    return {"mse_before": float(x.square().mean()), "mse_after": float(after)}
+    return centres
+
+
+@torch.no_grad()
+def fit_detail(
+    code: BlockMeanCode, clips: list[Tensor], iters: int = 30, seed: int = 0, samples: int = 600_000
+) -> dict[str, float]:
+    """Fit ``code.detail`` by k-means to what ``code``'s rendered means miss on ``clips`` (each
+    ``(B, 3, 1 + t*k, H, W)``, frames starting a clip; edge tokens left out): the group patterns to
+    the luma of each token's ``t`` frames in the clips, the frame-0 patterns to each token's luma in
+    every frame of them coded as an image; each from at most ``samples`` patches drawn at random.
+    Returns the mean squared luma error per pixel of the group patches before and after, and of the
+    frame-0 patches."""
+    gen = torch.Generator().manual_seed(seed)
+    t, s, k = code.temporal, code.spatial, len(code.detail)
+    code.detail.zero_()
+    heads, groups = [], []
+    for clip in clips:
+        images = rearrange(clip.float(), "b c t h w -> (b t) c 1 h w")
+        for video, out in ((clip.float(), groups), (images, heads)):
+            codes = code.encode(video)
+            keep = ~code.edge_tokens(*codes.shape[-2:], codes.device)
+            head, group = luma_patches(video - code.reconstruct(codes, first=True), t, s, True)
+            out.append((head if out is heads else group)[:, :, keep].flatten(0, 2))
+    heads, groups = (
+        torch.cat(x)[torch.randperm(sum(map(len, x)), generator=gen)[:samples]] for x in (heads, groups)
+    )
+    first, rest = kmeans(heads, k, iters, gen), kmeans(groups, k, iters, gen)
+    code.detail.copy_(torch.cat([first.unsqueeze(1), rearrange(rest, "k (t d) -> k t d", t=t)], dim=1))
+    error = lambda x, table: float((x - table[nearest(x, table)]).square().mean())
+    return {
+        "mse_before": float(groups.square().mean()),
+        "mse_after": error(groups, rest),
+        "first_mse_before": float(heads.square().mean()),
+        "first_mse_after": error(heads, first),
+    }
 
 
 def to_signs(values: Tensor, bits: int) -> Tensor:
