@@ -1,9 +1,16 @@
-"""Train the built-in ``default`` tokenizer: the ``small`` preset on synthesised clips of ordinary footage.
+"""Make the built-in ``default`` tokenizer, or train one like it on synthesised clips of ordinary footage.
 
     magvit2 trainset data/trainset                                   # once: photographs, objects, a cartoon
-    python scripts/train_default.py --data data/trainset --out runs/default --minutes 7    # a GPU
-    python scripts/train_default.py --data data/trainset --out runs/default --steps 20000  # CPU, resumable
+    python scripts/train_default.py --data data/trainset --out runs/default --mean-bits 6 6 6 \
+        --mean-slope 0.75 --mean-chroma-share 2 --mean-detail-bits 9 --decoder-network no ...   # the built-in
+    python scripts/train_default.py --data data/trainset --out runs/net --minutes 7        # a network, GPU
+    python scripts/train_default.py --data data/trainset --out runs/net --steps 20000      # CPU, resumable
     python scripts/train_default.py ... --resume                     # continue after a kill
+
+A model with every bit fixed and no decoder network (the built-in one; docs/default-model.md, "Recipe")
+has no weights: its detail patterns are fitted by k-means on ``--fit-clips`` training clips
+(:func:`magvit2.modules.block_mean.fit_detail`), scored on the validation sets and written to
+``OUT/best``. Otherwise the model's weights are trained:
 
 Clips come from :class:`magvit2.data.synthetic.ClipSynth` on the training device (camera motion over
 photographs, moving objects, cartoon frames, cuts, fades, flat colours and ramps); every

@@ -192,6 +192,7 @@ def test_gpu_script_passes_the_recipe_then_the_options_and_brings_back_best(tmp_
     assert argv.index("--minutes") < len(argv) - 3  # the recipe's own budget, overridden by the caller's
     args = train_default.parse_args([a for a in argv[1:] if a != "--keep"])
     assert args.guard and args.minutes == 3 and args.frames == 33 and args.batch == 16
+    assert args.decoder_network == "yes"  # the built-in model has none: the run adds one
     assert (tmp_path / "a" / "best" / "model.safetensors").read_bytes() == b"weights"
     assert "kept:" in kept.stdout
     none = _run_gpu_script(str(data), tmp_path / "b", [], python=python)
