@@ -13,8 +13,8 @@ Variants (``magvit2.modules.block_mean``; the quantized means of ``--bits``, no 
 * ``slope_bits``: the line's factor chosen per block and group by 2 more bits
   (``TokenizerConfig.mean_slope_bits = 2``);
 * ``shared_chroma``: the built-in model's layout without its detail patterns: luma at 6 bits per
-  token, chroma at 6 + 6 bits per 2x2 tokens (``mean_chroma_share = 2``), slope bits;
-  ``shared_chroma_detail``: plus the 7-bit detail patterns, fitted on ``--fit-clips`` training clips
+  token, chroma at 6 + 6 bits per 2x2 tokens (``mean_chroma_share = 2``), a line in time at 0.75;
+  ``shared_chroma_detail``: plus the 9-bit detail patterns, fitted on ``--fit-clips`` training clips
   as ``scripts/train_default.py`` fits them (the built-in model's code);
 * ``per_frame_exact_backprojected``: exact means of every frame (not of groups of 4), rendered in
   space: about what any rendering in time could reach;
@@ -132,7 +132,7 @@ def render_scores(
     codes = coded.encode(video)
     steps = coded.decode_steps(codes)
     scores["slope_bits"] = psnr(coded.render(coded.decode(codes), True, steps=steps), video)
-    shared = BlockMeanCode((6, 6, 6), TEMPORAL, SPATIAL, slope_bits=2, chroma_share=2, detail_bits=7)
+    shared = BlockMeanCode((6, 6, 6), TEMPORAL, SPATIAL, slope=0.75, chroma_share=2, detail_bits=9)
     scores["shared_chroma"] = psnr(shared.reconstruct(shared.encode(video), True), video)  # patterns all 0
     fit_detail(shared, fit)
     scores["shared_chroma_detail"] = psnr(shared.reconstruct(shared.encode(video), True), video)
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--bits", type=int, nargs=3, default=(6, 5, 5))
     p.add_argument("--slopes", type=float, nargs="+", default=(0.25, 0.5, 0.75, 1.0))
     p.add_argument("--fit-images", type=int, default=600)
-    p.add_argument("--fit-clips", type=int, default=96, help="training clips the detail patterns fit")
+    p.add_argument("--fit-clips", type=int, default=512, help="training clips the detail patterns fit")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--smoke", action="store_true", help="smooth random clips and images, no training set")
     args = p.parse_args(argv)

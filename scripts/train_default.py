@@ -70,7 +70,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--decoder-network", choices=("yes", "no"), default=None,
                    help="TokenizerConfig.decoder_network; default: --init's. 'no' with every bit fixed: "
                         "no weights to train, the detail table is fitted (--fit-clips); 'yes' from an "
-                        "--init without one: a new network learns a correction to its output")  # fmt: skip
+                        "--init without one: a new network (its output starting at zero) learns a "
+                        "correction to the fixed reconstruction")  # fmt: skip
     p.add_argument("--fit-clips", type=int, default=96, help="training clips the detail table is fitted on")
     p.add_argument("--fit-iters", type=int, default=30, help="k-means iterations of that fit")
     p.add_argument("--steps", type=int, default=20000,
@@ -261,10 +262,12 @@ def init_weights(model: VideoTokenizer, source: VideoTokenizer) -> None:
 
     * the encoder keeps the first of ``source``'s latent channels it still learns (none: no encoder
       network); a model without a decoder network drops ``source``'s;
-    * a decoder network new to the model, or a model that gains the block-mean code, starts with the
-      decoder's last conv scaled by ``MEAN_INIT_SCALE``: it first outputs the fixed reconstruction
-      plus a small correction. (Scaled to zero, the decoder's other layers get no useful gradient
-      and the correction does not start to learn.)"""
+    * a decoder network new to the model starts with its last conv at zero: the model starts as
+      exactly ``source`` (so ``--guard`` compares with it), and the first step's gradient reaches
+      that conv and then the layers before it;
+    * a trained decoder that gains the block-mean code starts with its last conv scaled by
+      ``MEAN_INIT_SCALE``: it first outputs the upsampled block means plus a small correction.
+      (Scaled to zero, its other layers got no useful gradient and the correction did not learn.)"""
     mine, theirs = model.config, source.config
     code = ("mean_bits", "mean_slope", "mean_slope_bits", "mean_chroma_share", "mean_detail_bits")
     if dataclasses.replace(theirs, **{k: getattr(mine, k) for k in (*code, "decoder_network")}) != mine:
@@ -280,9 +283,10 @@ def init_weights(model: VideoTokenizer, source: VideoTokenizer) -> None:
     if mine.learned_channels and theirs.learned_channels != mine.learned_channels:
         for key in ("encoder.conv_out.conv_1.weight", "encoder.conv_out.conv_1.bias"):
             state[key] = state[key][: mine.learned_channels]
-    if (theirs.mean_bits is None and mine.mean_bits is not None) or (
-        mine.decoder_network and not theirs.decoder_network
-    ):
+    if mine.decoder_network and not theirs.decoder_network:
+        for key in last:
+            state[key] = torch.zeros_like(state[key])
+    elif theirs.mean_bits is None and mine.mean_bits is not None:
         for key in last:
             state[key] = state[key] * MEAN_INIT_SCALE
     model.load_state_dict(state)

@@ -10,8 +10,8 @@
 #       on to scripts/train_default.py and override the recipe below (the last of a repeated option
 #       wins), e.g. `--lr 5e-5`, `--minutes 3`, or `--device cpu` for a dry run. The block-mean code
 #       and its detail patterns come with the --init model.
-# The recipe: a decoder network added to the shipped model (--decoder-network yes: it starts as the
-# fixed reconstruction plus a small correction) and trained under --guard (best/ only takes weights
+# The recipe: a decoder network added to the shipped model (--decoder-network yes: its output starts at
+# zero, so the model starts as the shipped one) and trained under --guard (best/ only takes weights
 # that beat the shipped model on validation and are no worse on val_video, val_late, val_cast and
 # flat_min), on 33-frame clips at 128x128, 6.5 minutes of steps. Held-out clips are never touched:
 # check OUT/best afterwards with `python benchmarks/builtin_checks.py --model OUT/best`.

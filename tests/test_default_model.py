@@ -105,3 +105,13 @@ def test_token_refinement_on_the_default_model_keeps_the_encoders_tokens(clips_d
     video = to_tensor(src)[None]
     assert torch.equal(encode_refined(model, video, steps=3), model.encode(video))
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def test_info_on_the_default_model_counts_its_patterns_not_parameters(capsys):
+    from magvit2.cli.main import main
+
+    assert main(["info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (
+        info["parameters"] == 0 and info["detail_patterns"] == 2 ** info["config"]["mean_detail_bits"] == 512
+    )

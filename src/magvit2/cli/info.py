@@ -45,17 +45,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def model_info(target: str | None) -> dict:
-    """Config, parameter counts, factors, vocabulary and fingerprint of a tokenizer."""
+    """Config, parameter counts, fitted detail patterns, factors, vocabulary and fingerprint of a
+    tokenizer."""
     model = load_model(target, "cpu")
     enc = sum(p.numel() for p in model.encoder.parameters())
     dec = sum(p.numel() for p in model.decoder.parameters())
     total = sum(p.numel() for p in model.parameters())
+    table = model.decoder.block_mean.detail if model.decoder.block_mean is not None else None
     return {
         "kind": "model",
         "path": target or "built-in",
         "parameters": total,
         "encoder_parameters": enc,
         "decoder_parameters": dec,
+        "detail_patterns": 0 if table is None else int(table.shape[0]),
         "temporal_factor": model.temporal_factor,
         "spatial_factor": model.spatial_factor,
         "vocabulary": model.codebook_size,
