@@ -14,6 +14,7 @@ from magvit2.models.presets import get_preset
 from magvit2.modules.block_mean import (
     SLOPE_STEPS,
     BlockMeanCode,
+    deblock,
     fit_detail,
     group_means,
     luma_patches,
@@ -453,9 +454,23 @@ def test_detail_index_is_the_nearest_pattern_to_what_the_means_miss():
     assert torch.equal(index[:, :1], (head.unsqueeze(-2) - code.detail[:, 0]).square().sum(-1).argmin(-1))
     table = code.detail[:, 1:].flatten(1)
     assert torch.equal(index[:, 1:], (groups.unsqueeze(-2) - table).square().sum(-1).argmin(-1))
-    pattern = code.detail[index[0, 2, 1, 3], 3]  # group 2's third frame (frame 7), token (1, 3)
+    pattern = code.detail[index[0, 2, 1, 3], 3].view(8, 8)  # group 2's third frame (frame 7), token (1, 3)
     added = code.reconstruct(codes, first=True) - shown
-    assert torch.allclose(added[0, :, 7, 8:16, 24:32], pattern.view(1, 8, 8).expand(3, 8, 8), atol=1e-6)
+    inside = pattern[1:7, 1:7].expand(3, 6, 6)  # the block borders are softened (deblock)
+    assert torch.allclose(added[0, :, 7, 9:15, 25:31], inside, atol=1e-6)
+
+
+def test_deblock_softens_block_borders_only():
+    """Two flat patterns meeting at a block border: the pixels either side become [1, 2, 1] / 4
+    means, the inside of each block and the frame's edge stay."""
+    layer = torch.zeros(1, 1, 1, 16, 24)
+    layer[..., 8:] = 1.0  # a step between the first and the second column of blocks
+    out = deblock(layer, 8)
+    assert torch.equal(out[..., :, :7], layer[..., :, :7]) and torch.equal(out[..., :, 9:], layer[..., :, 9:])
+    assert torch.allclose(out[0, 0, 0, :, 7], torch.full((16,), 0.25))
+    assert torch.allclose(out[0, 0, 0, :, 8], torch.full((16,), 0.75))
+    ramp = torch.linspace(-1, 1, 24).expand(1, 1, 2, 16, 24)
+    assert torch.allclose(deblock(ramp, 8), ramp, atol=1e-6)  # linear across a border: unchanged
 
 
 def fixed_model() -> VideoTokenizer:

