@@ -115,3 +115,24 @@ def test_info_on_the_default_model_counts_its_patterns_not_parameters(capsys):
     assert (
         info["parameters"] == 0 and info["detail_patterns"] == 2 ** info["config"]["mean_detail_bits"] == 512
     )
+
+
+def test_cli_tiles_leave_the_default_models_tokens_and_frames_as_a_whole_pass(model):
+    """The built-in code depends on neighbouring blocks (shared chroma, patterns chosen against the
+    rendered means) and has no network: the streaming runner (CLI ``--tile``) takes whole frames, so
+    tiled tokens and frames equal an untiled pass on an odd token grid."""
+    from magvit2.inference.memory import FIXED_BYTES, estimate_bytes
+    from magvit2.inference.streaming import InferenceOptions, TokenizerRunner
+
+    torch.manual_seed(0)
+    video = torch.nn.functional.interpolate(torch.rand(1, 3, 3, 5, 7), size=(9, 40, 72), mode="trilinear")
+    frames = list(to_uint8(video[0] * 2 - 1))
+    whole = TokenizerRunner(model, InferenceOptions(max_chunk_frames=5)).encode_frames(iter(frames))
+    opts = InferenceOptions(tile=32, overlap=8, max_chunk_frames=5)
+    tiled = TokenizerRunner(model, opts).encode_frames(iter(frames))
+    assert tiled.ids.shape == (3, 5, 9) and torch.equal(tiled.ids, whole.ids)
+    untiled_frames = list(TokenizerRunner(model, InferenceOptions(max_chunk_frames=5)).decode_clip(whole))
+    tiled_frames = list(TokenizerRunner(model, opts).decode_clip(tiled))
+    assert all(np.array_equal(a, b) for a, b in zip(tiled_frames, untiled_frames, strict=True))
+    assert not model.runs_in_tiles(model.encoder) and not model.runs_in_tiles(model.decoder)
+    assert estimate_bytes(model, 100, 5, encode=True) == FIXED_BYTES * 100 * 5  # whole frames, no network

@@ -159,9 +159,11 @@ class TokenizerRunner:
             return None
         return 1 + self.t * (self._first - 1) if first else self.t * self._later
 
-    def _plan(self, h_lat: int, w_lat: int) -> TilePlan:
-        """The tiles of an ``h_lat`` x ``w_lat`` latent grid (one tile without ``--tile``)."""
-        tiling = self.tiling or Tiling(max(h_lat, w_lat) * self.s, 0)
+    def _plan(self, h_lat: int, w_lat: int, side: torch.nn.Module) -> TilePlan:
+        """The tiles of an ``h_lat`` x ``w_lat`` latent grid for ``side`` (the model's encoder or
+        decoder; one tile without ``--tile`` or where that side does not run in tiles)."""
+        tiling = self.tiling if self.model.runs_in_tiles(side) else None
+        tiling = tiling or Tiling(max(h_lat, w_lat) * self.s, 0)
         return tiling.plan(h_lat, w_lat, self.s)
 
     def _caches(self, plan: TilePlan) -> list[CausalCache]:
@@ -172,16 +174,12 @@ class TokenizerRunner:
         """Refuse (:class:`~magvit2.inference.memory.FrameTooLargeError`, suggesting a tile size) a
         chunk of ``frames`` frames of this size whose pass is estimated not to fit in the memory
         available (:mod:`magvit2.inference.memory`)."""
+        side = self.model.encoder if encode else self.model.decoder
+        tiles = self.tiling is not None and self.model.runs_in_tiles(side)
         check_fits(
-            self.model,
-            self.device,
-            height,
-            width,
-            frames,
-            encode,
-            None if self.tiling is None else self.tiling.tile,
+            self.model, self.device, height, width, frames, encode, self.tiling.tile if tiles else None,
             self.options.batch_size,
-        )
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ chunking
     def _time_chunks(self, frames: Iterable[np.ndarray]) -> Iterator[tuple[np.ndarray, int]]:
@@ -218,7 +216,7 @@ class TokenizerRunner:
             video, pad_b, pad_r = pad_to_multiple(video, self.s)
             if plan is None:
                 self.check_memory(chunk.shape[1], chunk.shape[2], chunk.shape[0], encode=True)
-                plan = self._plan(video.shape[-2] // self.s, video.shape[-1] // self.s)
+                plan = self._plan(video.shape[-2] // self.s, video.shape[-1] // self.s, self.model.encoder)
                 caches = self._caches(plan)
                 refine_caches = [CausalCache() for _ in plan.tiles]
             if self.options.refine_steps:
@@ -305,7 +303,7 @@ class TokenizerRunner:
             ids = ids.to(self.device).unsqueeze(0)
             self.model.quantizer.check_indices(ids)
             if plan is None:
-                plan = self._plan(ids.shape[-2], ids.shape[-1])
+                plan = self._plan(ids.shape[-2], ids.shape[-1], self.model.decoder)
                 caches = self._caches(plan)
             video = self._decode_tiles(ids, plan, caches)[0, :, :n_keep, :height, :width]
             yield to_uint8(video)
@@ -355,7 +353,7 @@ class TokenizerRunner:
                 sink.append(ids[0].cpu())
             if plan is None:
                 self.check_memory(chunk.shape[1], chunk.shape[2], chunk.shape[0], encode=False)
-                plan = self._plan(ids.shape[-2], ids.shape[-1])
+                plan = self._plan(ids.shape[-2], ids.shape[-1], self.model.decoder)
                 caches = self._caches(plan)
             rec = crop_padding(self._decode_tiles(ids, plan, caches), pad_b, pad_r)
             yield chunk[:n_real], to_uint8(rec[0, :, :n_real])

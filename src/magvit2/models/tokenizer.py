@@ -311,8 +311,7 @@ class VideoTokenizer(nn.Module):
         For ``norm="channel"`` models the tokens equal a whole-frame pass when half the overlap
         covers the encoder's receptive field; for ``norm="group"`` models each tile normalises with
         its own statistics (an approximation). Decoded tiles are blended with linear ramps. A side
-        with no network (a fixed block-mean code: little memory, and its values depend on the whole
-        frame) ignores tiles.
+        that cannot run in tiles (:meth:`runs_in_tiles`) takes whole frames.
         """
         self.tiling = Tiling(tile, overlap)
 
@@ -320,13 +319,22 @@ class VideoTokenizer(nn.Module):
         """Encode and decode whole frames (the default)."""
         self.tiling = None
 
+    def runs_in_tiles(self, side: nn.Module) -> bool:
+        """Whether ``side`` (``self.encoder`` or ``self.decoder``) runs in spatial tiles when asked:
+        only with a network, and with a block-mean code (if any) whose values depend on each block
+        alone (no chroma shared between tokens, no detail patterns). Otherwise it takes whole frames:
+        a side with no network needs only a few copies of the frame (:mod:`magvit2.inference.memory`)."""
+        code = side.block_mean
+        local = code is None or (code.chroma_share == 1 and not code.detail_bits)
+        return hasattr(side, "conv_in") and local
+
     def _tile_plan(
         self, tile: int | None, overlap: int | None, h: int, w: int, side: nn.Module
     ) -> TilePlan | None:
         """Tiles of an ``h`` x ``w`` latent grid (``tile`` given, else :meth:`enable_tiling`'s), or
-        None when the frame fits in one tile or ``side`` (encoder or decoder) has no network."""
+        None when the frame fits in one tile or ``side`` does not run in tiles."""
         tiling = self.tiling if tile is None else Tiling(tile, overlap)
-        if tiling is None or not hasattr(side, "conv_in"):
+        if tiling is None or not self.runs_in_tiles(side):
             return None
         plan = tiling.plan(h, w, self.spatial_factor)
         return plan if len(plan.tiles) > 1 else None
