@@ -123,7 +123,7 @@ def test_tiled_refinement_refines_each_tile_and_keeps_the_tiled_grid(frames):
     s = model.spatial_factor
     padded, pad_b, pad_r = pad_to_multiple(to_tensor(frames).unsqueeze(0), s)
     assert pad_b and pad_r  # 35x45 frames: the last tile's loss must leave the padding out
-    tiles = runner._plan(ids.shape[-2], ids.shape[-1]).tiles
+    tiles = runner._plan(ids.shape[-2], ids.shape[-1], model.encoder).tiles
     for tile in (tiles[0], tiles[-1]):
         rows, cols = (
             slice(tile.top * s, (tile.top + tile.size_h) * s),
