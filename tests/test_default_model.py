@@ -136,3 +136,12 @@ def test_cli_tiles_leave_the_default_models_tokens_and_frames_as_a_whole_pass(mo
     assert all(np.array_equal(a, b) for a, b in zip(tiled_frames, untiled_frames, strict=True))
     assert not model.runs_in_tiles(model.encoder) and not model.runs_in_tiles(model.decoder)
     assert estimate_bytes(model, 100, 5, encode=True) == FIXED_BYTES * 100 * 5  # whole frames, no network
+
+
+def test_a_frame_too_large_for_the_default_model_suggests_fewer_frames_not_tiles(model, monkeypatch):
+    import magvit2.inference.memory as memory
+
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 10 * 2**20)  # 10 MiB left
+    with pytest.raises(memory.FrameTooLargeError, match="--max-chunk-frames"):
+        memory.check_fits(model, torch.device("cpu"), 720, 1280, 17, True, None, 1)
+    memory.check_fits(model, torch.device("cpu"), 16, 16, 1, True, None, 1)  # 25 KiB: fits

@@ -50,9 +50,14 @@ def estimate_bytes(
     channels = cfg.ch * cfg.ch_mult[0]
     k = ENCODE_K if encode else DECODE_K
     whole = pixels if frame_pixels is None else frame_pixels
-    if not hasattr(model.encoder if encode else model.decoder, "conv_in"):  # no network
+    if not hasattr(_side(model, encode), "conv_in"):  # no network
         return int(FIXED_BYTES * whole * frames)
     return int(k * channels * 4 * pixels * (frames + 2) + 16 * whole * frames)
+
+
+def _side(model: VideoTokenizer, encode: bool) -> torch.nn.Module:
+    """The encoder (``encode``) or the decoder of ``model``."""
+    return model.encoder if encode else model.decoder
 
 
 def available_bytes(device: torch.device) -> int | None:
@@ -124,7 +129,7 @@ def check_fits(
     """A :class:`FrameTooLargeError` when one pass over a chunk of ``frames`` frames of
     ``height`` x ``width`` (in tiles of ``tile`` pixels, ``batch_size`` at a time) is estimated to need
     more memory than is available; it names the need and suggests a ``--tile`` that fits (for a side
-    with no network, which takes whole frames, fewer frames a chunk)."""
+    that takes whole frames, :meth:`VideoTokenizer.runs_in_tiles`, fewer frames a chunk)."""
     avail = available_bytes(device)
     if avail is None:
         return
@@ -134,7 +139,7 @@ def check_fits(
     need = estimate_bytes(model, pixels, frames, encode, height * width)
     if need <= HEADROOM * avail:
         return
-    if not hasattr(model.encoder if encode else model.decoder, "conv_in"):  # whole frames: tiles don't help
+    if not model.runs_in_tiles(_side(model, encode)):
         advice = (
             "pass a smaller --max-chunk-frames (this model takes whole frames; tiles do not help)"
             if frames > 1
