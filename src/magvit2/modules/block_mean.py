@@ -320,22 +320,24 @@ class BlockMeanCode(nn.Module):
         self, codes: Tensor, first: bool, previous: Tensor | None = None, previous_is_frame0: bool = False
     ) -> Tensor:
         """Codes ``(B, channels, n, h, w)`` -> frames ``(B, 3, T, h*s, w*s)``: the rendered means
-        (:meth:`render`; arguments as there) plus each token's detail pattern on its group's frames."""
+        (:meth:`render`; arguments as there) plus the detail patterns (:meth:`detail_frames`)."""
         means, steps = self.decode(codes), self.decode_steps(codes)
         frames = self.render(means, first, previous, previous_is_frame0, steps)
-        if not self.detail_bits:
-            return frames
+        return frames + self.detail_frames(codes, first) if self.detail_bits else frames
+
+    def detail_frames(self, codes: Tensor, first: bool) -> Tensor:
+        """Codes ``(B, channels, n, h, w)`` -> the luma their detail indices add, ``(B, 1, T, h*s, w*s)``:
+        each token's pattern over its frames (frame 0's own pattern when ``first``), block borders
+        softened (:func:`deblock`); nothing on edge tokens, whose bits hold chroma."""
         _, _, rest = self.unpack(codes)
-        index = rest >> self.chroma_bits
-        table = self.detail.float()
+        index, table = rest >> self.chroma_bits, self.detail.float()
         keep = ~self.edge_tokens(*rest.shape[-2:], codes.device)[..., None, None]  # (h, w, 1, 1)
-        groups = table[:, 1:][index[:, int(first) :]] * keep  # (B, n', h, w, t, s*s)
-        luma = rearrange(groups, "b n h w k (p q) -> b 1 (n k) (h p) (w q)", p=self.spatial)
+        parts = [table[:, 1:][index[:, int(first) :]] * keep]  # (B, n', h, w, t, s*s)
         if first:
-            head = table[:, :1][index[:, :1]] * keep  # (B, 1, h, w, 1, s*s)
-            head = rearrange(head, "b n h w k (p q) -> b 1 (n k) (h p) (w q)", p=self.spatial)
-            luma = torch.cat([head, luma], dim=2)
-        return frames + deblock(luma, self.spatial)
+            parts.insert(0, table[:, :1][index[:, :1]] * keep)  # (B, 1, h, w, 1, s*s)
+        to_frames = "b n h w k (p q) -> b 1 (n k) (h p) (w q)"
+        luma = torch.cat([rearrange(x, to_frames, p=self.spatial) for x in parts], dim=2)
+        return deblock(luma, self.spatial)
 
     def render(
         self,
