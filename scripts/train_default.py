@@ -342,7 +342,8 @@ def fit_fixed_model(model: VideoTokenizer, args: argparse.Namespace, out: Path) 
     scores = validate(best, validation_sets(args), batch=8)
     record = {"step": 0, "fit": fitted, **scores, "score": selection_score(scores, args.select), "best": True}
     print(json.dumps(record), flush=True)
-    (out / "log.jsonl").open("a").write(json.dumps({"args": vars(args)}) + "\n" + json.dumps(record) + "\n")
+    with open(out / "log.jsonl", "a") as log:
+        log.write(json.dumps({"args": vars(args)}) + "\n" + json.dumps(record) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
