@@ -14,7 +14,6 @@ from magvit2.models.presets import get_preset
 from magvit2.modules.block_mean import (
     SLOPE_STEPS,
     BlockMeanCode,
-    deblock,
     fit_detail,
     group_means,
     luma_patches,
@@ -24,6 +23,7 @@ from magvit2.modules.block_mean import (
     upsample_blocks,
     ycocg_to_rgb,
 )
+from magvit2.modules.patterns import deblock
 
 GREYS = [[v, v, v] for v in (-1.0, -0.5, 0.0, 0.5, 1.0)]
 CORNERS = [[1, -1, -1], [-1, 1, -1], [-1, -1, 1], [1, 1, -1], [1, -1, 1], [-1, 1, 1], [1, 1, 1], [-1, -1, -1]]

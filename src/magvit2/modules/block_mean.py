@@ -46,7 +46,7 @@ Two options spend bits on detail inside the block instead of on colour precision
   them by k-means to what the rendered means miss on training clips; pattern 0 is all zeros, so
   flat content stays exact. The encoder picks the pattern nearest the token's luma residual, which
   minimises its squared error; the decoder softens the pixels on either side of each block border
-  (:func:`deblock`), where the patterns of neighbouring tokens meet.
+  (:func:`~magvit2.modules.patterns.deblock`), where the patterns of neighbouring tokens meet.
 
 Channel order of a code, each field least significant bit first: the ``slope_bits``; Y; then Co and
 Cg (or, with ``chroma_share = 2``, the token's chroma piece); then the detail index. So in an LFQ
@@ -59,6 +59,8 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
+
+from magvit2.modules.patterns import deblock, kmeans, nearest
 
 
 def rgb_to_ycocg(x: Tensor) -> Tensor:
@@ -328,7 +330,8 @@ class BlockMeanCode(nn.Module):
     def detail_frames(self, codes: Tensor, first: bool) -> Tensor:
         """Codes ``(B, channels, n, h, w)`` -> the luma their detail indices add, ``(B, 1, T, h*s, w*s)``:
         each token's pattern over its frames (frame 0's own pattern when ``first``), block borders
-        softened (:func:`deblock`); nothing on edge tokens, whose bits hold chroma."""
+        softened (:func:`~magvit2.modules.patterns.deblock`); nothing on edge tokens, whose bits hold
+        chroma."""
         _, _, rest = self.unpack(codes)
         index, table = rest >> self.chroma_bits, self.detail.float()
         keep = ~self.edge_tokens(*rest.shape[-2:], codes.device)[..., None, None]  # (h, w, 1, 1)
@@ -438,26 +441,6 @@ def dequantize_level(q: Tensor, bits: int, companded: bool) -> Tensor:
     return u.sign() * u.square() if companded else u
 
 
-def deblock(layer: Tensor, spatial: int) -> Tensor:
-    """Detail ``(B, C, T, H, W)`` -> the same with the pixels on either side of each border between
-    ``spatial x spatial`` blocks replaced by the ``[1, 2, 1] / 4`` mean of themselves and their two
-    neighbours, first along rows, then along columns: softens the steps where the patterns of
-    neighbouring tokens meet (+0.16 dB on the built-in model's validation clips); the inside of each
-    block and the frame's own border are left as they are."""
-    x = rearrange(layer, "b c t h w -> (b c t) 1 h w")
-    kernel = torch.tensor([0.25, 0.5, 0.25], device=x.device, dtype=x.dtype)
-    for dim in (3, 2):  # columns (along rows), then rows
-        n = x.shape[dim]
-        i = torch.arange(n, device=x.device)
-        border = ((i % spatial == 0) & (i > 0)) | ((i % spatial == spatial - 1) & (i < n - 1))
-        shape = [1, 1, 1, 1]
-        shape[dim] = -1
-        pad = (1, 1, 0, 0) if dim == 3 else (0, 0, 1, 1)
-        smooth = F.conv2d(F.pad(x, pad, mode="replicate"), kernel.view(shape))
-        x = torch.where(border.view(shape), smooth, x)
-    return rearrange(x, "(b c t) 1 h w -> b c t h w", b=layer.shape[0], c=layer.shape[1])
-
-
 def join_chroma(chroma: Tensor, b1: int, b2: int) -> Tensor:
     """``(Co, Cg)`` ``(B, 2, ...)`` -> one int field ``(B, ...)``: Co's level in the low ``b1`` bits,
     Cg's at ``b2`` bits above it."""
@@ -485,31 +468,6 @@ def luma_patches(residual: Tensor, temporal: int, spatial: int, first: bool) -> 
     luma = rearrange(rgb_to_ycocg(residual)[:, 0], "b t (h p) (w q) -> b t h w (p q)", p=spatial, q=spatial)
     groups = rearrange(luma[:, 1:] if first else luma, "b (n k) h w d -> b n h w (k d)", k=temporal)
     return (luma[:, :1] if first else None), groups
-
-
-def nearest(x: Tensor, table: Tensor, chunk: int = 65536) -> Tensor:
-    """Vectors ``(..., d)`` -> the index ``(...)`` of the nearest row of ``table`` ``(K, d)`` (``chunk``
-    vectors at a time, so memory stays ``chunk x K``)."""
-    norms, flat = table.square().sum(1), x.reshape(-1, x.shape[-1])
-    parts = [(norms - 2 * part @ table.T).argmin(-1) for part in flat.split(chunk)]  # ||x-p||^2 - ||x||^2
-    return torch.cat(parts).reshape(x.shape[:-1]) if parts else flat.new_zeros(x.shape[:-1], dtype=torch.long)
-
-
-def kmeans(x: Tensor, k: int, iters: int, gen: torch.Generator) -> Tensor:
-    """``k`` centroids ``(k, d)`` of the rows of ``x`` ``(N, d)`` by Lloyd's iterations from ``k``
-    random rows; centroid 0 is held at zero (flat content keeps pattern 0)."""
-    start = torch.randperm(len(x), generator=gen)[:k]
-    if len(start) < k:  # fewer rows than centroids: some start as repeats (and may stay unused)
-        start = torch.cat([start, torch.randint(len(x), (k - len(start),), generator=gen)])
-    centres = x[start].clone()
-    for _ in range(iters):
-        centres[0] = 0
-        index = nearest(x, centres)
-        sums = torch.zeros_like(centres).index_add_(0, index, x)
-        counts = torch.bincount(index, minlength=k).unsqueeze(1)
-        centres = torch.where(counts > 0, sums / counts.clamp_min(1), centres)
-    centres[0] = 0
-    return centres
 
 
 @torch.no_grad()
