@@ -96,7 +96,7 @@ def _tiny_run_options(tmp_path: Path) -> list[str]:
 def test_training_script_resumes_bit_identically(tmp_path):
     """Six steps in one go equal three steps, a stop, and three more with --resume; the best model is
     written with its validation score."""
-    common = [*_tiny_run_options(tmp_path), "--warmup", "2"]
+    common = [*_tiny_run_options(tmp_path), "--warmup", "2", "--threads", "1"]
     whole = _run([*common, "--out", str(tmp_path / "a"), "--steps", "6"])
     _run([*common, "--out", str(tmp_path / "b"), "--steps", "3"])
     resumed = _run([*common, "--out", str(tmp_path / "b"), "--steps", "6", "--resume"])
