@@ -29,8 +29,9 @@ mean (per frame), scaled down per block where a frame would leave [-1, 1]::
 and group among :data:`SLOPE_STEPS` by the encoder: the step whose line is nearest the least-squares
 line through the group's own frames, written as two more sign bits. The offsets sum to zero, so each
 group keeps its mean; the line only uses earlier groups, so coding stays causal; a flat or black
-stretch stays flat. The decoder adds its output to that picture, so flat colours, ramps and a clip's
-overall colour are right by construction and the network models the detail.
+stretch stays flat. A decoder network (where there is one) adds its output to that picture, so flat
+colours, ramps and a clip's overall colour are right by construction and the network models the
+detail.
 
 Two options spend bits on detail inside the block instead of on colour precision:
 
@@ -47,6 +48,10 @@ Two options spend bits on detail inside the block instead of on colour precision
   flat content stays exact. The encoder picks the pattern nearest the token's luma residual, which
   minimises its squared error; the decoder softens the pixels on either side of each block border
   (:func:`~magvit2.modules.patterns.deblock`), where the patterns of neighbouring tokens meet.
+
+The built-in model uses both: ``bits = (6, 6, 6)``, ``slope = 0.75``, ``chroma_share = 2`` and
+``detail_bits = 9``, so a token is 6 bits of luma, a 3-bit chroma piece and a 9-bit pattern index
+(18 bits), with no network on either side.
 
 Channel order of a code, each field least significant bit first: the ``slope_bits``; Y; then Co and
 Cg (or, with ``chroma_share = 2``, the token's chroma piece); then the detail index. So in an LFQ
