@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -218,10 +219,8 @@ class VideoTokenizer(nn.Module):
     def reference_tensor(self) -> Tensor:
         """A floating weight or buffer of the model: its dtype and device are the model's (a model with
         no network still has its block-mean code's tables)."""
-        for t in (*self.parameters(), *self.buffers()):
-            if t.is_floating_point():
-                return t
-        return torch.empty(0)
+        tensors = itertools.chain(self.parameters(), self.buffers())
+        return next((t for t in tensors if t.is_floating_point()), torch.empty(0))
 
     # ------------------------------------------------------------------ input checks
     def _check_video(self, x: Tensor, where: str) -> tuple[Tensor, bool]:

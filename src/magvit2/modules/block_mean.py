@@ -328,18 +328,18 @@ class BlockMeanCode(nn.Module):
     ) -> Tensor:
         """Codes ``(B, channels, n, h, w)`` -> frames ``(B, 3, T, h*s, w*s)``: the rendered means
         (:meth:`render`; arguments as there) plus the detail patterns (:meth:`detail_frames`)."""
-        means, steps = self.decode(codes), self.decode_steps(codes)
-        frames = self.render(means, first, previous, previous_is_frame0, steps)
-        return frames + self.detail_frames(codes, first) if self.detail_bits else frames
+        steps, luma, rest = self.unpack(codes)
+        means, factor = self.means(luma, rest), self.step_factor(steps)
+        frames = self.render(means, first, previous, previous_is_frame0, factor)
+        return frames + self.detail_frames(rest, first) if self.detail_bits else frames
 
-    def detail_frames(self, codes: Tensor, first: bool) -> Tensor:
-        """Codes ``(B, channels, n, h, w)`` -> the luma their detail indices add, ``(B, 1, T, h*s, w*s)``:
-        each token's pattern over its frames (frame 0's own pattern when ``first``), block borders
-        softened (:func:`~magvit2.modules.patterns.deblock`); nothing on edge tokens, whose bits hold
-        chroma."""
-        _, _, rest = self.unpack(codes)
+    def detail_frames(self, rest: Tensor, first: bool) -> Tensor:
+        """The tokens' rest fields ``(B, n, h, w)`` (:meth:`unpack`) -> the luma their detail indices
+        add, ``(B, 1, T, h*s, w*s)``: each token's pattern over its frames (frame 0's own pattern when
+        ``first``), block borders softened (:func:`~magvit2.modules.patterns.deblock`); nothing on edge
+        tokens, whose bits hold chroma."""
         index, table = rest >> self.chroma_bits, self.detail.float()
-        keep = ~self.edge_tokens(*rest.shape[-2:], codes.device)[..., None, None]  # (h, w, 1, 1)
+        keep = ~self.edge_tokens(*rest.shape[-2:], rest.device)[..., None, None]  # (h, w, 1, 1)
         parts = [table[:, 1:][index[:, int(first) :]] * keep]  # (B, n', h, w, t, s*s)
         if first:
             parts.insert(0, table[:, :1][index[:, :1]] * keep)  # (B, 1, h, w, 1, s*s)

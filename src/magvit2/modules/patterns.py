@@ -4,8 +4,6 @@ of block borders where the patterns of neighbouring tokens meet."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-from einops import rearrange
 from torch import Tensor
 
 
@@ -40,15 +38,11 @@ def deblock(layer: Tensor, spatial: int) -> Tensor:
     neighbours, first along rows, then along columns: softens the steps where the patterns of
     neighbouring tokens meet (+0.16 dB on the built-in model's validation clips); the inside of each
     block and the frame's own border are left as they are."""
-    x = rearrange(layer, "b c t h w -> (b c t) 1 h w")
-    kernel = torch.tensor([0.25, 0.5, 0.25], device=x.device, dtype=x.dtype)
-    for dim in (3, 2):  # columns (along rows), then rows
+    x = layer
+    for dim in (-1, -2):  # columns (along rows), then rows
         n = x.shape[dim]
         i = torch.arange(n, device=x.device)
-        border = ((i % spatial == 0) & (i > 0)) | ((i % spatial == spatial - 1) & (i < n - 1))
-        shape = [1, 1, 1, 1]
-        shape[dim] = -1
-        pad = (1, 1, 0, 0) if dim == 3 else (0, 0, 1, 1)
-        smooth = F.conv2d(F.pad(x, pad, mode="replicate"), kernel.view(shape))
-        x = torch.where(border.view(shape), smooth, x)
-    return rearrange(x, "(b c t) 1 h w -> b c t h w", b=layer.shape[0], c=layer.shape[1])
+        border = i[((i % spatial == 0) & (i > 0)) | ((i % spatial == spatial - 1) & (i < n - 1))]
+        before, at, after = (x.index_select(dim, border + k) for k in (-1, 0, 1))
+        x = x.index_copy(dim, border, 0.25 * before + 0.5 * at + 0.25 * after)
+    return x
